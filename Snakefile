@@ -1,0 +1,19 @@
+# cl_ml_tools: photo and video archive -> Parquet tables. Settings live in config.yaml (validated against
+# workflow/schemas/config.schema.yaml); runtime knobs in profiles/default/config.yaml.
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/files.smk"
+include: "workflow/rules/hashes.smk"
+include: "workflow/rules/exif.smk"
+include: "workflow/rules/thumbnails.smk"
+include: "workflow/rules/hls.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    input:
+        all_tables(),
+    default_target: True

@@ -1,0 +1,78 @@
+"""Rebuild ``examples/archive/``, the small sample archive ``make run`` processes.
+
+The archive is committed; this script documents exactly how it was made and rebuilds it byte-for-byte
+apart from encoder version differences. It needs the dev extras (scikit-image for its public-domain
+sample photos) plus ffmpeg and exiftool:
+
+    .venv/bin/python examples/make_archive.py
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pillow_heif
+from PIL import Image
+from skimage import data
+
+ARCHIVE = Path(__file__).resolve().parent / "archive"
+
+
+def run(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def main() -> None:
+    shutil.rmtree(ARCHIVE, ignore_errors=True)
+    (ARCHIVE / "2021 holiday").mkdir(parents=True)
+    (ARCHIVE / "videos").mkdir()
+    (ARCHIVE / "misc").mkdir()
+
+    # The astronaut (NASA, public domain) stored lying on its side with Orientation 6 (rotate 90° CW to
+    # display), plus camera, date and GPS tags: the photo every test of orientation and EXIF leans on.
+    astronaut = Image.fromarray(data.astronaut()).crop((0, 0, 512, 400))
+    photo = ARCHIVE / "2021 holiday" / "astronaut.jpg"
+    astronaut.transpose(Image.Transpose.ROTATE_90).save(photo, quality=90)
+    run(
+        "exiftool", "-q", "-overwrite_original", "-Orientation#=6", "-Make=Canon", "-Model=Canon EOS 5D Mark IV",
+        "-LensModel=EF24-105mm f/4L IS USM", "-DateTimeOriginal=2021:07:04 12:30:05", "-OffsetTimeOriginal=+02:00",
+        "-CreateDate=2021:07:04 12:30:05", "-ISO=200", "-FNumber=5.6", "-ExposureTime=1/250", "-FocalLength=50",
+        "-GPSLatitude=28.5721", "-GPSLatitudeRef=N", "-GPSLongitude=80.6480", "-GPSLongitudeRef=W",
+        "-GPSAltitude=3", "-GPSAltitudeRef=0", "-Software=cl_ml_tools sample", str(photo),
+    )  # fmt: skip
+
+    Image.fromarray(data.coffee()).save(ARCHIVE / "2021 holiday" / "coffee.png", optimize=True)
+    Image.fromarray(data.chelsea()).save(ARCHIVE / "2021 holiday" / "chelsea the cat.webp", quality=80)
+    rocket = Image.fromarray(data.rocket())
+    rocket.save(ARCHIVE / "misc" / "rocket.heic", quality=60)
+    frames = [Image.fromarray(data.camera()).resize((128, 128)).rotate(a) for a in (0, 30, 60)]
+    frames[0].save(ARCHIVE / "misc" / "spinner.gif", save_all=True, append_images=frames[1:], duration=200, loop=0)
+
+    # An MP4 with audio whose first second is black, so the poster must skip it.
+    run(
+        "ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=black:s=320x240:r=25:d=1",
+        "-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=3", "-f", "lavfi", "-i", "sine=frequency=440:duration=4",
+        "-filter_complex", "[0:v][1:v]concat=n=2:v=1[v]", "-map", "[v]", "-map", "2:a",
+        "-c:v", "libx264", "-preset", "veryfast", "-crf", "30", "-pix_fmt", "yuv420p", "-g", "25",
+        "-c:a", "aac", "-b:a", "48k", "-shortest", "-movflags", "+faststart", str(ARCHIVE / "videos" / "clip.mp4"),
+    )  # fmt: skip
+    # A MOV shot "in portrait": landscape pixels with a 90° display rotation.
+    run(
+        "ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=s=320x180:r=25:d=3",
+        "-c:v", "libx264", "-preset", "veryfast", "-crf", "30", "-pix_fmt", "yuv420p", "-g", "25",
+        str(ARCHIVE / "videos" / "portrait.mov"),
+    )  # fmt: skip
+    # ffmpeg 5.1 no longer writes a rotate tag; exiftool sets the track's display matrix.
+    run("exiftool", "-q", "-overwrite_original", "-Rotation=90", str(ARCHIVE / "videos" / "portrait.mov"))
+
+    # Bad input that must become error rows, not crashes.
+    good = photo.read_bytes()
+    (ARCHIVE / "misc" / "truncated.jpg").write_bytes(good[: len(good) * 2 // 5])
+    (ARCHIVE / "misc" / "notes.txt").write_text("Not a photo. The pipeline lists it in `files` as kind=other.\n")
+
+
+if __name__ == "__main__":
+    pillow_heif.register_heif_opener()
+    main()

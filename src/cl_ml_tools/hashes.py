@@ -1,0 +1,148 @@
+"""Content hashes: byte hashes in one read, a pixel hash, a video keyframe hash, perceptual hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from . import imaging, video
+from .inventory import media_kind
+from .steps import MediaError, Row, describe, map_files, settings_from
+from .tables import STATUS_SKIPPED, base_row
+
+CHUNK = 1 << 20
+
+
+def byte_hashes(path: str | os.PathLike[str], algorithms: Sequence[str] = ("sha512", "md5")) -> dict[str, str]:
+    """Hex digests of the file's bytes for each algorithm, all from a single read pass."""
+    hashers = [(name, hashlib.new(name, usedforsecurity=False)) for name in algorithms]
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            chunk = view[:n]
+            for _, h in hashers:
+                h.update(chunk)
+    return {name: h.hexdigest() for name, h in hashers}
+
+
+def pixel_sha512(image: Image.Image) -> str:
+    """SHA-512 of a decoded frame as stored (before EXIF orientation), so editing metadata, orientation
+    included, keeps it. The mode and size are hashed too so different layouts of equal bytes differ."""
+    image.load()
+    h = hashlib.sha512(f"{image.mode} {image.width}x{image.height}\n".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def _bits_to_int(bits: np.ndarray) -> int:
+    value = 0
+    for bit in bits.flatten():
+        value = (value << 1) | int(bit)
+    return value
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    # Orthonormal DCT-II basis; scaling does not change which coefficients exceed the median.
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    return np.cos(np.pi * (2 * i + 1) * k / (2 * n))
+
+
+_DCT32 = _dct_matrix(32)
+
+
+def phash(image: Image.Image) -> int:
+    """64-bit DCT perceptual hash (the pHash algorithm as ImageHash implements it): 32×32 grey, 2-D DCT,
+    the 8×8 lowest frequencies compared with their median; bit order row-major, first bit most significant."""
+    grey = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
+    low = (_DCT32 @ grey @ _DCT32.T)[:8, :8]
+    return _bits_to_int(low > np.median(low))
+
+
+def dhash(image: Image.Image) -> int:
+    """64-bit difference hash: 9×8 grey, each pixel compared with its right-hand neighbour."""
+    grey = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
+    return _bits_to_int(grey[:, 1:] > grey[:, :-1])
+
+
+def video_sha512(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """SHA-512 over the bytes of the first video stream's keyframe packets, in stream order. Remuxing or
+    editing metadata leaves it unchanged; re-encoding changes it. Returns (hex digest, keyframe count)."""
+    frames = video.keyframes(path)
+    sha = hashlib.sha512()
+    with open(path, "rb") as fh:
+        for kf in frames:
+            fh.seek(kf.pos)
+            data = fh.read(kf.size)
+            if len(data) != kf.size:
+                raise MediaError(f"file ended inside the keyframe packet at byte {kf.pos}")
+            sha.update(data)
+    return sha.hexdigest(), len(frames)
+
+
+@dataclass(frozen=True)
+class Settings:
+    bytes: tuple[str, ...] = ("sha512", "md5")
+    pixel: bool = True
+    video: bool = True
+    perceptual: bool = True
+    max_pixels: int = imaging.DEFAULT_MAX_PIXELS
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Settings:
+        return settings_from(cls, cfg, bytes=tuple)
+
+
+def hash_image(path: str, fmt: str, settings: Settings) -> dict[str, Any]:
+    """Pixel hash and perceptual hashes of an image, from one full decode."""
+    opened = imaging.open_image(path, fmt, settings.max_pixels)
+    image = opened.image
+    image.load()
+    out: dict[str, Any] = {}
+    if settings.pixel:
+        raw = opened.raw_pixels
+        out["pixel_sha512"] = hashlib.sha512(raw).hexdigest() if raw is not None else pixel_sha512(image)
+    if settings.perceptual:
+        # Perceptual hashes describe the picture as a person sees it: upright, in sRGB.
+        small = imaging.to_srgb(imaging.orient(imaging.fit(image, 256), opened.orientation))
+        out["phash"], out["dhash"] = phash(small), dhash(small)
+    return out
+
+
+def hash_file(file_row: Mapping[str, Any], settings: Settings, poster: str | None = None) -> list[Row]:
+    """All hashes of one file. ``poster`` is the video's poster frame written by the thumbnails step,
+    which the perceptual hashes of a video describe."""
+    row: Row = {**base_row(file_row), **byte_hashes(file_row["path"], settings.bytes)}
+    kind = media_kind(file_row["kind"], file_row["path"])
+    try:
+        if kind == "image" and (settings.pixel or settings.perceptual):
+            row.update(hash_image(file_row["path"], file_row["format"] or "", settings))
+        elif kind == "video":
+            if settings.video:
+                row["video_sha512"], row["video_keyframes"] = video_sha512(file_row["path"])
+            if settings.perceptual and poster:
+                with Image.open(poster) as im:
+                    row["phash"], row["dhash"] = phash(im), dhash(im)
+    except Exception as exc:
+        # The byte hashes are still right; keep them on the error row.
+        row.update(status="error", error=describe(exc))
+    return [row]
+
+
+def hash_shard(
+    files: Sequence[Mapping[str, Any]],
+    settings: Settings,
+    thumbnail_rows: Sequence[Mapping[str, Any]] = (),
+    threads: int = 1,
+) -> list[Row]:
+    """Hash every non-skipped file of a shard (every file has bytes to hash, whatever its kind)."""
+    posters = {r["media_id"]: r["file"] for r in thumbnail_rows if r["role"] == "poster" and r["status"] == "ok"}
+    todo = [f for f in files if f["status"] != STATUS_SKIPPED]
+    return map_files(lambda f: hash_file(f, settings, posters.get(f["media_id"])), todo, threads)

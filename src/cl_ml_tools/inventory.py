@@ -1,0 +1,338 @@
+"""Inventory: scan the inputs, sniff each file's real type, and split the archive into shards.
+
+The scan runs when Snakemake parses the workflow; it only lists and stats files, so it stays cheap for
+millions of files. A shard list is rewritten only when its content changes, so Snakemake reruns exactly
+the shards whose files were added, removed or modified. Sniffing (which opens every file) happens in the
+per-shard ``files`` step.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import math
+import os
+import stat
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .fileio import write_bytes_atomic, write_if_changed
+
+LAYOUT_FILE = "layout.json"
+
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .png .gif .webp .heic .heif .avif .tif .tiff .bmp "
+    ".dng .cr2 .cr3 .nef .arw .orf .rw2 .raf .pef .srw".split()
+)
+VIDEO_EXTENSIONS = frozenset(".mp4 .m4v .mov .qt .mkv .webm .avi .mts .m2ts .ts .3gp .mpg .mpeg .wmv".split())
+AUDIO_EXTENSIONS = frozenset(".mp3 .m4a .aac .wav .flac .ogg .opus".split())
+RAW_FORMATS = frozenset("dng cr2 cr3 nef arw orf rw2 raf pef srw".split())
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One regular file found under an input root, as written to a shard list."""
+
+    media_id: str
+    input: str
+    relpath: str
+    path: str
+    size: int
+    mtime_ns: int
+    error: str | None = None
+
+
+def media_id(input_name: str, relpath: str) -> str:
+    """Stable 64-bit id (16 hex digits) from the input's name and the file's path inside it."""
+    return hashlib.sha256(f"{input_name}\0{relpath}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def shard_index(mid: str, n_shards: int) -> int:
+    """A file's shard depends on its own id only, so adding files never moves other files."""
+    return int(mid, 16) % n_shards
+
+
+def shard_names(n_shards: int) -> list[str]:
+    width = max(4, len(str(n_shards - 1)))
+    return [f"{i:0{width}d}" for i in range(n_shards)]
+
+
+def _selected(relpath: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    if include and not any(fnmatch.fnmatchcase(relpath, p) for p in include):
+        return False
+    return not any(fnmatch.fnmatchcase(relpath, p) for p in exclude)
+
+
+def scan(
+    inputs: Mapping[str, str | os.PathLike[str]],
+    include: Sequence[str] = ("*",),
+    exclude: Sequence[str] = (),
+) -> Iterator[Entry]:
+    """Yield every selected file under each input root.
+
+    Directory symlinks are never followed (no loops, no double counting); a file symlink is kept only when
+    its target is a regular file inside the same root, otherwise it is reported with ``error`` set. Glob
+    patterns match the POSIX path relative to the root, and ``*`` also matches ``/``.
+    """
+    for name, root_dir in inputs.items():
+        root = Path(root_dir).resolve()
+        if not root.is_dir():
+            raise FileNotFoundError(f"input {name!r}: {root_dir} is not a directory")
+        yield from _scan_root(name, root, include, exclude)
+
+
+def _scan_root(name: str, root: Path, include: Sequence[str], exclude: Sequence[str]) -> Iterator[Entry]:
+    root_str = str(root)
+    stack = [root_str]
+    while stack:
+        directory = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            # An unreadable directory hides its files; nothing to report per file.
+            continue
+        for de in entries:
+            rel = os.path.relpath(de.path, root_str).replace(os.sep, "/")
+            try:
+                if de.is_dir(follow_symlinks=False):
+                    stack.append(de.path)
+                    continue
+                if de.is_symlink():
+                    error = _symlink_problem(de.path, root_str)
+                    if error is None and not _selected(rel, include, exclude):
+                        continue
+                    st = os.stat(de.path) if error is None else os.lstat(de.path)
+                elif de.is_file(follow_symlinks=False):
+                    if not _selected(rel, include, exclude):
+                        continue
+                    st = de.stat(follow_symlinks=False)
+                    error = None
+                else:
+                    continue  # sockets, fifos, devices: never media
+            except OSError as exc:
+                st, error = None, f"cannot stat: {exc.strerror}"
+            yield Entry(
+                media_id=media_id(name, rel),
+                input=name,
+                relpath=rel,
+                path=de.path,
+                size=st.st_size if st else 0,
+                mtime_ns=st.st_mtime_ns if st else 0,
+                error=error,
+            )
+
+
+def _symlink_problem(path: str, root: str) -> str | None:
+    try:
+        target = os.path.realpath(path, strict=True)
+    except (OSError, RuntimeError):
+        return "broken symlink or symlink loop"
+    if os.path.commonpath([target, root]) != root:
+        return "symlink points outside the input root"
+    if not stat.S_ISREG(os.stat(target).st_mode):
+        return "symlink does not point to a regular file"
+    return None
+
+
+def choose_shard_count(n_files: int, shard_size: int) -> int:
+    return max(1, math.ceil(n_files / shard_size))
+
+
+def load_or_create_layout(inventory_dir: Path, n_files: int, shard_size: int, shards: int | None) -> int:
+    """Return the shard count of a results directory, fixing it on the first run.
+
+    Changing the count later would move every file to another shard and recompute the whole archive, so
+    the count is recorded and a conflicting explicit setting is refused.
+    """
+    layout_path = inventory_dir / LAYOUT_FILE
+    if layout_path.exists():
+        recorded = int(json.loads(layout_path.read_text())["shards"])
+        if shards is not None and shards != recorded:
+            raise ValueError(
+                f"{layout_path} fixes {recorded} shards but the config asks for {shards}; "
+                "use a new results directory to reshard"
+            )
+        return recorded
+    count = shards if shards is not None else choose_shard_count(n_files, shard_size)
+    write_bytes_atomic(layout_path, json.dumps({"shards": count}).encode())
+    return count
+
+
+def read_layout(inventory_dir: Path) -> int:
+    return int(json.loads((inventory_dir / LAYOUT_FILE).read_text())["shards"])
+
+
+def _encode_entry(entry: Entry) -> str:
+    # ensure_ascii keeps undecodable (surrogate-escaped) names representable and the bytes deterministic.
+    return json.dumps(asdict(entry), sort_keys=True, ensure_ascii=True)
+
+
+def write_shard_lists(entries: Iterable[Entry], inventory_dir: Path, n_shards: int) -> list[str]:
+    """Write ``<inventory_dir>/<shard>.jsonl`` for every shard; return the names of those rewritten."""
+    names = shard_names(n_shards)
+    buckets: list[list[Entry]] = [[] for _ in names]
+    for entry in entries:
+        buckets[shard_index(entry.media_id, n_shards)].append(entry)
+    changed = []
+    for name, bucket in zip(names, buckets, strict=True):
+        bucket.sort(key=lambda e: (e.input, e.relpath))
+        data = "".join(_encode_entry(e) + "\n" for e in bucket).encode("ascii")
+        if write_if_changed(inventory_dir / f"{name}.jsonl", data):
+            changed.append(name)
+    return changed
+
+
+def read_shard_list(path: str | os.PathLike[str]) -> list[Entry]:
+    with open(path, encoding="ascii") as fh:
+        return [Entry(**json.loads(line)) for line in fh if line.strip()]
+
+
+def update_inventory(
+    inputs: Mapping[str, str | os.PathLike[str]],
+    inventory_dir: str | os.PathLike[str],
+    include: Sequence[str],
+    exclude: Sequence[str],
+    shard_size: int,
+    shards: int | None = None,
+) -> tuple[int, list[str]]:
+    """Scan, fix the shard count on first use, and refresh the shard lists. Returns (count, rewritten)."""
+    inventory_dir = Path(inventory_dir)
+    entries = list(scan(inputs, include, exclude))
+    n_shards = load_or_create_layout(inventory_dir, len(entries), shard_size, shards)
+    return n_shards, write_shard_lists(entries, inventory_dir, n_shards)
+
+
+# --- sniffing ------------------------------------------------------------------------------------------
+
+_FTYP_BRANDS = {
+    b"heic": ("image", "heic"), b"heix": ("image", "heic"), b"heim": ("image", "heic"),
+    b"heis": ("image", "heic"), b"hevc": ("image", "heic"), b"hevx": ("image", "heic"),
+    b"mif1": ("image", "heif"), b"msf1": ("image", "heif"), b"avif": ("image", "avif"),
+    b"avis": ("image", "avif"), b"crx ": ("image", "cr3"),
+    b"qt  ": ("video", "mov"), b"M4A ": ("audio", "m4a"), b"M4B ": ("audio", "m4a"),
+    b"M4V ": ("video", "mp4"), b"3gp4": ("video", "3gp"), b"3gp5": ("video", "3gp"),
+    b"3g2a": ("video", "3gp"),
+}  # fmt: skip
+_TIFF_RAW_BY_EXTENSION = {".dng": "dng", ".nef": "nef", ".arw": "arw", ".orf": "orf", ".pef": "pef",
+                          ".srw": "srw", ".rw2": "rw2"}  # fmt: skip
+
+
+def sniff_bytes(head: bytes, extension: str = "") -> tuple[str, str]:
+    """Classify a file from its first bytes: ``(kind, format)`` with kind image/video/audio/other.
+
+    The extension is consulted only to name TIFF-based RAW formats, whose magic bytes are plain TIFF.
+    """
+    ext = extension.lower()
+    if not head:
+        return "other", "empty"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image", "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image", "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image", "gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image", "webp"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "video", "avi"
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "audio", "wav"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        if head[8:10] == b"CR":
+            return "image", "cr2"
+        return "image", _TIFF_RAW_BY_EXTENSION.get(ext, "tiff")
+    if head[:4] == b"IIU\x00":
+        return "image", "rw2"
+    if head[:8] == b"FUJIFILM":
+        return "image", "raf"
+    if head[:2] == b"BM" and len(head) >= 14:
+        return "image", "bmp"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in _FTYP_BRANDS:
+            return _FTYP_BRANDS[brand]
+        return "video", "mp4"
+    if head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"):
+        return "video", "mov"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "video", "webm" if b"webm" in head[:64] else "mkv"
+    if head[:1] == b"\x47" and len(head) > 188 and head[188:189] == b"\x47":
+        return "video", "mpegts"
+    if head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3"):
+        return "video", "mpeg"
+    if head[:4] == b"0&\xb2u":
+        return "video", "wmv"
+    # A bare MPEG audio frame sync is two bytes; trust it only when the name agrees.
+    if head[:3] == b"ID3" or (ext == ".mp3" and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+        return "audio", "mp3"
+    if head[:4] == b"fLaC":
+        return "audio", "flac"
+    if head[:4] == b"OggS":
+        return "audio", "ogg"
+    if _looks_like_text(head):
+        return "other", "text"
+    return "other", "unknown"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        # A multi-byte character may be cut at the end of the sample.
+        try:
+            head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return b"\x00" not in head
+
+
+def sniff(path: str | os.PathLike[str]) -> tuple[str, str]:
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    return sniff_bytes(head, os.path.splitext(os.fspath(path))[1])
+
+
+def extension_kind(path: str) -> str | None:
+    ext = os.path.splitext(path)[1].lower()
+    if ext in IMAGE_EXTENSIONS:
+        return "image"
+    if ext in VIDEO_EXTENSIONS:
+        return "video"
+    if ext in AUDIO_EXTENSIONS:
+        return "audio"
+    return None
+
+
+def media_kind(kind: str, path: str) -> str | None:
+    """The kind a step treats a file as: its sniffed kind, or, when the bytes are not recognised, the kind
+    its name claims. A text file named ``.jpg`` therefore reaches the image steps and gets a clear error
+    row there instead of silently vanishing."""
+    if kind in ("image", "video", "audio"):
+        return kind
+    return extension_kind(path)
+
+
+def files_rows(entries: Iterable[Entry], shard: str) -> list[dict[str, object]]:
+    """The ``files`` table rows of one shard: each entry sniffed from its bytes."""
+    import pandas as pd
+
+    rows = []
+    for e in entries:
+        status, error = "ok", None
+        kind, fmt = "other", None
+        if e.error:
+            status, error = "skipped", e.error
+        else:
+            try:
+                kind, fmt = sniff(e.path)
+            except OSError as exc:
+                status, error = "error", f"cannot read: {exc.strerror}"
+        rows.append({
+            "media_id": e.media_id, "input": e.input, "path": e.path, "status": status, "error": error,
+            "relpath": e.relpath, "size": e.size, "mtime": pd.Timestamp(e.mtime_ns, unit="ns", tz="UTC"),
+            "kind": kind, "format": fmt, "shard": shard,
+        })  # fmt: skip
+    return rows

@@ -1,0 +1,85 @@
+"""Run one step over the files of a shard: a thread pool, and every failure turned into an error row.
+
+Threads suffice because the heavy work (Pillow decoding and resizing, hashlib, waiting on ffmpeg or
+exiftool) releases the GIL; they also keep one interpreter and its imports per job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from .inventory import media_kind
+from .tables import STATUS_SKIPPED, error_row
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+S = TypeVar("S")
+
+
+def settings_from(cls: type[S], cfg: Mapping[str, Any], **convert: Callable[[Any], Any]) -> S:
+    """Build a step's settings dataclass from its config section, ignoring keys it does not take
+    (``enabled``) and converting the values named in ``convert``."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {k: convert.get(k, lambda v: v)(v) for k, v in cfg.items() if k in names}
+    return cls(**values)
+
+
+def log_to(path: str) -> None:
+    """Send this job's log records (one warning per failed file) to its Snakemake log file."""
+    logging.basicConfig(
+        filename=path, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+
+
+class MediaError(Exception):
+    """A problem with one input file, worded for the person reading the ``error`` column."""
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, MediaError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+def _guarded(fn: Callable[[Mapping[str, Any]], list[Row]]) -> Callable[[Mapping[str, Any]], list[Row]]:
+    def run(file_row: Mapping[str, Any]) -> list[Row]:
+        try:
+            return fn(file_row)
+        except MemoryError:
+            return [error_row(file_row, "out of memory while processing this file")]
+        except Exception as exc:  # one bad file must never lose the other rows of the shard
+            log.warning("%s: %s", file_row["path"], describe(exc))
+            return [error_row(file_row, describe(exc))]
+
+    return run
+
+
+def map_files(
+    fn: Callable[[Mapping[str, Any]], list[Row]],
+    files: Iterable[Mapping[str, Any]],
+    threads: int = 1,
+) -> list[Row]:
+    """Apply ``fn`` (one file → its rows) to every file, keeping input order."""
+    guarded = _guarded(fn)
+    files = list(files)
+    if threads <= 1 or len(files) <= 1:
+        results = [guarded(f) for f in files]
+    else:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            results = list(pool.map(guarded, files))
+    return [row for rows in results for row in rows]
+
+
+def select(files: Sequence[Mapping[str, Any]], kinds: Iterable[str]) -> list[Mapping[str, Any]]:
+    """The files a step handles: those whose ``media_kind`` is one of ``kinds``, leaving out the entries
+    inventory skipped (symlinks out of the root and the like)."""
+    wanted = set(kinds)
+    return [f for f in files if f["status"] != STATUS_SKIPPED and media_kind(f["kind"], f["path"]) in wanted]

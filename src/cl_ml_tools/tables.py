@@ -1,0 +1,172 @@
+"""Table schemas, per-shard parts, consolidation and loading.
+
+Every step writes ``results/parts/<step>/<shard>.parquet`` with the step's fixed Arrow schema (so a shard
+of nothing but errors still has the right columns) and a consolidation rule concatenates the parts into
+``results/tables/<step>.parquet``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .fileio import atomic_path
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+STATUS_SKIPPED = "skipped"
+
+COMMON = [
+    pa.field("media_id", pa.string(), nullable=False),
+    pa.field("input", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+]
+
+HLS_VARIANT = pa.struct(
+    [
+        ("name", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("bandwidth", pa.int64()),
+        ("codecs", pa.string()),
+        ("playlist", pa.string()),
+        ("segments", pa.int32()),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "files": pa.schema(
+        [
+            *COMMON,
+            pa.field("relpath", pa.string()),
+            pa.field("size", pa.int64()),
+            pa.field("mtime", pa.timestamp("ns", tz="UTC")),
+            pa.field("kind", pa.string()),
+            pa.field("format", pa.string()),
+            pa.field("shard", pa.string()),
+        ]
+    ),
+    "hashes": pa.schema(
+        [
+            *COMMON,
+            pa.field("sha512", pa.string()),
+            pa.field("md5", pa.string()),
+            pa.field("pixel_sha512", pa.string()),
+            pa.field("video_sha512", pa.string()),
+            pa.field("video_keyframes", pa.int32()),
+            pa.field("phash", pa.uint64()),
+            pa.field("dhash", pa.uint64()),
+        ]
+    ),
+    "exif": pa.schema(
+        [
+            *COMMON,
+            pa.field("make", pa.string()),
+            pa.field("model", pa.string()),
+            pa.field("lens", pa.string()),
+            pa.field("datetime_original", pa.timestamp("us")),
+            pa.field("datetime_original_offset", pa.string()),
+            pa.field("create_date", pa.timestamp("us")),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("orientation", pa.int16()),
+            pa.field("iso", pa.int32()),
+            pa.field("f_number", pa.float64()),
+            pa.field("exposure_time", pa.float64()),
+            pa.field("focal_length", pa.float64()),
+            pa.field("gps_latitude", pa.float64()),
+            pa.field("gps_longitude", pa.float64()),
+            pa.field("gps_altitude", pa.float64()),
+            pa.field("software", pa.string()),
+            pa.field("duration", pa.float64()),
+            pa.field("mime", pa.string()),
+            pa.field("raw", pa.string()),
+        ]
+    ),
+    "thumbnails": pa.schema(
+        [
+            *COMMON,
+            pa.field("role", pa.string()),
+            pa.field("frame_index", pa.int32()),
+            pa.field("timestamp_s", pa.float64()),
+            pa.field("file", pa.string()),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("source_width", pa.int32()),
+            pa.field("source_height", pa.int32()),
+        ]
+    ),
+    "hls": pa.schema(
+        [
+            *COMMON,
+            pa.field("master", pa.string()),
+            pa.field("variants", pa.list_(HLS_VARIANT)),
+            pa.field("duration_s", pa.float64()),
+            pa.field("segment_count", pa.int32()),
+        ]
+    ),
+}
+
+TABLES = tuple(SCHEMAS)
+
+
+def base_row(file_row: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns every table shares, taken from a ``files`` row, with status ok."""
+    return {
+        "media_id": file_row["media_id"],
+        "input": file_row["input"],
+        "path": file_row["path"],
+        "status": STATUS_OK,
+        "error": None,
+    }
+
+
+def error_row(file_row: Mapping[str, Any], message: str) -> dict[str, Any]:
+    return {**base_row(file_row), "status": STATUS_ERROR, "error": message}
+
+
+def to_arrow(name: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=SCHEMAS[name])
+
+
+def write_parquet(table: pa.Table, target: str | os.PathLike[str]) -> None:
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def write_part(name: str, rows: Sequence[Mapping[str, Any]], target: str | os.PathLike[str]) -> None:
+    write_parquet(to_arrow(name, rows), target)
+
+
+def read_part(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    return pq.read_table(path).to_pylist()
+
+
+def consolidate(name: str, parts: Iterable[str | os.PathLike[str]], target: str | os.PathLike[str]) -> int:
+    """Concatenate the parts of one step into its table, in shard order; returns the row count."""
+    schema = SCHEMAS[name]
+    with atomic_path(target) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        rows = 0
+        for part in sorted(map(str, parts)):
+            table = pq.read_table(part, schema=schema)
+            rows += table.num_rows
+            if table.num_rows:
+                writer.write_table(table)
+    return rows
+
+
+def load(name: str, results: str | os.PathLike[str] = "results") -> pd.DataFrame:
+    """Read ``<results>/tables/<name>.parquet`` with pandas' nullable dtypes, so integer columns with
+    missing values (a hash of a file that failed) stay integers instead of turning into floats."""
+    if name not in SCHEMAS:
+        raise KeyError(f"unknown table {name!r}; known tables: {', '.join(TABLES)}")
+    path = Path(results) / "tables" / f"{name}.parquet"
+    return pd.read_parquet(path, dtype_backend="numpy_nullable")

@@ -1,0 +1,189 @@
+"""ffprobe/ffmpeg helpers shared by the video parts of hashes, thumbnails and hls."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .steps import MediaError
+
+FFPROBE = os.environ.get("CL_ML_TOOLS_FFPROBE", "ffprobe")
+FFMPEG = os.environ.get("CL_ML_TOOLS_FFMPEG", "ffmpeg")
+TIMEOUT_S = 600
+
+
+def run_tool(args: list[str], timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[bytes]:
+    """Run an external tool with an argument list (never a shell string) and a time limit."""
+    try:
+        return subprocess.run(args, capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        raise MediaError(f"{Path(args[0]).name} took longer than {timeout:.0f} s") from exc
+
+
+def _last_lines(stderr: bytes, n: int = 3) -> str:
+    lines = [ln for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return " | ".join(lines[-n:]) or "no message"
+
+
+@dataclass
+class Keyframe:
+    pts_time: float | None
+    pos: int
+    size: int
+
+
+@dataclass
+class VideoInfo:
+    duration: float | None
+    width: int
+    height: int
+    rotation: int  # degrees, as the display matrix asks; ffmpeg applies it when decoding
+    codec: str
+    has_audio: bool
+    audio_codec: str | None
+    streams: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def oriented_size(self) -> tuple[int, int]:
+        if abs(self.rotation) % 180 == 90:
+            return self.height, self.width
+        return self.width, self.height
+
+
+def probe(path: str | os.PathLike[str]) -> VideoInfo:
+    """Streams and duration of a video; a file without a video stream is an error."""
+    if os.path.getsize(path) == 0:
+        raise MediaError("empty file (0 bytes)")
+    proc = run_tool(
+        [FFPROBE, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", "--", os.fspath(path)]
+    )
+    if proc.returncode != 0:
+        raise MediaError(f"ffprobe cannot read this file: {_last_lines(proc.stderr)}")
+    data = json.loads(proc.stdout or b"{}")
+    streams = data.get("streams", [])
+    video = [s for s in streams if s.get("codec_type") == "video" and not _is_attached_picture(s)]
+    audio = [s for s in streams if s.get("codec_type") == "audio"]
+    if not video:
+        kinds = ", ".join(sorted({s.get("codec_type", "?") for s in streams})) or "none"
+        raise MediaError(f"no video stream (streams found: {kinds})")
+    v = video[0]
+    return VideoInfo(
+        duration=_duration(data.get("format", {}), v),
+        width=int(v.get("width") or 0),
+        height=int(v.get("height") or 0),
+        rotation=_rotation(v),
+        codec=str(v.get("codec_name")),
+        has_audio=bool(audio),
+        audio_codec=audio[0].get("codec_name") if audio else None,
+        streams=streams,
+    )
+
+
+def _is_attached_picture(stream: dict[str, Any]) -> bool:
+    return bool(stream.get("disposition", {}).get("attached_pic"))
+
+
+def _duration(fmt: dict[str, Any], stream: dict[str, Any]) -> float | None:
+    for value in (stream.get("duration"), fmt.get("duration")):
+        try:
+            d = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(d) and d > 0:
+            return d
+    return None
+
+
+def _rotation(stream: dict[str, Any]) -> int:
+    for side in stream.get("side_data_list", []) or []:
+        if "rotation" in side:
+            return round(float(side["rotation"]))
+    rotate = stream.get("tags", {}).get("rotate")
+    return int(rotate) if rotate and rotate.lstrip("-").isdigit() else 0
+
+
+def keyframes(path: str | os.PathLike[str]) -> list[Keyframe]:
+    """The key (I-frame) packets of the first video stream with their byte ranges, each checked against the
+    file length so a lying container cannot send a reader outside the file."""
+    proc = run_tool(
+        [
+            FFPROBE, "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time,pos,size,flags",
+            "-of", "csv=p=0", "--", os.fspath(path),
+        ]
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise MediaError(f"ffprobe cannot list packets: {_last_lines(proc.stderr)}")
+    length = os.path.getsize(path)
+    frames = []
+    for line in proc.stdout.decode("ascii", "replace").splitlines():
+        parts = line.split(",")
+        if len(parts) < 4 or "K" not in parts[3]:
+            continue
+        pts, size, pos = parts[0], parts[1], parts[2]
+        if not (size.isdigit() and pos.isdigit()):
+            raise MediaError(f"keyframe packet without a byte position (pos={pos!r}, size={size!r})")
+        start, n = int(pos), int(size)
+        if n <= 0 or start + n > length:
+            raise MediaError(f"keyframe packet at {start}+{n} lies outside the file ({length} bytes)")
+        frames.append(Keyframe(float(pts) if _is_float(pts) else None, start, n))
+    if not frames:
+        raise MediaError("video stream has no keyframe packets")
+    return frames
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def fit_filter(box: int) -> str:
+    """An ffmpeg scale filter fitting the (already rotated) frame inside box×box, never upscaling."""
+    return (
+        f"scale=w='min({box},iw)':h='min({box},ih)':force_original_aspect_ratio=decrease:force_divisible_by=2,setsar=1"
+    )
+
+
+def extract_frames(path: str | os.PathLike[str], times: list[float], box: int, out_dir: Path) -> list[Path | None]:
+    """Decode one frame at each time (seconds) in a single ffmpeg process, scaled to fit ``box``.
+
+    Each time gets its own input with an input-side seek, so only the stretch from the preceding keyframe
+    is decoded. Returns one BMP path per time, or None where the stream had no frame there.
+    """
+    args = [FFMPEG, "-nostdin", "-v", "error", "-y"]
+    for t in times:
+        args += ["-ss", f"{t:.3f}", "-i", os.fspath(path)]
+    outputs = [out_dir / f"frame{i:03d}.bmp" for i in range(len(times))]
+    for i, out in enumerate(outputs):
+        args += ["-map", f"{i}:v:0", "-frames:v", "1", "-vf", fit_filter(box), "-pix_fmt", "bgr24", os.fspath(out)]
+    proc = run_tool(args)
+    found = [out if out.exists() and out.stat().st_size > 0 else None for out in outputs]
+    if not any(found):
+        raise MediaError(f"ffmpeg could not decode any frame: {_last_lines(proc.stderr)}")
+    return found
+
+
+def contact_sheet(path: str | os.PathLike[str], n_keyframes: int, tile_width: int, grid: int, out: Path) -> Path:
+    """A grid×grid sheet of evenly spaced keyframes, decoding keyframes only (``-skip_frame nokey``)."""
+    cells = grid * grid
+    step = max(1, n_keyframes / cells)
+    picks = sorted({int(i * step) for i in range(min(cells, n_keyframes))})
+    select = "+".join(f"eq(n\\,{n})" for n in picks)
+    rows = -(-len(picks) // grid)  # a short video gets a shorter sheet, not rows of black
+    vf = f"select='{select}',scale={tile_width}:-2,setsar=1,tile={grid}x{rows}"
+    proc = run_tool(
+        [
+            FFMPEG, "-nostdin", "-v", "error", "-y", "-skip_frame", "nokey", "-i", os.fspath(path),
+            "-vf", vf, "-frames:v", "1", "-fps_mode", "vfr", "-pix_fmt", "bgr24", os.fspath(out),
+        ]
+    )  # fmt: skip
+    if proc.returncode != 0 or not out.exists():
+        raise MediaError(f"ffmpeg could not build the contact sheet: {_last_lines(proc.stderr)}")
+    return out

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Set-up shared by `make run` and `make test`: system tools (ffmpeg/ffprobe >= 4.4, exiftool) and the
+# project's virtual environment in .venv. Safe to run again; it only installs what is missing.
+#   tools/bootstrap.sh          runtime dependencies
+#   tools/bootstrap.sh dev      plus the test tools (pytest, ruff, imagehash)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra="${1:-}"
+PYTHON="${PYTHON:-python3}"
+
+need_apt=()
+ffmpeg_ok() {
+  command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || return 1
+  local v
+  v=$(ffmpeg -version | sed -n 's/^ffmpeg version n\{0,1\}\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+  [ -n "$v" ] || return 0  # a git build prints no release number; trust it
+  set -- $v
+  [ "$1" -gt 4 ] || { [ "$1" -eq 4 ] && [ "$2" -ge 4 ]; }
+}
+ffmpeg_ok || need_apt+=(ffmpeg)
+command -v exiftool >/dev/null || need_apt+=(libimage-exiftool-perl)
+"$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "bootstrap: installing ${need_apt[*]} with apt-get" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  else
+    echo "bootstrap: missing system packages. Run:" >&2
+    echo "  sudo apt-get install -y ${need_apt[*]}" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=".venv/.installed${extra:+-$extra}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".${extra:+[$extra]}"
+  touch "$stamp"
+fi

@@ -1,0 +1,70 @@
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+from cl_ml_tools import inventory
+
+min_version("9.0")
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+RESULTS = Path(config["results"])
+INVENTORY = RESULTS / "inventory"
+STEPS = ("files", "hashes", "exif", "thumbnails", "hls")
+ENABLED = [s for s in STEPS if s == "files" or config[s]["enabled"]]
+
+
+def _shards():
+    """Scan the inputs and refresh the shard lists, in the main Snakemake process only.
+
+    Jobs started by a cluster executor parse this file again; they read the recorded layout instead of
+    rescanning (and racing to rewrite the lists)."""
+    if not workflow.is_main_process:
+        return inventory.shard_names(inventory.read_layout(INVENTORY))
+    sharding = config.get("sharding", {})
+    n_shards, rewritten = inventory.update_inventory(
+        config["inputs"],
+        INVENTORY,
+        config.get("include", ["*"]),
+        config.get("exclude", []),
+        shard_size=sharding.get("shard_size", 1000),
+        shards=sharding.get("shards"),
+    )
+    print(
+        f"cl_ml_tools: {n_shards} shard(s) under {INVENTORY}; {len(rewritten)} shard list(s) changed",
+        file=sys.stderr,
+    )
+    return inventory.shard_names(n_shards)
+
+
+SHARDS = _shards()
+
+
+wildcard_constraints:
+    shard=r"\d+",
+    step="|".join(STEPS),
+
+
+def part(step, shard="{shard}"):
+    return RESULTS / "parts" / step / f"{shard}.parquet"
+
+
+def log_file(step, name="{shard}"):
+    return RESULTS / "logs" / step / f"{name}.log"
+
+
+def benchmark_file(step):
+    """Snakemake's per-job record of wall time, CPU time and peak memory (see benchmarks/)."""
+    return RESULTS / "benchmarks" / step / "{shard}.tsv"
+
+
+def all_tables():
+    return [RESULTS / "tables" / f"{step}.parquet" for step in ENABLED]
+
+
+def shard_runtime(seconds_per_file):
+    """Minutes for one shard job, from the configured shard size and a per-file cost."""
+    files = config.get("sharding", {}).get("shard_size", 1000)
+    return 10 + int(files * seconds_per_file / 60)

@@ -1,0 +1,17 @@
+rule exif:
+    input:
+        files=part("files"),
+    output:
+        part("exif"),
+    log:
+        log_file("exif"),
+    benchmark:
+        benchmark_file("exif")
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=shard_runtime(0.05),
+    conda:
+        "../../envs/media.yaml"
+    script:
+        "../scripts/exif.py"
