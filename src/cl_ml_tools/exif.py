@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .steps import MediaError, Row
+from .steps import MediaError, Row, describe
 from .tables import STATUS_SKIPPED, base_row, error_row
 
 EXIFTOOL = os.environ.get("CL_ML_TOOLS_EXIFTOOL", "exiftool")
@@ -168,7 +168,7 @@ def run_exiftool(paths: Sequence[str]) -> list[dict[str, Any] | None]:
         if not proc.stdout.strip():
             if proc.returncode != 0 and len(paths) == 1:
                 message = proc.stderr.decode("utf-8", "replace").strip() or "exiftool failed"
-                raise MediaError(message)
+                raise MediaError(message.replace(links[0], paths[0]))
             return [None] * len(paths)
         records = json.loads(proc.stdout)
     by_link = {rec.get("SourceFile"): rec for rec in records}
@@ -190,6 +190,21 @@ def exif_shard(files: Sequence[Mapping[str, Any]]) -> list[Row]:
     """Metadata rows for every non-skipped file of a shard. If the batch run itself breaks, files are
     retried one by one, so one poisonous file costs only its own row."""
     files = [f for f in files if f["status"] != STATUS_SKIPPED]
+    # exiftool words a missing or unreadable file as "Error opening file"; the OS says why.
+    rows = {f["media_id"]: error_row(f, problem) for f in files if (problem := _unreadable(f["path"]))}
+    rows.update({r["media_id"]: r for r in _exif_rows([f for f in files if f["media_id"] not in rows])})
+    return [rows[f["media_id"]] for f in files]
+
+
+def _unreadable(path: str) -> str | None:
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as exc:
+        return describe(exc)
+
+
+def _exif_rows(files: Sequence[Mapping[str, Any]]) -> list[Row]:
     paths = [f["path"] for f in files]
     try:
         records = run_exiftool(paths)

@@ -168,6 +168,7 @@ def encode(file_row: Mapping[str, Any], out_root: Path, settings: Settings) -> l
 def hls_shard(files: Sequence[Mapping[str, Any]], out_dir: Path, settings: Settings, threads: int = 1) -> list[Row]:
     """Renditions for the videos of a shard. ffmpeg already uses every core it is given for one encode,
     so videos are encoded one after another and ``threads`` goes to ffmpeg."""
+    out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = dataclasses.replace(settings, threads=threads)
     return map_files(lambda f: encode(f, out_dir, settings), select(files, ("video",)))

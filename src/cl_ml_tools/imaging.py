@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +20,9 @@ except ImportError:  # pragma: no cover - pillow-heif is a hard dependency, this
     pillow_heif = None
 
 DEFAULT_MAX_PIXELS = 250_000_000
+# Opening reads only the header; _check_pixels applies the configured limit before any decoding, with a
+# message that names the setting. Pillow's own global guard would fire first with a fixed limit.
+Image.MAX_IMAGE_PIXELS = None
 
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -43,10 +45,15 @@ class Opened:
     image: Image.Image
     orientation: int
     raw_pixels: bytes | None = None  # for RAW files: the sensor data, the thing a pixel hash covers
+    size: tuple[int, int] = (0, 0)  # as stored, before any reduced decode changes image.size
+
+    def __post_init__(self) -> None:
+        if self.size == (0, 0):
+            self.size = self.image.size
 
     @property
     def oriented_size(self) -> tuple[int, int]:
-        w, h = self.image.size
+        w, h = self.size
         return (h, w) if self.orientation in (5, 6, 7, 8) else (w, h)
 
 
@@ -60,13 +67,8 @@ def open_image(path: str | os.PathLike[str], fmt: str, max_pixels: int = DEFAULT
         raise MediaError("empty file (0 bytes)")
     if fmt in RAW_FORMATS:
         return _open_raw(path, max_pixels)
-    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise MediaError(f"decompression bomb refused: {exc}") from exc
+        image = Image.open(path)
     except Image.UnidentifiedImageError as exc:
         raise MediaError(f"not a decodable image (sniffed format: {fmt})") from exc
     _check_pixels(image.size, max_pixels)
@@ -78,7 +80,7 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
     if w * h > max_pixels:
         raise MediaError(
             f"image declares {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
-            "(thumbnails.max_pixels); refused as a possible decompression bomb"
+            "(max_pixels in config.yaml); refused as a possible decompression bomb"
         )
     if w <= 0 or h <= 0:
         raise MediaError(f"image declares an empty size {w}x{h}")

@@ -132,7 +132,10 @@ def _symlink_problem(path: str, root: str) -> str | None:
         return "broken symlink or symlink loop"
     if os.path.commonpath([target, root]) != root:
         return "symlink points outside the input root"
-    if not stat.S_ISREG(os.stat(target).st_mode):
+    mode = os.stat(target).st_mode
+    if stat.S_ISDIR(mode):
+        return "symlink to a directory (not followed: it could loop or count files twice)"
+    if not stat.S_ISREG(mode):
         return "symlink does not point to a regular file"
     return None
 

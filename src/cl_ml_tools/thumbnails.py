@@ -162,5 +162,7 @@ def thumbnail_file(file_row: Mapping[str, Any], out_dir: Path, settings: Setting
 def thumbnail_shard(
     files: Sequence[Mapping[str, Any]], out_dir: Path, settings: Settings, threads: int = 1
 ) -> list[Row]:
+    # Absolute paths in the table, so a notebook anywhere can open them.
+    out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     return map_files(lambda f: thumbnail_file(f, out_dir, settings), select(files, ("image", "video")), threads)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,12 @@ def run_tool(args: list[str], timeout: float = TIMEOUT_S) -> subprocess.Complete
         raise MediaError(f"{Path(args[0]).name} took longer than {timeout:.0f} s") from exc
 
 
-def _last_lines(stderr: bytes, n: int = 3) -> str:
-    lines = [ln for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+def _last_lines(stderr: bytes, path: str | os.PathLike[str] | None = None, n: int = 3) -> str:
+    """The end of a tool's complaint, with the file's full path (already in the row) shortened."""
+    text = stderr.decode("utf-8", "replace")
+    if path is not None:
+        text = text.replace(os.fspath(path), Path(path).name)
+    lines = [re.sub(r"^\[[^\]]+ @ 0x[0-9a-f]+\] ", "", ln) for ln in text.splitlines() if ln.strip()]
     return " | ".join(lines[-n:]) or "no message"
 
 
@@ -63,7 +68,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         [FFPROBE, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", "--", os.fspath(path)]
     )
     if proc.returncode != 0:
-        raise MediaError(f"ffprobe cannot read this file: {_last_lines(proc.stderr)}")
+        raise MediaError(f"ffprobe cannot read this file: {_last_lines(proc.stderr, path)}")
     data = json.loads(proc.stdout or b"{}")
     streams = data.get("streams", [])
     video = [s for s in streams if s.get("codec_type") == "video" and not _is_attached_picture(s)]
@@ -117,7 +122,11 @@ def keyframes(path: str | os.PathLike[str]) -> list[Keyframe]:
         ]
     )  # fmt: skip
     if proc.returncode != 0:
-        raise MediaError(f"ffprobe cannot list packets: {_last_lines(proc.stderr)}")
+        raise MediaError(f"ffprobe cannot read this file: {_last_lines(proc.stderr, path)}")
+    if proc.stderr.strip():
+        # ffprobe stops listing at the first unreadable byte ("partial file"): a hash of what it managed to
+        # list would silently describe only part of the video.
+        raise MediaError(f"video is damaged or truncated: {_last_lines(proc.stderr, path)}")
     length = os.path.getsize(path)
     frames = []
     for line in proc.stdout.decode("ascii", "replace").splitlines():
@@ -132,6 +141,7 @@ def keyframes(path: str | os.PathLike[str]) -> list[Keyframe]:
             raise MediaError(f"keyframe packet at {start}+{n} lies outside the file ({length} bytes)")
         frames.append(Keyframe(float(pts) if _is_float(pts) else None, start, n))
     if not frames:
+        probe(path)  # says "no video stream" when that is the reason
         raise MediaError("video stream has no keyframe packets")
     return frames
 

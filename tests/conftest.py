@@ -1,0 +1,81 @@
+"""Shared fixtures: the sample archive, media made on the fly with the real tools, and a runner for the
+real ``snakemake`` command line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "examples" / "archive"
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+def make_video(path: Path, *, seconds: float = 2, size: str = "320x240", audio: bool = True) -> Path:
+    args = ["-f", "lavfi", "-i", f"testsrc2=s={size}:r=25:d={seconds}"]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=frequency=330:duration={seconds}"]
+    args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "25"]
+    args += ["-c:a", "aac", "-b:a", "32k", "-shortest"] if audio else []
+    ffmpeg(*args, str(path))
+    return path
+
+
+def make_audio_only(path: Path, seconds: float = 1) -> Path:
+    ffmpeg("-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "aac", "-b:a", "32k", str(path))
+    return path
+
+
+def make_photo(path: Path, size: tuple[int, int] = (640, 480), **save: object) -> Path:
+    """A photo-like image (smooth gradients plus detail) so decoders and hashes have real work."""
+    w, h = size
+    base = Image.radial_gradient("L").resize((w, h))
+    image = Image.merge(
+        "RGB", (base, Image.linear_gradient("L").resize((w, h)), base.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    )
+    image.save(path, **save)
+    return path
+
+
+@pytest.fixture
+def sample_copy(tmp_path: Path) -> Path:
+    """A private copy of the bundled sample archive."""
+    dest = tmp_path / "archive"
+    shutil.copytree(SAMPLE, dest)
+    return dest
+
+
+def write_config(workdir: Path, inputs: dict[str, str], **overrides: object) -> Path:
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["inputs"] = inputs
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            config[key] = {**config.get(key, {}), **value}
+        else:
+            config[key] = value
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the real snakemake CLI on the project's Snakefile from ``workdir`` (where config.yaml is)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--cores", "2", *args],
+        cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env, check=False,
+    )  # fmt: skip
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

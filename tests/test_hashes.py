@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import imagehash
+from conftest import SAMPLE, ffmpeg, make_audio_only, make_photo, make_video
+from PIL import Image
+
+from cl_ml_tools import hashes, inventory
+
+ASTRONAUT = SAMPLE / "2021 holiday" / "astronaut.jpg"
+
+
+def file_row(path: Path) -> dict:
+    kind, fmt = inventory.sniff(path)
+    return {"media_id": "0" * 16, "input": "t", "path": str(path), "status": "ok", "kind": kind, "format": fmt}
+
+
+def test_byte_hashes_match_hashlib(tmp_path: Path) -> None:
+    for data in (b"", b"x", bytes(range(256)) * 20_000):  # empty, tiny, several read chunks
+        p = tmp_path / "f.bin"
+        p.write_bytes(data)
+        got = hashes.byte_hashes(p)
+        assert got == {"sha512": hashlib.sha512(data).hexdigest(), "md5": hashlib.md5(data).hexdigest()}
+    assert hashes.byte_hashes(p, ["md5"]) == {"md5": hashlib.md5(data).hexdigest()}
+
+
+def test_perceptual_hashes_match_imagehash() -> None:
+    # Below 256 px the reduction step is a no-op, so the values must equal ImageHash's bit for bit.
+    image = Image.open(SAMPLE / "2021 holiday" / "coffee.png").convert("RGB").resize((240, 160))
+    assert hashes.phash(image) == int(str(imagehash.phash(image)), 16)
+    assert hashes.dhash(image) == int(str(imagehash.dhash(image)), 16)
+
+
+def test_pixel_hash_ignores_metadata_edits(tmp_path: Path) -> None:
+    edited = tmp_path / "edited.jpg"
+    shutil.copy(ASTRONAUT, edited)
+    subprocess.run(
+        ["exiftool", "-q", "-overwrite_original", "-Orientation#=1", "-Make=Other", "-Comment=edited", str(edited)],
+        check=True,
+    )
+    settings = hashes.Settings()
+    original = hashes.hash_file(file_row(ASTRONAUT), settings)[0]
+    changed = hashes.hash_file(file_row(edited), settings)[0]
+    assert original["sha512"] != changed["sha512"]
+    assert original["pixel_sha512"] == changed["pixel_sha512"]
+    with Image.open(ASTRONAUT) as im:
+        expected = hashlib.sha512(f"RGB {im.width}x{im.height}\n".encode() + im.tobytes()).hexdigest()
+    assert original["pixel_sha512"] == expected
+
+
+def test_perceptual_hash_sees_the_upright_picture(tmp_path: Path) -> None:
+    # The stored pixels of the sample are rotated; with Orientation applied they match an upright copy.
+    upright = tmp_path / "upright.png"
+    with Image.open(ASTRONAUT) as im:
+        im.transpose(Image.Transpose.ROTATE_270).save(upright)
+    a = hashes.hash_file(file_row(ASTRONAUT), hashes.Settings())[0]
+    b = hashes.hash_file(file_row(upright), hashes.Settings())[0]
+    assert bin(a["phash"] ^ b["phash"]).count("1") <= 4
+    assert a["pixel_sha512"] != b["pixel_sha512"]
+
+
+def test_video_hash_survives_remux_and_metadata_but_not_reencode(tmp_path: Path) -> None:
+    src = make_video(tmp_path / "a.mp4", seconds=3)
+    remux = tmp_path / "b.mov"
+    ffmpeg("-i", str(src), "-c", "copy", "-map", "0", str(remux))
+    tagged = tmp_path / "c.mp4"
+    ffmpeg("-i", str(src), "-c", "copy", "-map", "0", "-metadata", "title=holiday", str(tagged))
+    reencoded = tmp_path / "d.mp4"
+    ffmpeg("-i", str(src), "-c:v", "libx264", "-preset", "ultrafast", "-crf", "35", str(reencoded))
+    digest, n = hashes.video_sha512(src)
+    assert n == 3  # -g 25 at 25 fps over 3 s
+    assert hashes.video_sha512(remux)[0] == digest
+    assert hashes.video_sha512(tagged)[0] == digest
+    assert hashes.video_sha512(reencoded)[0] != digest
+    assert hashes.byte_hashes(src) != hashes.byte_hashes(tagged)
+
+
+def test_video_hash_equals_hash_of_keyframe_bytes(tmp_path: Path) -> None:
+    src = make_video(tmp_path / "a.mp4", seconds=2)
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_packets", "-of", "json", str(src)],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+
+    data = src.read_bytes()
+    expected = hashlib.sha512()
+    for pkt in json.loads(out)["packets"]:
+        if "K" in pkt["flags"]:
+            expected.update(data[int(pkt["pos"]) : int(pkt["pos"]) + int(pkt["size"])])
+    assert hashes.video_sha512(src)[0] == expected.hexdigest()
+
+
+def test_truncated_video_is_an_error_with_byte_hashes_kept(tmp_path: Path) -> None:
+    src = make_video(tmp_path / "a.mp4", seconds=3)
+    ffmpeg("-i", str(src), "-c", "copy", "-movflags", "+faststart", str(tmp_path / "fast.mp4"))
+    data = (tmp_path / "fast.mp4").read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])  # index intact, media data half gone
+    row = hashes.hash_file(file_row(cut), hashes.Settings())[0]
+    assert row["status"] == "error"
+    assert row["error"].startswith("video is damaged or truncated") and "partial file" in row["error"]
+    assert row["sha512"] == hashlib.sha512(cut.read_bytes()).hexdigest()
+
+
+def test_error_rows_for_bad_media(tmp_path: Path) -> None:
+    text = tmp_path / "text.jpg"
+    text.write_text("not an image")
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    audio = make_audio_only(tmp_path / "sound.mp4")
+    settings = hashes.Settings()
+    assert "not a decodable image" in hashes.hash_file(file_row(text), settings)[0]["error"]
+    assert hashes.hash_file(file_row(empty), settings)[0]["error"] == "empty file (0 bytes)"
+    row = hashes.hash_file(file_row(audio), settings)[0]
+    assert row["status"] == "error" and row["error"].startswith("no video stream")
+
+
+def test_hash_shard_keeps_order_and_skips_skipped(tmp_path: Path) -> None:
+    files = [file_row(make_photo(tmp_path / f"{i}.png", (64, 48))) for i in range(5)]
+    files[2] = {**files[2], "status": "skipped"}
+    rows = hashes.hash_shard(files, hashes.Settings(), threads=2)
+    assert [r["path"] for r in rows] == [f["path"] for i, f in enumerate(files) if i != 2]
+    assert all(r["status"] == "ok" and r["phash"] is not None for r in rows)

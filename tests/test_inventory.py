@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLE, make_audio_only, make_video
+
+from cl_ml_tools import inventory
+
+
+@pytest.mark.parametrize(
+    ("head", "ext", "expected"),
+    [
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF", ".jpg", ("image", "jpeg")),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", ".png", ("image", "png")),
+        (b"GIF89a\x01\x00", ".gif", ("image", "gif")),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", ".webp", ("image", "webp")),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00", ".heic", ("image", "heic")),
+        (b"\x00\x00\x00\x18ftypisom\x00\x00", ".mp4", ("video", "mp4")),
+        (b"\x00\x00\x00\x14ftypqt  \x00\x00", ".mov", ("video", "mov")),
+        (b"\x00\x00\x00\x18ftypM4A \x00\x00", ".m4a", ("audio", "m4a")),
+        (b"II*\x00\x08\x00\x00\x00", ".dng", ("image", "dng")),
+        (b"II*\x00\x10\x00\x00\x00CR\x02\x00", ".cr2", ("image", "cr2")),
+        (b"\x1a\x45\xdf\xa3\x01\x00webm", ".webm", ("video", "webm")),
+        (b"", ".jpg", ("other", "empty")),
+        (b"hello, this is text\n", ".jpg", ("other", "text")),
+        (bytes(range(200, 256)) * 3, ".mp4", ("other", "unknown")),
+    ],
+)
+def test_sniff_reads_bytes_not_names(head: bytes, ext: str, expected: tuple[str, str]) -> None:
+    assert inventory.sniff_bytes(head, ext) == expected
+
+
+def test_sniff_real_files(tmp_path: Path) -> None:
+    kinds = {p.name: inventory.sniff(p) for p in SAMPLE.rglob("*") if p.is_file()}
+    assert kinds["astronaut.jpg"] == ("image", "jpeg")
+    assert kinds["rocket.heic"] == ("image", "heic")
+    assert kinds["clip.mp4"] == ("video", "mp4")
+    assert kinds["portrait.mov"][0] == "video"
+    assert kinds["notes.txt"] == ("other", "text")
+    assert inventory.sniff(make_audio_only(tmp_path / "a.m4a"))[0] == "audio"
+    # A video renamed .jpg is still a video.
+    renamed = make_video(tmp_path / "v.mp4", seconds=1).rename(tmp_path / "v.jpg")
+    assert inventory.sniff(renamed) == ("video", "mp4")
+
+
+def test_media_kind_follows_bytes_then_name() -> None:
+    assert inventory.media_kind("video", "x.jpg") == "video"
+    assert inventory.media_kind("other", "x.jpg") == "image"  # text named .jpg reaches the image steps
+    assert inventory.media_kind("other", "x.txt") is None
+
+
+def test_media_id_is_stable_and_shard_depends_only_on_id() -> None:
+    a = inventory.media_id("photos", "2020/a.jpg")
+    assert a == inventory.media_id("photos", "2020/a.jpg")
+    assert a != inventory.media_id("other", "2020/a.jpg")
+    assert len(a) == 16 and int(a, 16) >= 0
+    assert inventory.shard_index(a, 7) == int(a, 16) % 7
+
+
+def make_tree(root: Path) -> None:
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "a.jpg").write_bytes(b"\xff\xd8\xff")
+    (root / "sub" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (root / "sub" / "deeper" / "c d é.txt").write_text("x")
+    (root / ".hidden").write_text("x")
+
+
+def test_scan_lists_files_and_applies_globs(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    rel = {e.relpath for e in inventory.scan({"in": tmp_path}, ["*"], [".*", "*/.*"])}
+    assert rel == {"a.jpg", "sub/b.png", "sub/deeper/c d é.txt"}
+    only_sub = {e.relpath for e in inventory.scan({"in": tmp_path}, ["sub/*"], [])}
+    assert only_sub == {"sub/b.png", "sub/deeper/c d é.txt"}
+
+
+def test_scan_never_follows_loops_or_leaves_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    make_tree(root)
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(b"\xff\xd8\xff")
+    os.symlink(root, root / "sub" / "loop")  # directory loop
+    os.symlink(outside, root / "escape.jpg")
+    os.symlink(root / "a.jpg", root / "inside-link.jpg")
+    os.symlink(root / "missing", root / "dangling.jpg")
+    entries = {e.relpath: e for e in inventory.scan({"in": root}, ["*"], [".*"])}
+    assert not any(r.startswith("sub/loop/") for r in entries)
+    assert entries["sub/loop"].error.startswith("symlink to a directory (not followed")
+    assert entries["escape.jpg"].error == "symlink points outside the input root"
+    assert entries["dangling.jpg"].error == "broken symlink or symlink loop"
+    assert entries["inside-link.jpg"].error is None and entries["inside-link.jpg"].size == 3
+
+
+def test_shard_lists_are_rewritten_only_when_changed(tmp_path: Path) -> None:
+    root, inv = tmp_path / "root", tmp_path / "inv"
+    make_tree(root)
+    n, changed = inventory.update_inventory({"in": root}, inv, ["*"], [], shard_size=1, shards=None)
+    assert n == 4  # one per file on the first run (hidden file included: nothing excluded)
+    assert sorted(changed) == inventory.shard_names(4)
+    before = {p.name: p.stat().st_mtime_ns for p in inv.glob("*.jsonl")}
+    assert inventory.update_inventory({"in": root}, inv, ["*"], [], shard_size=1, shards=None) == (4, [])
+    assert before == {p.name: p.stat().st_mtime_ns for p in inv.glob("*.jsonl")}
+
+    (root / "new.jpg").write_bytes(b"\xff\xd8\xff")
+    n, changed = inventory.update_inventory({"in": root}, inv, ["*"], [], shard_size=1, shards=None)
+    new_id = inventory.media_id("in", "new.jpg")
+    assert n == 4, "the shard count is fixed for a results directory"
+    assert changed == [inventory.shard_names(4)[inventory.shard_index(new_id, 4)]]
+    listed = [e.relpath for name in inventory.shard_names(4) for e in inventory.read_shard_list(inv / f"{name}.jsonl")]
+    assert sorted(listed) == sorted([".hidden", "a.jpg", "new.jpg", "sub/b.png", "sub/deeper/c d é.txt"])
+
+
+def test_conflicting_shard_count_is_refused(tmp_path: Path) -> None:
+    make_tree(tmp_path / "root")
+    inventory.update_inventory({"in": tmp_path / "root"}, tmp_path / "inv", ["*"], [], 1000, shards=3)
+    assert json.loads((tmp_path / "inv" / "layout.json").read_text()) == {"shards": 3}
+    with pytest.raises(ValueError, match="fixes 3 shards"):
+        inventory.update_inventory({"in": tmp_path / "root"}, tmp_path / "inv", ["*"], [], 1000, shards=5)
+
+
+def test_missing_input_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="input 'x'"):
+        list(inventory.scan({"x": tmp_path / "nope"}))
+
+
+def test_files_rows_sniff_and_report(tmp_path: Path) -> None:
+    make_tree(tmp_path / "root")
+    (tmp_path / "root" / "empty.jpg").write_bytes(b"")
+    entries = list(inventory.scan({"in": tmp_path / "root"}, ["*"], [".*"]))
+    rows = {r["relpath"]: r for r in inventory.files_rows(entries, "0000")}
+    assert rows["a.jpg"]["kind"] == "image" and rows["a.jpg"]["format"] == "jpeg"
+    assert rows["empty.jpg"]["format"] == "empty" and rows["empty.jpg"]["status"] == "ok"
+    assert rows["sub/deeper/c d é.txt"]["kind"] == "other"
+    assert all(r["shard"] == "0000" and r["path"].startswith(str((tmp_path / "root").resolve())) for r in rows.values())

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from cl_ml_tools import fileio, tables
+
+
+def test_every_table_shares_the_common_columns() -> None:
+    for name, schema in tables.SCHEMAS.items():
+        assert schema.names[:5] == ["media_id", "input", "path", "status", "error"], name
+
+
+def test_parts_consolidate_in_shard_order_and_load_with_nullable_dtypes(tmp_path: Path) -> None:
+    base = {"input": "t", "path": "/x", "status": "ok", "error": None}
+    tables.write_part(
+        "hashes", [{**base, "media_id": "b", "sha512": "s", "phash": 2**63 + 5}], tmp_path / "0001.parquet"
+    )
+    tables.write_part(
+        "hashes", [{**base, "media_id": "a", "status": "error", "error": "boom"}], tmp_path / "0000.parquet"
+    )
+    tables.write_part("hashes", [], tmp_path / "0002.parquet")  # a shard with no files still has the schema
+    assert pq.read_schema(tmp_path / "0002.parquet").equals(tables.SCHEMAS["hashes"])
+    n = tables.consolidate(
+        "hashes", [tmp_path / f"000{i}.parquet" for i in (2, 1, 0)], tmp_path / "tables" / "hashes.parquet"
+    )
+    assert n == 2
+    df = tables.load("hashes", tmp_path)
+    assert list(df.media_id) == ["a", "b"]
+    assert str(df.phash.dtype) == "UInt64" and df.phash.iloc[1] == 2**63 + 5 and pd.isna(df.phash.iloc[0])
+    assert df.error.iloc[0] == "boom"
+
+
+def test_load_names_the_known_tables(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="known tables: files, hashes"):
+        tables.load("nope", tmp_path)
+
+
+def test_atomic_writes_leave_nothing_behind_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), fileio.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_write_if_changed_keeps_mtime(tmp_path: Path) -> None:
+    target = tmp_path / "list.jsonl"
+    assert fileio.write_if_changed(target, b"a\n")
+    before = target.stat().st_mtime_ns
+    assert not fileio.write_if_changed(target, b"a\n")
+    assert target.stat().st_mtime_ns == before
+    assert fileio.write_if_changed(target, b"b\n") and target.read_bytes() == b"b\n"

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLE, ffmpeg, make_audio_only, make_photo, make_video
+from PIL import Image
+
+from cl_ml_tools import imaging, inventory, thumbnails
+
+ASTRONAUT = SAMPLE / "2021 holiday" / "astronaut.jpg"
+SETTINGS = thumbnails.Settings()
+
+
+def file_row(path: Path, media_id: str = "00000000000000aa") -> dict:
+    kind, fmt = inventory.sniff(path)
+    return {"media_id": media_id, "input": "t", "path": str(path), "status": "ok", "kind": kind, "format": fmt}
+
+
+def by_role(rows: list[dict]) -> dict[str, dict]:
+    return {r["role"]: r for r in rows if r["role"] != "preview"} | {
+        f"preview{r['frame_index']}": r for r in rows if r["role"] == "preview"
+    }
+
+
+def test_image_is_oriented_fitted_and_never_upscaled(tmp_path: Path) -> None:
+    rows = by_role(thumbnails.thumbnail_file(file_row(ASTRONAUT), tmp_path, SETTINGS))
+    # Stored 400x512 with Orientation 6: displayed 512 wide, 400 high.
+    assert (rows["preview0"]["source_width"], rows["preview0"]["source_height"]) == (512, 400)
+    assert (rows["preview0"]["width"], rows["preview0"]["height"]) == (512, 400)  # smaller than 1024: not upscaled
+    assert (rows["thumb"]["width"], rows["thumb"]["height"]) == (256, 200)
+    for r in rows.values():
+        with Image.open(r["file"]) as im:
+            assert im.size == (r["width"], r["height"]) and im.mode == "RGB" and im.format == "JPEG"
+    # Upright: the face (bright, top centre-left) is in the top half of the oriented preview.
+    with Image.open(rows["preview0"]["file"]) as im:
+        upright = Image.open(ASTRONAUT).transpose(Image.Transpose.ROTATE_270)
+        diff = sum(abs(a - b) for a, b in zip(im.convert("L").tobytes(), upright.convert("L").tobytes(), strict=True))
+        assert diff / (512 * 400) < 6
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale(tmp_path: Path) -> None:
+    big = make_photo(tmp_path / "big.jpg", (4000, 3000), quality=90)
+    opened = imaging.open_image(big, "jpeg")
+    reduced = thumbnails._decode_reduced(opened, 1024)
+    assert opened.image.size == (2000, 1500), "draft mode decodes at 1/2 scale, never the full 12 MP"
+    assert max(reduced.size) == 1024
+    rows = by_role(thumbnails.thumbnail_file(file_row(big), tmp_path, SETTINGS))
+    assert (rows["preview0"]["width"], rows["preview0"]["height"]) == (1024, 768)
+    assert (rows["thumb"]["width"], rows["thumb"]["height"]) == (256, 192)
+    assert (rows["thumb"]["source_width"], rows["thumb"]["source_height"]) == (4000, 3000)
+
+
+@pytest.mark.parametrize("name", ["coffee.png", "chelsea the cat.webp", "rocket.heic", "spinner.gif"])
+def test_formats(tmp_path: Path, name: str) -> None:
+    path = next(SAMPLE.rglob(name))
+    rows = by_role(thumbnails.thumbnail_file(file_row(path), tmp_path, SETTINGS))
+    with Image.open(path) as src:
+        w, h = src.size
+    assert (rows["preview0"]["source_width"], rows["preview0"]["source_height"]) == (w, h)
+    assert max(rows["thumb"]["width"], rows["thumb"]["height"]) == min(256, max(w, h))
+
+
+def test_webp_output_and_modes(tmp_path: Path) -> None:
+    rgba = tmp_path / "alpha.png"
+    Image.new("RGBA", (300, 200), (255, 0, 0, 0)).save(rgba)
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (300, 200), (0, 255, 255, 0)).save(cmyk)
+    deep = tmp_path / "deep.png"
+    Image.new("I;16", (300, 200), 65535).save(deep)
+    settings = thumbnails.Settings(format="webp")
+    for path, colour in ((rgba, (255, 255, 255)), (cmyk, (255, 0, 0)), (deep, (255, 255, 255))):
+        rows = by_role(thumbnails.thumbnail_file(file_row(path), tmp_path, settings))
+        with Image.open(rows["thumb"]["file"]) as im:
+            assert im.format == "WEBP" and im.mode == "RGB"
+            px = im.getpixel((10, 10))
+            assert all(abs(a - b) <= 12 for a, b in zip(px, colour, strict=True)), (path.name, px)
+
+
+def bomb_png(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header declares width x height pixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    data = zlib.compress(b"\x00" * 64)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+def test_bad_images_raise_clear_errors(tmp_path: Path) -> None:
+    bomb = bomb_png(tmp_path / "bomb.png", 50_000, 50_000)
+    with pytest.raises(imaging.MediaError, match="2,500,000,000 pixels"):
+        thumbnails.thumbnail_file(file_row(bomb), tmp_path, SETTINGS)
+    text = tmp_path / "text.jpg"
+    text.write_text("hello")
+    with pytest.raises(imaging.MediaError, match="not a decodable image"):
+        thumbnails.thumbnail_file(file_row(text), tmp_path, SETTINGS)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(ASTRONAUT.read_bytes()[:20_000])
+    with pytest.raises(OSError, match="truncated"):
+        thumbnails.thumbnail_file(file_row(truncated), tmp_path, SETTINGS)
+
+
+def test_video_previews_poster_and_sheet(tmp_path: Path) -> None:
+    video = SAMPLE / "videos" / "clip.mp4"  # 1 s of black, then 3 s of test pattern
+    rows = thumbnails.thumbnail_file(file_row(video), tmp_path, SETTINGS)
+    previews = [r for r in rows if r["role"] == "preview"]
+    assert [r["frame_index"] for r in previews] == list(range(8))
+    assert [r["timestamp_s"] for r in previews] == pytest.approx([4 * i / 8 for i in range(8)], abs=0.05)
+    roles = by_role(rows)
+    assert roles["poster"]["timestamp_s"] == pytest.approx(1.0)  # the black second is skipped
+    with Image.open(roles["poster"]["file"]) as im:
+        assert not imaging.is_blank(im)
+    with Image.open(roles["preview0"]["file"]) as im:
+        assert imaging.is_blank(im)
+    assert (roles["thumb"]["width"], roles["thumb"]["height"]) == (256, 192)
+    assert roles["sheet"]["width"] == 4 * 256
+
+
+def test_rotated_video_is_upright(tmp_path: Path) -> None:
+    rows = by_role(thumbnails.thumbnail_file(file_row(SAMPLE / "videos" / "portrait.mov"), tmp_path, SETTINGS))
+    assert (rows["poster"]["source_width"], rows["poster"]["source_height"]) == (180, 320)
+    assert (rows["poster"]["width"], rows["poster"]["height"]) == (180, 320)
+
+
+def test_video_errors(tmp_path: Path) -> None:
+    audio = make_audio_only(tmp_path / "sound.mp4")
+    with pytest.raises(imaging.MediaError, match="no video stream"):
+        thumbnails.thumbnail_file(file_row(audio), tmp_path, SETTINGS)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(bytes(range(256)) * 100)
+    with pytest.raises(imaging.MediaError, match="ffprobe cannot read"):
+        thumbnails.thumbnail_file(file_row(junk), tmp_path, SETTINGS)
+
+
+def test_shard_keeps_going_and_writes_only_media(tmp_path: Path) -> None:
+    good = make_video(tmp_path / "ok.mp4", seconds=1)
+    ffmpeg("-i", str(good), "-c", "copy", str(tmp_path / "copy.mov"))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"")
+    note = tmp_path / "note.txt"
+    note.write_text("x")
+    files = [file_row(p, f"{i:016x}") for i, p in enumerate([good, bad, note, ASTRONAUT])]
+    rows = thumbnails.thumbnail_shard(files, tmp_path / "out", SETTINGS, threads=2)
+    assert {r["path"] for r in rows} == {str(good), str(bad), str(ASTRONAUT)}
+    assert [r["error"] for r in rows if r["path"] == str(bad)] == ["empty file (0 bytes)"]
+    written = {Path(r["file"]) for r in rows if r["status"] == "ok"}
+    assert written == set((tmp_path / "out").iterdir())

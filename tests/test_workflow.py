@@ -1,0 +1,245 @@
+"""End to end: the real snakemake CLI on a temporary archive, each table checked against independent
+computations (hashlib, exiftool's own JSON, ffprobe, Pillow)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO, SAMPLE, SNAKEMAKE, make_audio_only, snakemake, write_config
+from PIL import Image
+from test_thumbnails import bomb_png
+
+from cl_ml_tools import inventory, tables
+
+pytestmark = pytest.mark.e2e
+
+STEPS = ["files", "hashes", "exif", "thumbnails", "hls"]
+
+
+def build_archive(root: Path) -> dict[str, str]:
+    """The sample archive plus one of each kind of bad input; returns {relpath: what it is}."""
+    shutil.copytree(SAMPLE, root)
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "text.jpg").write_text("this is not a photo\n")
+    (bad / "random.mp4").write_bytes(os.urandom(50_000))
+    bomb_png(bad / "bomb.png", 50_000, 50_000)
+    make_audio_only(bad / "no video stream.mp4")
+    make_audio_only(bad / "song.m4a")
+    shutil.copy(SAMPLE / "2021 holiday" / "astronaut.jpg", root / "ünï cødé photo copy.jpg")
+    return {
+        "bad/empty.jpg": "empty file (0 bytes)",
+        "bad/text.jpg": "not a decodable image",
+        "bad/random.mp4": "ffprobe cannot read",
+        "bad/bomb.png": "2,500,000,000 pixels",
+        "bad/no video stream.mp4": "no video stream",
+        "misc/truncated.jpg": "truncated",
+    }
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], subprocess.CompletedProcess]:
+    work = tmp_path_factory.mktemp("e2e")
+    bad = build_archive(work / "archive")
+    write_config(work, {"photos": "archive"}, sharding={"shards": 3, "shard_size": 1000})
+    proc = snakemake(work)
+    return work, bad, proc
+
+
+def load(work: Path, name: str) -> pd.DataFrame:
+    return tables.load(name, work / "results")
+
+
+def rel(df: pd.DataFrame, work: Path) -> pd.Series:
+    root = str((work / "archive").resolve()) + "/"
+    return df.path.str.removeprefix(root)
+
+
+def test_every_file_is_listed_once(run) -> None:
+    work, _, _ = run
+    files = load(work, "files")
+    on_disk = sorted(str(p.relative_to(work / "archive")) for p in (work / "archive").rglob("*") if p.is_file())
+    assert sorted(files.relpath) == on_disk
+    assert files.media_id.is_unique and set(files.shard) <= {"0000", "0001", "0002"}
+    by = files.set_index("relpath")
+    assert by.loc["2021 holiday/astronaut.jpg", ["kind", "format"]].tolist() == ["image", "jpeg"]
+    assert by.loc["bad/random.mp4", ["kind", "format"]].tolist() == ["other", "unknown"]
+    assert by.loc["bad/song.m4a", "kind"] == "audio"
+    for row in files.itertuples():
+        assert row.shard == inventory.shard_names(3)[inventory.shard_index(row.media_id, 3)]
+        assert row.size == Path(row.path).stat().st_size
+
+
+def test_hashes_match_hashlib(run) -> None:
+    work, _, _ = run
+    h = load(work, "hashes")
+    assert len(h) == len(load(work, "files"))
+    for row in h.itertuples():
+        data = Path(row.path).read_bytes()
+        assert row.sha512 == hashlib.sha512(data).hexdigest() and row.md5 == hashlib.md5(data).hexdigest()
+    by = h.assign(rel=rel(h, work)).set_index("rel")
+    assert by.loc["ünï cødé photo copy.jpg", "pixel_sha512"] == by.loc["2021 holiday/astronaut.jpg", "pixel_sha512"]
+    assert pd.notna(by.loc["videos/clip.mp4", "video_sha512"]) and pd.notna(by.loc["videos/clip.mp4", "phash"])
+
+
+def test_exif_matches_exiftool(run) -> None:
+    work, _, _ = run
+    ex = load(work, "exif")
+    assert len(ex) == len(load(work, "files"))
+    for row in ex[ex.status == "ok"].itertuples():
+        ref = json.loads(
+            subprocess.run(["exiftool", "-j", "-n", "-G", row.path], capture_output=True, check=True).stdout
+        )[0]
+        assert row.mime == ref.get("File:MIMEType")
+        if "EXIF:Make" in ref:
+            assert (row.make, row.model) == (ref["EXIF:Make"], ref["EXIF:Model"])
+            assert row.gps_latitude == pytest.approx(ref["Composite:GPSLatitude"])
+    assert str(ex.datetime_original.dtype).startswith("datetime64")
+
+
+def test_thumbnails_exist_with_the_listed_sizes(run) -> None:
+    work, _, _ = run
+    th = load(work, "thumbnails")
+    ok = th[th.status == "ok"]
+    for row in ok.itertuples():
+        with Image.open(row.file) as im:
+            assert im.size == (row.width, row.height)
+            assert max(im.size) <= (256 if row.role == "thumb" else 1024)
+    kinds = ok.assign(rel=rel(ok, work)).groupby("rel").role.apply(lambda r: sorted(set(r)))
+    assert kinds["2021 holiday/coffee.png"] == ["preview", "thumb"]
+    assert kinds["videos/clip.mp4"] == ["poster", "preview", "sheet", "thumb"]
+    frames = ok[(rel(ok, work) == "videos/clip.mp4") & (ok.role == "preview")]
+    assert sorted(frames.frame_index) == list(range(8))
+    assert "misc/notes.txt" not in set(rel(th, work)) and "bad/song.m4a" not in set(rel(th, work))
+
+
+def test_hls_renditions_play(run) -> None:
+    work, _, _ = run
+    h = load(work, "hls")
+    by = h.assign(rel=rel(h, work)).set_index("rel")
+    assert set(by.index) == {"videos/clip.mp4", "videos/portrait.mov", "bad/random.mp4", "bad/no video stream.mp4"}
+    for name in ("videos/clip.mp4", "videos/portrait.mov"):
+        assert by.loc[name, "status"] == "ok"
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-show_streams", "-of", "json", by.loc[name, "master"]],
+            capture_output=True, check=True,
+        )  # fmt: skip
+        assert any(s["codec_type"] == "video" for s in json.loads(probe.stdout)["streams"])
+
+
+def test_bad_input_gets_error_rows_and_the_rest_is_intact(run) -> None:
+    work, bad, _ = run
+    files = load(work, "files")
+    belongs = {"hashes": set(files.relpath), "exif": set(files.relpath)}
+    kind = {r.relpath: inventory.media_kind(r.kind, r.path) for r in files.itertuples()}
+    belongs["thumbnails"] = {p for p, k in kind.items() if k in ("image", "video")}
+    belongs["hls"] = {p for p, k in kind.items() if k == "video"}
+    for step, members in belongs.items():
+        df = load(work, step)
+        df = df.assign(rel=rel(df, work))
+        assert set(df.rel) == members, step
+        errors = df[df.status == "error"].groupby("rel").error.first()
+        for path, message in bad.items():
+            if path in members and step != "exif":
+                assert path in errors.index and message in errors[path], (step, path, errors.get(path))
+        good = set(members) - set(bad) - {"bad/song.m4a", "bad/random.mp4"}
+        assert (df[df.rel.isin(good)].status == "ok").all(), (step, df[df.rel.isin(good) & (df.status != "ok")])
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    block = dry_run_output.split("Job stats:", 1)[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", block, re.M) if m[1] != "total"}
+
+
+def test_rerun_with_nothing_changed_runs_nothing(run) -> None:
+    work, _, _ = run
+    proc = snakemake(work, "--dry-run")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_adding_one_file_reruns_one_shard_per_step(run) -> None:
+    work, _, _ = run
+    parts = {p: p.stat().st_mtime_ns for p in (work / "results" / "parts").rglob("*.parquet")}
+    new = work / "archive" / "new photo.png"
+    shutil.copy(SAMPLE / "2021 holiday" / "coffee.png", new)
+    proc = snakemake(work, "--dry-run")
+    counts = job_counts(proc.stdout)
+    assert counts == {"all": 1, "files": 1, "hashes": 1, "exif": 1, "thumbnails": 1, "hls": 1, "tables": 5}, counts
+    snakemake(work)
+    shard = inventory.shard_names(3)[inventory.shard_index(inventory.media_id("photos", new.name), 3)]
+    changed = {p for p, t in parts.items() if p.stat().st_mtime_ns != t}
+    assert {p.stem for p in changed} == {shard} and len(changed) == len(STEPS)
+    assert "new photo.png" in set(load(work, "files").relpath)
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(work, "--dry-run"))
+
+
+def comparable(df: pd.DataFrame) -> pd.DataFrame:
+    drop = [c for c in ("file", "master", "variants", "mtime", "raw") if c in df.columns]
+    return (
+        df.drop(columns=drop)
+        .sort_values(list(df.columns[:1]) + (["role", "frame_index"] if "role" in df else []))
+        .reset_index(drop=True)
+    )
+
+
+def test_killed_run_resumes_to_the_same_tables(tmp_path: Path) -> None:
+    shutil.copytree(SAMPLE, tmp_path / "archive")
+    write_config(tmp_path, {"photos": "archive"}, results="killed", sharding={"shards": 4, "shard_size": 1000})
+    proc = subprocess.Popen(
+        [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--cores", "2"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    parts = tmp_path / "killed" / "parts"
+    while time.monotonic() < deadline and len(list(parts.glob("thumbnails/*.parquet"))) < 1:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "tables" / "hls.parquet").exists(), "kill came too late to test resuming"
+    # A hard kill leaves Snakemake's directory lock behind; --unlock is the documented way back.
+    snakemake(tmp_path, "--unlock")
+    snakemake(tmp_path)
+    leftovers = [p for p in (tmp_path / "killed").rglob("*") if ".tmp" in p.name]
+    assert leftovers == []
+    write_config(tmp_path, {"photos": "archive"}, results="straight", sharding={"shards": 4, "shard_size": 1000})
+    snakemake(tmp_path)
+    for step in STEPS:
+        a = comparable(tables.load(step, tmp_path / "killed"))
+        b = comparable(tables.load(step, tmp_path / "straight"))
+        pd.testing.assert_frame_equal(a, b, obj=step)
+
+
+def test_unreadable_file_gets_error_rows(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    shutil.copy(SAMPLE / "2021 holiday" / "astronaut.jpg", archive / "ok.jpg")
+    locked = archive / "locked.jpg"
+    shutil.copy(SAMPLE / "2021 holiday" / "astronaut.jpg", locked)
+    locked.chmod(0)
+    write_config(tmp_path, {"photos": "archive"}, hls={"enabled": False})
+    # root reads anything; dropping the two capabilities that bypass file permissions makes it an ordinary
+    # user as far as reading is concerned (setpriv is part of util-linux).
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    proc = subprocess.run(
+        [*prefix, str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--cores", "2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    files = load(tmp_path, "files").set_index("relpath")
+    assert files.loc["locked.jpg", "status"] == "error" and "Permission denied" in files.loc["locked.jpg", "error"]
+    for step in ("hashes", "exif", "thumbnails"):
+        df = load(tmp_path, step).assign(rel=lambda d: d.path.str.rsplit("/", n=1).str[-1])
+        assert set(df[df.status == "error"].rel) == {"locked.jpg"}, step
+        assert df[df.rel == "locked.jpg"].error.str.contains("ermission denied").all(), (step, df.error.tolist())
+        assert (df[df.rel == "ok.jpg"].status == "ok").all(), step
