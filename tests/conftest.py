@@ -4,14 +4,14 @@ real ``snakemake`` command line."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 from PIL import Image
+
+from cl_ml_tools import inventory
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "archive"
@@ -48,12 +48,10 @@ def make_photo(path: Path, size: tuple[int, int] = (640, 480), **save: object) -
     return path
 
 
-@pytest.fixture
-def sample_copy(tmp_path: Path) -> Path:
-    """A private copy of the bundled sample archive."""
-    dest = tmp_path / "archive"
-    shutil.copytree(SAMPLE, dest)
-    return dest
+def file_row(path: Path, media_id: str = "00000000000000aa") -> dict:
+    """A row of the ``files`` table for ``path``, sniffed the way the files step does it."""
+    kind, fmt = inventory.sniff(path)
+    return {"media_id": media_id, "input": "t", "path": str(path), "status": "ok", "kind": kind, "format": fmt}
 
 
 def write_config(workdir: Path, inputs: dict[str, str], **overrides: object) -> Path:

@@ -7,17 +7,12 @@ import subprocess
 from pathlib import Path
 
 import imagehash
-from conftest import SAMPLE, ffmpeg, make_audio_only, make_photo, make_video
+from conftest import SAMPLE, ffmpeg, file_row, make_audio_only, make_photo, make_video
 from PIL import Image
 
-from cl_ml_tools import hashes, inventory
+from cl_ml_tools import hashes
 
 ASTRONAUT = SAMPLE / "2021 holiday" / "astronaut.jpg"
-
-
-def file_row(path: Path) -> dict:
-    kind, fmt = inventory.sniff(path)
-    return {"media_id": "0" * 16, "input": "t", "path": str(path), "status": "ok", "kind": kind, "format": fmt}
 
 
 def test_byte_hashes_match_hashlib(tmp_path: Path) -> None:

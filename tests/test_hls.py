@@ -5,14 +5,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import make_audio_only, make_video
+from conftest import file_row, make_audio_only, make_video
 
-from cl_ml_tools import hls, inventory
-
-
-def file_row(path: Path, media_id: str = "00000000000000bb") -> dict:
-    kind, fmt = inventory.sniff(path)
-    return {"media_id": media_id, "input": "t", "path": str(path), "status": "ok", "kind": kind, "format": fmt}
+from cl_ml_tools import hls
 
 
 def test_plan_ladder_never_upscales() -> None:

@@ -56,3 +56,11 @@ def test_write_if_changed_keeps_mtime(tmp_path: Path) -> None:
     assert not fileio.write_if_changed(target, b"a\n")
     assert target.stat().st_mtime_ns == before
     assert fileio.write_if_changed(target, b"b\n") and target.read_bytes() == b"b\n"
+
+
+def test_every_column_is_documented() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "tables.md").read_text()
+    for name, schema in tables.SCHEMAS.items():
+        assert f"## {name}" in doc
+        for column in schema.names:
+            assert f"`{column}`" in doc, f"{name}.{column} is not described in docs/tables.md"

@@ -5,18 +5,13 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE, ffmpeg, make_audio_only, make_photo, make_video
+from conftest import SAMPLE, ffmpeg, file_row, make_audio_only, make_photo, make_video
 from PIL import Image
 
-from cl_ml_tools import imaging, inventory, thumbnails
+from cl_ml_tools import imaging, thumbnails
 
 ASTRONAUT = SAMPLE / "2021 holiday" / "astronaut.jpg"
 SETTINGS = thumbnails.Settings()
-
-
-def file_row(path: Path, media_id: str = "00000000000000aa") -> dict:
-    kind, fmt = inventory.sniff(path)
-    return {"media_id": media_id, "input": "t", "path": str(path), "status": "ok", "kind": kind, "format": fmt}
 
 
 def by_role(rows: list[dict]) -> dict[str, dict]:

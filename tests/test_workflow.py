@@ -243,3 +243,19 @@ def test_unreadable_file_gets_error_rows(tmp_path: Path) -> None:
         assert set(df[df.status == "error"].rel) == {"locked.jpg"}, step
         assert df[df.rel == "locked.jpg"].error.str.contains("ermission denied").all(), (step, df.error.tolist())
         assert (df[df.rel == "ok.jpg"].status == "ok").all(), step
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"thumbnail": {"enabled": True}}, "thumbnail"),  # a misspelt section
+        ({"thumbnails": {"thumb_size": "big"}}, "big"),  # a wrong type
+    ],
+)
+def test_config_mistakes_stop_with_a_clear_message(tmp_path: Path, override: dict, message: str) -> None:
+    (tmp_path / "archive").mkdir()
+    write_config(tmp_path, {"photos": "archive"}, **override)
+    proc = snakemake(tmp_path, "--dry-run", check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "validating" in out.lower() and message in out, out[-2000:]
