@@ -77,3 +77,29 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 60
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def make_dng(path: Path, width: int = 256, height: int = 192) -> Path:
+    """A real (if tiny) DNG with an RGGB Bayer mosaic of a horizontal ramp, written by pidng. It has no
+    embedded preview, so readers must demosaic it."""
+    import numpy as np
+    from pidng.core import RAW2DNG, DNGTags, Tag
+    from pidng.defs import CalibrationIlluminant, CFAPattern, DNGVersion, Orientation, PhotometricInterpretation
+
+    ramp = np.tile(np.linspace(0, 4000, width), (height, 1)).astype(np.uint16)
+    tags = DNGTags()
+    for tag, value in [
+        (Tag.ImageWidth, width), (Tag.ImageLength, height), (Tag.TileWidth, width), (Tag.TileLength, height),
+        (Tag.Orientation, Orientation.Horizontal), (Tag.SamplesPerPixel, 1), (Tag.BitsPerSample, 16),
+        (Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array),
+        (Tag.CFARepeatPatternDim, [2, 2]), (Tag.CFAPattern, CFAPattern.RGGB), (Tag.BlackLevel, 0),
+        (Tag.WhiteLevel, 4095),
+        (Tag.ColorMatrix1, [[1, 1], [0, 1], [0, 1], [0, 1], [1, 1], [0, 1], [0, 1], [0, 1], [1, 1]]),
+        (Tag.CalibrationIlluminant1, CalibrationIlluminant.D65), (Tag.AsShotNeutral, [[1, 1], [1, 1], [1, 1]]),
+        (Tag.Make, "Test"), (Tag.Model, "DNG"), (Tag.DNGVersion, DNGVersion.V1_4),
+    ]:  # fmt: skip
+        tags.set(tag, value)
+    writer = RAW2DNG()
+    writer.options(tags, path="", compress=False)
+    writer.convert(ramp, filename=str(path.with_suffix("")))
+    return path

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import imagehash
-from conftest import SAMPLE, ffmpeg, file_row, make_audio_only, make_photo, make_video
+from conftest import SAMPLE, ffmpeg, file_row, make_audio_only, make_dng, make_photo, make_video
 from PIL import Image
 
 from cl_ml_tools import hashes
@@ -121,3 +121,13 @@ def test_hash_shard_keeps_order_and_skips_skipped(tmp_path: Path) -> None:
     rows = hashes.hash_shard(files, hashes.Settings(), threads=2)
     assert [r["path"] for r in rows] == [f["path"] for i, f in enumerate(files) if i != 2]
     assert all(r["status"] == "ok" and r["phash"] is not None for r in rows)
+
+
+def test_raw_pixel_hash_covers_the_sensor_data(tmp_path: Path) -> None:
+    import rawpy
+
+    dng = make_dng(tmp_path / "shot.dng")
+    row = hashes.hash_file(file_row(dng), hashes.Settings())[0]
+    with rawpy.imread(str(dng)) as raw:
+        expected = hashlib.sha512(raw.raw_image_visible.tobytes()).hexdigest()
+    assert row["status"] == "ok" and row["pixel_sha512"] == expected and row["phash"] is not None

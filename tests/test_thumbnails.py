@@ -5,7 +5,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE, ffmpeg, file_row, make_audio_only, make_photo, make_video
+from conftest import SAMPLE, ffmpeg, file_row, make_audio_only, make_dng, make_photo, make_video
 from PIL import Image
 
 from cl_ml_tools import imaging, thumbnails
@@ -145,3 +145,14 @@ def test_shard_keeps_going_and_writes_only_media(tmp_path: Path) -> None:
     assert [r["error"] for r in rows if r["path"] == str(bad)] == ["empty file (0 bytes)"]
     written = {Path(r["file"]) for r in rows if r["status"] == "ok"}
     assert written == set((tmp_path / "out").iterdir())
+
+
+def test_raw_without_preview_is_demosaiced(tmp_path: Path) -> None:
+    dng = make_dng(tmp_path / "shot.dng")
+    row = file_row(dng)
+    assert (row["kind"], row["format"]) == ("image", "dng")
+    rows = by_role(thumbnails.thumbnail_file(row, tmp_path, SETTINGS))
+    assert (rows["preview0"]["source_width"], rows["preview0"]["source_height"]) == (128, 96)  # half size
+    with Image.open(rows["preview0"]["file"]) as im:
+        grey = im.convert("L")
+        assert grey.getpixel((5, 48)) < grey.getpixel((120, 48))  # the ramp runs dark to bright
