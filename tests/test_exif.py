@@ -98,3 +98,17 @@ def test_missing_file_gets_its_own_row(tmp_path: Path) -> None:
     rows = rows_for([tmp_path / "vanished.jpg", ASTRONAUT])
     assert rows[0]["status"] == "error" and rows[0]["error"].startswith("No such file or directory")
     assert rows[1]["status"] == "ok"
+
+
+def test_several_processes_give_the_same_rows(tmp_path: Path) -> None:
+    paths = []
+    for i in range(45):
+        p = tmp_path / f"{i:02d}.jpg"
+        shutil.copy(ASTRONAUT, p)
+        paths.append(p)
+    (tmp_path / "07.jpg").write_text("broken")
+    files = [{"media_id": f"{i:016x}", "input": "t", "path": str(p), "status": "ok"} for i, p in enumerate(paths)]
+    one, two = exif.exif_shard(files, processes=1), exif.exif_shard(files, processes=2)
+    assert one == two
+    assert [r["path"] for r in two] == [str(p) for p in paths]
+    assert two[7]["mime"] == "text/plain" and all(r["make"] == "Canon" for i, r in enumerate(two) if i != 7)

@@ -14,6 +14,7 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from .tables import STATUS_SKIPPED, base_row, error_row
 
 EXIFTOOL = os.environ.get("CL_ML_TOOLS_EXIFTOOL", "exiftool")
 TIMEOUT_PER_FILE_S = 30
+# Below this many files per process, a second exiftool start-up costs more than it saves.
+MIN_FILES_PER_PROCESS = 20
 
 # Where each typed column is read from, first match wins (keys as ``exiftool -G`` names them).
 SOURCES: dict[str, tuple[str, ...]] = {
@@ -155,8 +158,12 @@ def run_exiftool(paths: Sequence[str]) -> list[dict[str, Any] | None]:
                 "-q",
                 "-api",
                 "LargeFileSupport=1",
+                # The link's own name and folder describe nothing; access and inode-change times change
+                # whenever anything reads the file, and would make reruns differ.
                 "--FileName",
                 "--Directory",
+                "--FileAccessDate",
+                "--FileInodeChangeDate",
                 "-@",
                 str(argfile),
             ],
@@ -180,19 +187,31 @@ def _row_from_record(file_row: Mapping[str, Any], record: dict[str, Any] | None)
         return error_row(file_row, "exiftool returned no metadata for this file")
     tags = {k: v for k, v in record.items() if k not in _DROPPED}
     error = tags.get("ExifTool:Error")
-    row: Row = {**base_row(file_row), **typed_columns(tags), "raw": json.dumps(tags, ensure_ascii=False)}
+    row: Row = {
+        **base_row(file_row),
+        **typed_columns(tags),
+        "raw": json.dumps(tags, ensure_ascii=False, sort_keys=True),
+    }
     if error:
         row.update(status="error", error=f"exiftool: {error}")
     return row
 
 
-def exif_shard(files: Sequence[Mapping[str, Any]]) -> list[Row]:
-    """Metadata rows for every non-skipped file of a shard. If the batch run itself breaks, files are
-    retried one by one, so one poisonous file costs only its own row."""
+def exif_shard(files: Sequence[Mapping[str, Any]], processes: int = 1) -> list[Row]:
+    """Metadata rows for every non-skipped file of a shard.
+
+    exiftool is single-threaded Perl, so a job with several cores runs one batch process per core, each on
+    a contiguous slice of the shard (never one process per file). If a batch call itself breaks, its
+    files are retried one by one, so one poisonous file costs only its own row."""
     files = [f for f in files if f["status"] != STATUS_SKIPPED]
     # exiftool words a missing or unreadable file as "Error opening file"; the OS says why.
     rows = {f["media_id"]: error_row(f, problem) for f in files if (problem := _unreadable(f["path"]))}
-    rows.update({r["media_id"]: r for r in _exif_rows([f for f in files if f["media_id"] not in rows])})
+    todo = [f for f in files if f["media_id"] not in rows]
+    n = max(1, min(processes, len(todo) // MIN_FILES_PER_PROCESS))
+    slices = [todo[i * len(todo) // n : (i + 1) * len(todo) // n] for i in range(n)]
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        for part in pool.map(_exif_rows, slices):
+            rows.update({r["media_id"]: r for r in part})
     return [rows[f["media_id"]] for f in files]
 
 

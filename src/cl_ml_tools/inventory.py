@@ -319,9 +319,8 @@ def media_kind(kind: str, path: str) -> str | None:
 
 
 def files_rows(entries: Iterable[Entry], shard: str) -> list[dict[str, object]]:
-    """The ``files`` table rows of one shard: each entry sniffed from its bytes."""
-    import pandas as pd
-
+    """The ``files`` table rows of one shard: each entry sniffed from its bytes (``mtime`` as epoch
+    nanoseconds, which the table stores as timestamp[ns, UTC])."""
     rows = []
     for e in entries:
         status, error = "ok", None
@@ -335,7 +334,7 @@ def files_rows(entries: Iterable[Entry], shard: str) -> list[dict[str, object]]:
                 status, error = "error", f"cannot read: {exc.strerror}"
         rows.append({
             "media_id": e.media_id, "input": e.input, "path": e.path, "status": status, "error": error,
-            "relpath": e.relpath, "size": e.size, "mtime": pd.Timestamp(e.mtime_ns, unit="ns", tz="UTC"),
+            "relpath": e.relpath, "size": e.size, "mtime": e.mtime_ns,
             "kind": kind, "format": fmt, "shard": shard,
         })  # fmt: skip
     return rows

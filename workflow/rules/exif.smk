@@ -7,7 +7,7 @@ rule exif:
         log_file("exif"),
     benchmark:
         benchmark_file("exif")
-    threads: 1
+    threads: 2
     resources:
         mem_mb=1000,
         runtime=shard_runtime(0.05),
