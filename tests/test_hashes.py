@@ -131,3 +131,11 @@ def test_raw_pixel_hash_covers_the_sensor_data(tmp_path: Path) -> None:
     with rawpy.imread(str(dng)) as raw:
         expected = hashlib.sha512(raw.raw_image_visible.tobytes()).hexdigest()
     assert row["status"] == "ok" and row["pixel_sha512"] == expected and row["phash"] is not None
+
+
+def test_perceptual_hashes_of_every_image_mode(tmp_path: Path) -> None:
+    for mode in ("P", "1", "I;16", "L", "RGBA", "CMYK"):
+        path = tmp_path / f"{mode.replace(';', '')}.{'jpg' if mode == 'CMYK' else 'png'}"
+        Image.new(mode, (900, 700)).save(path)
+        row = hashes.hash_file(file_row(path), hashes.Settings())[0]
+        assert row["status"] == "ok" and row["phash"] is not None, (mode, row["error"])

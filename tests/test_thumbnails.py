@@ -156,3 +156,12 @@ def test_raw_without_preview_is_demosaiced(tmp_path: Path) -> None:
     with Image.open(rows["preview0"]["file"]) as im:
         grey = im.convert("L")
         assert grey.getpixel((5, 48)) < grey.getpixel((120, 48))  # the ramp runs dark to bright
+
+
+@pytest.mark.parametrize("mode", ["P", "1", "I;16", "L", "LA", "RGBA", "CMYK", "F"])
+def test_large_images_of_every_mode(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / ("img.tif" if mode == "F" else "img.jpg" if mode == "CMYK" else "img.png")
+    Image.new(mode, (2100, 1500)).save(path)
+    rows = by_role(thumbnails.thumbnail_file(file_row(path), tmp_path, SETTINGS))
+    assert (rows["preview0"]["width"], rows["preview0"]["height"]) == (1024, 731)
+    assert (rows["thumb"]["width"], rows["thumb"]["height"]) == (256, 183)

@@ -111,7 +111,11 @@ def hash_image(path: str, fmt: str, settings: Settings) -> dict[str, Any]:
         out["pixel_sha512"] = hashlib.sha512(raw).hexdigest() if raw is not None else pixel_sha512(image)
     if settings.perceptual:
         # Perceptual hashes describe the picture as a person sees it: upright, in sRGB.
-        small = imaging.to_srgb(imaging.orient(imaging.fit(image, 256), opened.orientation))
+        # A box reduction to roughly 256 px first: the hashes only look at 32x32 and 9x8, and this costs a
+        # third of a LANCZOS fit on a 12 MP frame.
+        factor = max(1, min(image.size) // 256)
+        small = image.reduce(factor) if image.mode not in ("P", "1", "I;16", "I;16B", "I;16L") else image
+        small = imaging.to_srgb(imaging.orient(small, opened.orientation))
         out["phash"], out["dhash"] = phash(small), dhash(small)
     return out
 
