@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from . import imaging, video
 from .inventory import media_kind
 from .steps import MediaError, Row, describe, map_files, settings_from
 from .tables import STATUS_SKIPPED, base_row
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 
@@ -137,6 +140,7 @@ def hash_file(file_row: Mapping[str, Any], settings: Settings, poster: str | Non
     except Exception as exc:
         # The byte hashes are still right; keep them on the error row.
         row.update(status="error", error=describe(exc))
+        log.warning("%s: %s", file_row["path"], row["error"])
     return [row]
 
 

@@ -7,7 +7,9 @@ of nothing but errors still has the right columns) and a consolidation rule conc
 
 from __future__ import annotations
 
+import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +21,8 @@ from .fileio import atomic_path
 
 if TYPE_CHECKING:
     import pandas as pd
+
+log = logging.getLogger(__name__)
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -145,7 +149,10 @@ def write_parquet(table: pa.Table, target: str | os.PathLike[str]) -> None:
 
 
 def write_part(name: str, rows: Sequence[Mapping[str, Any]], target: str | os.PathLike[str]) -> None:
-    write_parquet(to_arrow(name, rows), target)
+    table = to_arrow(name, rows)
+    write_parquet(table, target)
+    counts = Counter(table.column("status").to_pylist())
+    log.info("%s: %d rows (%s) -> %s", name, table.num_rows, ", ".join(f"{n} {s}" for s, n in counts.items()), target)
 
 
 def read_part(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
