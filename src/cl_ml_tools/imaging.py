@@ -150,11 +150,23 @@ def to_srgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def fit_size(size: tuple[int, int], box: int) -> tuple[int, int]:
+    """``size`` scaled to fit in ``box``×``box`` keeping the aspect ratio, never enlarged."""
+    w, h = size
+    scale = min(1.0, box / max(w, h))
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
 def fit(image: Image.Image, box: int) -> Image.Image:
-    """A copy scaled to fit in ``box``×``box``, never upscaled."""
-    out = image.copy()
-    out.thumbnail((box, box), Image.Resampling.LANCZOS, reducing_gap=2.0)
-    return out
+    """A new image scaled to fit in ``box``×``box``, never upscaled.
+
+    BICUBIC rather than LANCZOS: Pillow's filters are antialiased at any scale, the difference is invisible
+    at these ratios, and it costs a third less (the resize is about a third of a thumbnail's time). A box
+    reduction first (``reducing_gap``) handles the large ratios cheaply."""
+    size = fit_size(image.size, box)
+    if size == image.size:
+        return image.copy()
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
 
 
 def is_blank(image: Image.Image, threshold: float = 6.0) -> bool:
