@@ -139,3 +139,20 @@ def test_perceptual_hashes_of_every_image_mode(tmp_path: Path) -> None:
         Image.new(mode, (900, 700)).save(path)
         row = hashes.hash_file(file_row(path), hashes.Settings())[0]
         assert row["status"] == "ok" and row["phash"] is not None, (mode, row["error"])
+
+
+def test_pixel_hash_equals_hash_of_all_bytes_for_every_mode(tmp_path: Path) -> None:
+    for mode in ("RGB", "L", "1", "RGBA", "I;16"):
+        image = Image.open(make_photo(tmp_path / "p.png", (301, 97))).convert(mode)
+        expected = hashlib.sha512(f"{mode} 301x97\n".encode() + image.tobytes()).hexdigest()
+        assert hashes.pixel_sha512(image) == expected, mode
+
+
+def test_perceptual_only_uses_a_reduced_decode(tmp_path: Path) -> None:
+    big = tmp_path / "big.jpg"
+    Image.open(ASTRONAUT).resize((3000, 4000)).save(big, quality=90)
+    full = hashes.hash_file(file_row(big), hashes.Settings())[0]
+    quick = hashes.hash_file(file_row(big), hashes.Settings(pixel=False))[0]
+    assert "pixel_sha512" not in quick
+    assert bin(full["phash"] ^ quick["phash"]).count("1") <= 2
+    assert bin(full["dhash"] ^ quick["dhash"]).count("1") <= 2
