@@ -80,26 +80,24 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 60
 
 
 def make_dng(path: Path, width: int = 256, height: int = 192) -> Path:
-    """A real (if tiny) DNG with an RGGB Bayer mosaic of a horizontal ramp, written by pidng. It has no
-    embedded preview, so readers must demosaic it."""
+    """A real (if tiny) DNG: an RGGB Bayer mosaic of a horizontal ramp with the DNG tags LibRaw needs,
+    written by tifffile. It has no embedded preview, so readers must demosaic it."""
     import numpy as np
-    from pidng.core import RAW2DNG, DNGTags, Tag
-    from pidng.defs import CalibrationIlluminant, CFAPattern, DNGVersion, Orientation, PhotometricInterpretation
+    import tifffile
 
     ramp = np.tile(np.linspace(0, 4000, width), (height, 1)).astype(np.uint16)
-    tags = DNGTags()
-    for tag, value in [
-        (Tag.ImageWidth, width), (Tag.ImageLength, height), (Tag.TileWidth, width), (Tag.TileLength, height),
-        (Tag.Orientation, Orientation.Horizontal), (Tag.SamplesPerPixel, 1), (Tag.BitsPerSample, 16),
-        (Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array),
-        (Tag.CFARepeatPatternDim, [2, 2]), (Tag.CFAPattern, CFAPattern.RGGB), (Tag.BlackLevel, 0),
-        (Tag.WhiteLevel, 4095),
-        (Tag.ColorMatrix1, [[1, 1], [0, 1], [0, 1], [0, 1], [1, 1], [0, 1], [0, 1], [0, 1], [1, 1]]),
-        (Tag.CalibrationIlluminant1, CalibrationIlluminant.D65), (Tag.AsShotNeutral, [[1, 1], [1, 1], [1, 1]]),
-        (Tag.Make, "Test"), (Tag.Model, "DNG"), (Tag.DNGVersion, DNGVersion.V1_4),
-    ]:  # fmt: skip
-        tags.set(tag, value)
-    writer = RAW2DNG()
-    writer.options(tags, path="", compress=False)
-    writer.convert(ramp, filename=str(path.with_suffix("")))
+    tags = [
+        (271, "s", 0, "Test", True),  # Make
+        (272, "s", 0, "DNG", True),  # Model
+        (50706, "B", 4, (1, 4, 0, 0), True),  # DNGVersion
+        (50707, "B", 4, (1, 1, 0, 0), True),  # DNGBackwardVersion
+        (50708, "s", 0, "Test DNG", True),  # UniqueCameraModel
+        (33421, "H", 2, (2, 2), True),  # CFARepeatPatternDim
+        (33422, "B", 4, (0, 1, 1, 2), True),  # CFAPattern: RGGB
+        (50717, "I", 1, 4095, True),  # WhiteLevel
+        (50721, "2i", 9, (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1), True),  # ColorMatrix1
+        (50778, "H", 1, 21, True),  # CalibrationIlluminant1: D65
+        (50728, "2I", 3, (1, 1, 1, 1, 1, 1), True),  # AsShotNeutral
+    ]
+    tifffile.imwrite(path, ramp, photometric=32803, subfiletype=0, extratags=tags)  # 32803: CFA
     return path

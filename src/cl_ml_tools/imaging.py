@@ -160,13 +160,14 @@ def fit_size(size: tuple[int, int], box: int) -> tuple[int, int]:
 def fit(image: Image.Image, box: int) -> Image.Image:
     """A new image scaled to fit in ``box``×``box``, never upscaled.
 
-    BICUBIC rather than LANCZOS: Pillow's filters are antialiased at any scale, the difference is invisible
-    at these ratios, and it costs a third less (the resize is about a third of a thumbnail's time). A box
-    reduction first (``reducing_gap``) handles the large ratios cheaply."""
+    HAMMING rather than LANCZOS: Pillow's filters are antialiased at any scale, and on a 12 MP photo drafted
+    to 2000 px and fitted to 1024 px HAMMING stays at 49 dB PSNR from LANCZOS (invisible) while costing half
+    (13 ms against 28 ms; the resize was a third of a thumbnail's time). A box reduction first
+    (``reducing_gap``) handles the large ratios cheaply."""
     size = fit_size(image.size, box)
     if size == image.size:
         return image.copy()
-    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+    return image.resize(size, Image.Resampling.HAMMING, reducing_gap=2.0)
 
 
 def is_blank(image: Image.Image, threshold: float = 6.0) -> bool:
