@@ -7,10 +7,12 @@ import subprocess
 from pathlib import Path
 
 import imagehash
+import pytest
 from conftest import SAMPLE, ffmpeg, file_row, make_audio_only, make_dng, make_photo, make_video
 from PIL import Image
 
-from cl_ml_tools import hashes
+from cl_ml_tools import hashes, video
+from cl_ml_tools.steps import MediaError
 
 ASTRONAUT = SAMPLE / "2021 holiday" / "astronaut.jpg"
 
@@ -156,3 +158,16 @@ def test_perceptual_only_uses_a_reduced_decode(tmp_path: Path) -> None:
     assert "pixel_sha512" not in quick
     assert bin(full["phash"] ^ quick["phash"]).count("1") <= 2
     assert bin(full["dhash"] ^ quick["dhash"]).count("1") <= 2
+
+
+def test_keyframe_ranges_outside_the_file_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A container index can claim anything; ffprobe reports what the index says. This stand-in prints a
+    # keyframe packet that ends past the end of the 100-byte file, as a lying index would.
+    target = tmp_path / "liar.mp4"
+    target.write_bytes(b"\0" * 100)
+    fake = tmp_path / "ffprobe"
+    fake.write_text("#!/bin/sh\necho '0.000000,64,10,K__'\necho '2.000000,80,60,K__'\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(video, "FFPROBE", str(fake))
+    with pytest.raises(MediaError, match=r"keyframe packet at 60\+80 lies outside the file \(100 bytes\)"):
+        hashes.video_sha512(target)
