@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +136,27 @@ def test_files_rows_sniff_and_report(tmp_path: Path) -> None:
     assert rows["empty.jpg"]["format"] == "empty" and rows["empty.jpg"]["status"] == "ok"
     assert rows["sub/deeper/c d é.txt"]["kind"] == "other"
     assert all(r["shard"] == "0000" and r["path"].startswith(str((tmp_path / "root").resolve())) for r in rows.values())
+
+
+def test_excluded_links_stay_out_and_unlistable_folders_are_reported(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    make_tree(root)
+    os.symlink(tmp_path, root / ".escape-but-hidden")
+    locked = root / "locked"
+    locked.mkdir()
+    (locked / "x.jpg").write_bytes(b"\xff\xd8\xff")
+    locked.chmod(0)
+    try:
+        script = (
+            "import json, sys; from cl_ml_tools import inventory;"
+            "print(json.dumps({e.relpath: e.error for e in inventory.scan({'in': sys.argv[1]}, ['*'], ['.*'])}))"
+        )
+        # As root, drop the capabilities that ignore file permissions (see test_workflow).
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+        out = subprocess.run([*prefix, sys.executable, "-c", script, str(root)], capture_output=True, check=True)
+        errors = json.loads(out.stdout)
+    finally:
+        locked.chmod(0o755)
+    assert ".escape-but-hidden" not in errors
+    assert errors["locked"] == "cannot list folder: Permission denied"
+    assert errors["a.jpg"] is None

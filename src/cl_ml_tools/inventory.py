@@ -91,8 +91,12 @@ def _scan_root(name: str, root: Path, include: Sequence[str], exclude: Sequence[
         try:
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except OSError:
-            # An unreadable directory hides its files; nothing to report per file.
+        except OSError as exc:
+            if directory == root_str:
+                raise
+            # Listed as one skipped entry, so a folder the scan could not enter does not vanish silently.
+            rel = os.path.relpath(directory, root_str).replace(os.sep, "/")
+            yield Entry(media_id(name, rel), name, rel, directory, 0, 0, f"cannot list folder: {exc.strerror}")
             continue
         for de in entries:
             rel = os.path.relpath(de.path, root_str).replace(os.sep, "/")
@@ -100,18 +104,12 @@ def _scan_root(name: str, root: Path, include: Sequence[str], exclude: Sequence[
                 if de.is_dir(follow_symlinks=False):
                     stack.append(de.path)
                     continue
-                if de.is_symlink():
-                    error = _symlink_problem(de.path, root_str)
-                    if error is None and not _selected(rel, include, exclude):
-                        continue
-                    st = os.stat(de.path) if error is None else os.lstat(de.path)
-                elif de.is_file(follow_symlinks=False):
-                    if not _selected(rel, include, exclude):
-                        continue
-                    st = de.stat(follow_symlinks=False)
-                    error = None
-                else:
+                if not (de.is_symlink() or de.is_file(follow_symlinks=False)):
                     continue  # sockets, fifos, devices: never media
+                if not _selected(rel, include, exclude):
+                    continue
+                error = _symlink_problem(de.path, root_str) if de.is_symlink() else None
+                st = os.stat(de.path) if error is None else os.lstat(de.path)
             except OSError as exc:
                 st, error = None, f"cannot stat: {exc.strerror}"
             yield Entry(
