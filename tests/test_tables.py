@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -64,3 +66,23 @@ def test_every_column_is_documented() -> None:
         assert f"## {name}" in doc
         for column in schema.names:
             assert f"`{column}`" in doc, f"{name}.{column} is not described in docs/tables.md"
+
+
+def test_names_that_are_not_utf8_survive_the_round_trip(tmp_path: Path) -> None:
+    from cl_ml_tools import hashes, inventory
+
+    root = tmp_path / "root"
+    root.mkdir()
+    raw = os.fsencode(root) + b"/caf\xe9 \xff.jpg"  # Latin-1 bytes, as old cameras and Windows shares write
+    with open(raw, "wb") as fh:
+        fh.write(b"\xff\xd8\xff not really a jpeg")
+    entries = list(inventory.scan({"in": root}))
+    tables.write_part("files", inventory.files_rows(entries, "0000"), tmp_path / "files.parquet")
+    stored = pq.read_table(tmp_path / "files.parquet").to_pylist()[0]
+    assert stored["path"].endswith("/caf\\xe9 \\xff.jpg") and stored["raw_path"] == raw
+    [row] = tables.read_part(tmp_path / "files.parquet")
+    assert os.fsencode(row["path"]) == raw  # the real name again: steps can open it
+    [hashed] = hashes.hash_file(row, hashes.Settings())
+    assert hashed["md5"] == hashlib.md5(b"\xff\xd8\xff not really a jpeg").hexdigest()
+    tables.write_part("hashes", [hashed], tmp_path / "hashes.parquet")
+    assert pq.read_table(tmp_path / "hashes.parquet").column("path")[0].as_py() == stored["path"]

@@ -38,6 +38,8 @@ def build_archive(root: Path) -> dict[str, str]:
     make_audio_only(bad / "no video stream.mp4")
     make_audio_only(bad / "song.m4a")
     shutil.copy(SAMPLE / "2021 holiday" / "astronaut.jpg", root / "ünï cødé photo copy.jpg")
+    # A Latin-1 name from an old camera card: not valid UTF-8, so Parquet shows it escaped.
+    shutil.copy(SAMPLE / "2021 holiday" / "coffee.png", os.fsencode(root) + b"/caf\xe9.png")
     return {
         "bad/empty.jpg": "empty file (0 bytes)",
         "bad/text.jpg": "not a decodable image",
@@ -61,6 +63,12 @@ def load(work: Path, name: str) -> pd.DataFrame:
     return tables.load(name, work / "results")
 
 
+def real_paths(work: Path) -> dict[str, str]:
+    """media_id -> the path as the OS knows it (``path`` is escaped for names that are not UTF-8)."""
+    files = load(work, "files")
+    return {r.media_id: os.fsdecode(r.raw_path) if pd.notna(r.raw_path) else r.path for r in files.itertuples()}
+
+
 def rel(df: pd.DataFrame, work: Path) -> pd.Series:
     root = str((work / "archive").resolve()) + "/"
     return df.path.str.removeprefix(root)
@@ -69,7 +77,9 @@ def rel(df: pd.DataFrame, work: Path) -> pd.Series:
 def test_every_file_is_listed_once(run) -> None:
     work, _, _ = run
     files = load(work, "files")
-    on_disk = sorted(str(p.relative_to(work / "archive")) for p in (work / "archive").rglob("*") if p.is_file())
+    on_disk = sorted(
+        tables.displayable(str(p.relative_to(work / "archive"))) for p in (work / "archive").rglob("*") if p.is_file()
+    )
     assert sorted(files.relpath) == on_disk
     assert files.media_id.is_unique and set(files.shard) <= {"0000", "0001", "0002"}
     by = files.set_index("relpath")
@@ -78,18 +88,20 @@ def test_every_file_is_listed_once(run) -> None:
     assert by.loc["bad/song.m4a", "kind"] == "audio"
     for row in files.itertuples():
         assert row.shard == inventory.shard_names(3)[inventory.shard_index(row.media_id, 3)]
-        assert row.size == Path(row.path).stat().st_size
+        assert row.size == Path(real_paths(work)[row.media_id]).stat().st_size
 
 
 def test_hashes_match_hashlib(run) -> None:
     work, _, _ = run
     h = load(work, "hashes")
     assert len(h) == len(load(work, "files"))
+    paths = real_paths(work)
     for row in h.itertuples():
-        data = Path(row.path).read_bytes()
+        data = Path(paths[row.media_id]).read_bytes()
         assert row.sha512 == hashlib.sha512(data).hexdigest() and row.md5 == hashlib.md5(data).hexdigest()
     by = h.assign(rel=rel(h, work)).set_index("rel")
     assert by.loc["ünï cødé photo copy.jpg", "pixel_sha512"] == by.loc["2021 holiday/astronaut.jpg", "pixel_sha512"]
+    assert by.loc["caf\\xe9.png", "pixel_sha512"] == by.loc["2021 holiday/coffee.png", "pixel_sha512"]
     assert pd.notna(by.loc["videos/clip.mp4", "video_sha512"]) and pd.notna(by.loc["videos/clip.mp4", "phash"])
 
 
@@ -97,10 +109,10 @@ def test_exif_matches_exiftool(run) -> None:
     work, _, _ = run
     ex = load(work, "exif")
     assert len(ex) == len(load(work, "files"))
+    paths = real_paths(work)
     for row in ex[ex.status == "ok"].itertuples():
-        ref = json.loads(
-            subprocess.run(["exiftool", "-j", "-n", "-G", row.path], capture_output=True, check=True).stdout
-        )[0]
+        cmd = ["exiftool", "-j", "-n", "-G", paths[row.media_id]]
+        ref = json.loads(subprocess.run(cmd, capture_output=True, check=True).stdout)[0]
         assert row.mime == ref.get("File:MIMEType")
         if "EXIF:Make" in ref:
             assert (row.make, row.model) == (ref["EXIF:Make"], ref["EXIF:Model"])

@@ -316,6 +316,15 @@ def media_kind(kind: str, path: str) -> str | None:
     return extension_kind(path)
 
 
+def _raw_path(path: str) -> bytes | None:
+    """The path's bytes when they are not valid UTF-8 (the only case the string column cannot hold)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return None
+
+
 def files_rows(entries: Iterable[Entry], shard: str) -> list[dict[str, object]]:
     """The ``files`` table rows of one shard: each entry sniffed from its bytes (``mtime`` as epoch
     nanoseconds, which the table stores as timestamp[ns, UTC])."""
@@ -333,6 +342,6 @@ def files_rows(entries: Iterable[Entry], shard: str) -> list[dict[str, object]]:
         rows.append({
             "media_id": e.media_id, "input": e.input, "path": e.path, "status": status, "error": error,
             "relpath": e.relpath, "size": e.size, "mtime": e.mtime_ns,
-            "kind": kind, "format": fmt, "shard": shard,
+            "kind": kind, "format": fmt, "shard": shard, "raw_path": _raw_path(e.path),
         })  # fmt: skip
     return rows

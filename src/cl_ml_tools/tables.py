@@ -58,6 +58,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("kind", pa.string()),
             pa.field("format", pa.string()),
             pa.field("shard", pa.string()),
+            pa.field("raw_path", pa.binary()),
         ]
     ),
     "hashes": pa.schema(
@@ -139,8 +140,21 @@ def error_row(file_row: Mapping[str, Any], message: str) -> dict[str, Any]:
     return {**base_row(file_row), "status": STATUS_ERROR, "error": message}
 
 
+def displayable(text: str) -> str:
+    """``text`` as valid UTF-8: a file name that is not (Linux allows any bytes) arrives from ``os`` with
+    surrogate escapes, which Parquet cannot store; those bytes are shown as ``\\xNN``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text
+
+
 def to_arrow(name: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(list(rows), schema=SCHEMAS[name])
+    schema = SCHEMAS[name]
+    text = [f.name for f in schema if pa.types.is_string(f.type)]
+    clean = [{**r, **{k: displayable(r[k]) for k in text if isinstance(r.get(k), str)}} for r in rows]
+    return pa.Table.from_pylist(clean, schema=schema)
 
 
 def write_parquet(table: pa.Table, target: str | os.PathLike[str]) -> None:
@@ -156,7 +170,13 @@ def write_part(name: str, rows: Sequence[Mapping[str, Any]], target: str | os.Pa
 
 
 def read_part(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    return pq.read_table(path).to_pylist()
+    """Rows of a part; in ``files`` rows, ``path`` is the real path again even for a name that is not valid
+    UTF-8 (kept exactly in ``raw_path``), so steps can open it."""
+    rows = pq.read_table(path).to_pylist()
+    for row in rows:
+        if row.get("raw_path"):
+            row["path"] = os.fsdecode(row["raw_path"])
+    return rows
 
 
 def consolidate(name: str, parts: Iterable[str | os.PathLike[str]], target: str | os.PathLike[str]) -> int:
