@@ -177,7 +177,9 @@ def run_exiftool(paths: Sequence[str]) -> list[dict[str, Any] | None]:
                 message = proc.stderr.decode("utf-8", "replace").strip() or "exiftool failed"
                 raise MediaError(message.replace(links[0], paths[0]))
             return [None] * len(paths)
-        records = json.loads(proc.stdout)
+        # exiftool already replaces invalid UTF-8 in values; decoding leniently keeps a stray byte from
+        # costing the whole batch.
+        records = json.loads(proc.stdout.decode("utf-8", "replace"))
     by_link = {rec.get("SourceFile"): rec for rec in records}
     return [by_link.get(link) for link in links]
 
