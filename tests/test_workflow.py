@@ -19,7 +19,7 @@ from conftest import REPO, SAMPLE, SNAKEMAKE, make_audio_only, snakemake, write_
 from PIL import Image
 from test_thumbnails import bomb_png
 
-from cl_ml_tools import inventory, tables
+from cl_ml_tools import fileio, inventory, tables
 
 pytestmark = pytest.mark.e2e
 
@@ -78,7 +78,7 @@ def test_every_file_is_listed_once(run) -> None:
     work, _, _ = run
     files = load(work, "files")
     on_disk = sorted(
-        tables.displayable(str(p.relative_to(work / "archive"))) for p in (work / "archive").rglob("*") if p.is_file()
+        fileio.displayable(str(p.relative_to(work / "archive"))) for p in (work / "archive").rglob("*") if p.is_file()
     )
     assert sorted(files.relpath) == on_disk
     assert files.media_id.is_unique and set(files.shard) <= {"0000", "0001", "0002"}

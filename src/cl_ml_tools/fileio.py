@@ -1,4 +1,4 @@
-"""Atomic writes: a killed job must never leave a half-written target behind."""
+"""Atomic writes (a killed job must never leave a half-written target behind) and file names as text."""
 
 from __future__ import annotations
 
@@ -49,3 +49,13 @@ def write_if_changed(target: str | os.PathLike[str], data: bytes) -> bool:
         pass
     write_bytes_atomic(target, data)
     return True
+
+
+def displayable(text: str) -> str:
+    """``text`` as valid UTF-8: a file name that is not (Linux allows any bytes) arrives from ``os`` with
+    surrogate escapes, which Parquet cannot store; those bytes are shown as ``\\xNN``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text

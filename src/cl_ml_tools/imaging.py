@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
@@ -45,11 +45,10 @@ class Opened:
     image: Image.Image
     orientation: int
     raw_pixels: bytes | None = None  # for RAW files: the sensor data, the thing a pixel hash covers
-    size: tuple[int, int] = (0, 0)  # as stored, before any reduced decode changes image.size
+    size: tuple[int, int] = field(init=False)  # as stored, before a reduced decode changes image.size
 
     def __post_init__(self) -> None:
-        if self.size == (0, 0):
-            self.size = self.image.size
+        self.size = self.image.size
 
     @property
     def oriented_size(self) -> tuple[int, int]:

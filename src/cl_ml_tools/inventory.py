@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .fileio import write_bytes_atomic, write_if_changed
+from .fileio import displayable, write_bytes_atomic, write_if_changed
 
 LAYOUT_FILE = "layout.json"
 
@@ -318,11 +318,7 @@ def media_kind(kind: str, path: str) -> str | None:
 
 def _raw_path(path: str) -> bytes | None:
     """The path's bytes when they are not valid UTF-8 (the only case the string column cannot hold)."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return os.fsencode(path)
-    return None
+    return None if displayable(path) == path else os.fsencode(path)
 
 
 def files_rows(entries: Iterable[Entry], shard: str) -> list[dict[str, object]]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .fileio import atomic_path
+from .fileio import atomic_path, displayable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -138,16 +138,6 @@ def base_row(file_row: Mapping[str, Any]) -> dict[str, Any]:
 
 def error_row(file_row: Mapping[str, Any], message: str) -> dict[str, Any]:
     return {**base_row(file_row), "status": STATUS_ERROR, "error": message}
-
-
-def displayable(text: str) -> str:
-    """``text`` as valid UTF-8: a file name that is not (Linux allows any bytes) arrives from ``os`` with
-    surrogate escapes, which Parquet cannot store; those bytes are shown as ``\\xNN``."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return text
 
 
 def to_arrow(name: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
