@@ -10,6 +10,9 @@ include: "workflow/rules/hashes.smk"
 include: "workflow/rules/exif.smk"
 include: "workflow/rules/thumbnails.smk"
 include: "workflow/rules/hls.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/faces.smk"
+include: "workflow/rules/face_embeddings.smk"
 include: "workflow/rules/tables.smk"
 
 

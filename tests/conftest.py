@@ -8,14 +8,30 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from PIL import Image
+from standins import arcface, blazeface_files
 
 from cl_ml_tools import inventory
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "archive"
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+# Downloads the tests need (the mediapipe wheel holding the real BlazeFace files) are kept here between runs.
+TEST_CACHE = Path(os.environ.get("CL_ML_TOOLS_TEST_CACHE", REPO / ".cache" / "test-models"))
+# Model files every snakemake run of the tests uses (config `models:`), set by the session fixture below.
+TEST_MODELS: dict[str, dict[str, str]] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The real BlazeFace networks and a stand-in ArcFace, also written into TEST_MODELS so that
+    ``write_config`` points every test run at them instead of the (unreachable) model hosts."""
+    files = blazeface_files(TEST_CACHE)
+    files["arcface_w600k_mbf"] = arcface(tmp_path_factory.mktemp("models") / "arcface_standin.onnx")
+    TEST_MODELS.update({model_id: {"path": str(path)} for model_id, path in files.items()})
+    return files
 
 
 def ffmpeg(*args: str) -> None:
@@ -57,8 +73,9 @@ def file_row(path: Path, media_id: str = "00000000000000aa") -> dict:
 def write_config(workdir: Path, inputs: dict[str, str], **overrides: object) -> Path:
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["inputs"] = inputs
+    config["models"] = dict(TEST_MODELS)
     for key, value in overrides.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key != "models":
             config[key] = {**config.get(key, {}), **value}
         else:
             config[key] = value
@@ -67,9 +84,11 @@ def write_config(workdir: Path, inputs: dict[str, str], **overrides: object) -> 
     return path
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real snakemake CLI on the project's Snakefile from ``workdir`` (where config.yaml is)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(
         [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--cores", "2", *args],
         cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env, check=False,

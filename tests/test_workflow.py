@@ -13,17 +13,20 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, SAMPLE, SNAKEMAKE, make_audio_only, snakemake, write_config
+from conftest import REPO, SAMPLE, SNAKEMAKE, TEST_MODELS, make_audio_only, snakemake, write_config
 from PIL import Image
+from standins import arcface
 from test_thumbnails import bomb_png
 
 from cl_ml_tools import fileio, inventory, tables
+from cl_ml_tools import models as registry
 
 pytestmark = pytest.mark.e2e
 
-STEPS = ["files", "hashes", "exif", "thumbnails", "hls"]
+STEPS = ["files", "hashes", "exif", "thumbnails", "hls", "faces", "face_embeddings"]
 
 
 def build_archive(root: Path) -> dict[str, str]:
@@ -169,6 +172,63 @@ def test_bad_input_gets_error_rows_and_the_rest_is_intact(run) -> None:
         assert (df[df.rel.isin(good)].status == "ok").all(), (step, df[df.rel.isin(good) & (df.status != "ok")])
 
 
+def test_faces_are_found_and_embedded(run, test_models) -> None:
+    work, bad, _ = run
+    faces = load(work, "faces").assign(rel=lambda d: rel(d, work))
+    found = faces[faces.status == "ok"]
+    a = found[found.rel == "2021 holiday/astronaut.jpg"]
+    b = found[found.rel == "ünï cødé photo copy.jpg"]
+    assert len(a) == 1 and len(b) == 1
+    box = ["x", "y", "width", "height", "right_eye_x", "mouth_center_y"]
+    np.testing.assert_allclose(a[box].to_numpy(float), b[box].to_numpy(float))
+    for crop in found.crop:
+        with Image.open(crop) as im:
+            assert im.size == (112, 112)
+    errors = faces[faces.status == "error"].set_index("rel").error
+    for path in ("bad/empty.jpg", "bad/text.jpg", "bad/bomb.png", "misc/truncated.jpg"):
+        assert "thumbnails step failed" in errors[path] and bad[path] in errors[path], (path, errors.get(path))
+
+    emb = load(work, "face_embeddings").assign(rel=lambda d: rel(d, work))
+    ok = emb[emb.status == "ok"]
+    assert len(ok) == len(found) and set(emb[emb.status == "error"].rel) == set(errors.index)
+    vectors = {r.rel: np.asarray(r.embedding) for r in ok.itertuples() if r.frame_index == 0}
+    assert vectors["2021 holiday/astronaut.jpg"].shape == (512,)
+    np.testing.assert_allclose(vectors["2021 holiday/astronaut.jpg"], vectors["ünï cødé photo copy.jpg"], atol=1e-4)
+    np.testing.assert_allclose([np.linalg.norm(v) for v in vectors.values()], 1.0, atol=1e-5)
+    sha = hashlib.sha256(test_models["arcface_w600k_mbf"].read_bytes()).hexdigest()
+    assert set(ok.model) == {f"arcface_w600k_mbf@sha256:{sha}"}
+
+
+def test_a_new_embedding_model_reruns_only_the_embeddings(run, tmp_path: Path) -> None:
+    work, _, _ = run
+    other = arcface(tmp_path / "other_arcface.onnx", seed=1)
+    models = {**TEST_MODELS, "arcface_w600k_mbf": {"path": str(other)}}
+    write_config(work, {"photos": "archive"}, sharding={"shards": 3, "shard_size": 1000}, models=models)
+    try:
+        counts = job_counts(snakemake(work, "--dry-run").stdout)
+    finally:
+        write_config(work, {"photos": "archive"}, sharding={"shards": 3, "shard_size": 1000})
+    assert counts == {"all": 1, "models": 1, "face_embeddings": 3, "tables": 1}, counts
+
+
+def test_offline_run_finishes_every_step_that_needs_no_model(tmp_path: Path) -> None:
+    shutil.copytree(SAMPLE / "2021 holiday", tmp_path / "archive")
+    write_config(tmp_path, {"photos": "archive"}, hls={"enabled": False}, models={})
+    env = {"CL_ML_TOOLS_MODEL_CACHE": str(tmp_path / "cache"), "CL_ML_TOOLS_OFFLINE": "1"}
+    proc = snakemake(tmp_path, check=False, env=env)
+    assert proc.returncode != 0
+    spec = registry.REGISTRY["face_detection_full_range_sparse"]
+    target = tmp_path / "cache" / spec.id / spec.files[0].name
+    # Repeated at the very end of the output, where a person looks first.
+    tail = proc.stderr[-3000:]
+    for text in (spec.files[0].url, spec.files[0].sha256, str(target), "models:"):
+        assert text in tail, (text, tail)
+    assert "Traceback" not in proc.stderr
+    for step in ("files", "hashes", "exif", "thumbnails"):
+        assert load(tmp_path, step).media_id.nunique() == 3, step
+    assert not (tmp_path / "results" / "tables" / "faces.parquet").exists()
+
+
 def job_counts(dry_run_output: str) -> dict[str, int]:
     block = dry_run_output.split("Job stats:", 1)[1]
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", block, re.M) if m[1] != "total"}
@@ -187,7 +247,8 @@ def test_adding_one_file_reruns_one_shard_per_step(run) -> None:
     shutil.copy(SAMPLE / "2021 holiday" / "coffee.png", new)
     proc = snakemake(work, "--dry-run")
     counts = job_counts(proc.stdout)
-    assert counts == {"all": 1, "files": 1, "hashes": 1, "exif": 1, "thumbnails": 1, "hls": 1, "tables": 5}, counts
+    per_step = dict.fromkeys(STEPS, 1)
+    assert counts == {"all": 1, **per_step, "tables": len(STEPS)}, counts
     snakemake(work)
     shard = inventory.shard_names(3)[inventory.shard_index(inventory.media_id("photos", new.name), 3)]
     changed = {p for p, t in parts.items() if p.stat().st_mtime_ns != t}
@@ -197,12 +258,13 @@ def test_adding_one_file_reruns_one_shard_per_step(run) -> None:
 
 
 def comparable(df: pd.DataFrame) -> pd.DataFrame:
-    drop = [c for c in ("file", "master", "variants", "mtime", "raw") if c in df.columns]
-    return (
-        df.drop(columns=drop)
-        .sort_values(list(df.columns[:1]) + (["role", "frame_index"] if "role" in df else []))
-        .reset_index(drop=True)
-    )
+    """A table without the columns that name files under the results directory, in a fixed order."""
+    drop = [c for c in ("file", "crop", "master", "variants", "mtime", "raw") if c in df.columns]
+    keys = [c for c in ("media_id", "role", "frame_index", "face_index") if c in df.columns]
+    df = df.drop(columns=drop).sort_values(keys).reset_index(drop=True)
+    if "embedding" in df:
+        df["embedding"] = df.embedding.map(lambda v: None if v is None else tuple(v))
+    return df
 
 
 def test_killed_run_resumes_to_the_same_tables(tmp_path: Path) -> None:
@@ -271,3 +333,11 @@ def test_config_mistakes_stop_with_a_clear_message(tmp_path: Path, override: dic
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "validating" in out.lower() and message in out, out[-2000:]
+
+
+def test_a_step_without_the_step_it_reads_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "archive").mkdir()
+    write_config(tmp_path, {"photos": "archive"}, thumbnails={"enabled": False})
+    proc = snakemake(tmp_path, "--dry-run", check=False)
+    assert proc.returncode != 0
+    assert "faces.enabled needs thumbnails.enabled" in proc.stdout + proc.stderr

@@ -7,14 +7,14 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
 from . import imaging, video
 from .inventory import media_kind
-from .steps import MediaError, Row, describe, map_files, settings_from
+from .steps import Converters, MediaError, Row, StepSettings, describe, map_files
 from .tables import STATUS_SKIPPED, base_row
 
 log = logging.getLogger(__name__)
@@ -96,16 +96,14 @@ def video_sha512(path: str | os.PathLike[str]) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(StepSettings):
+    CONVERT: ClassVar[Converters] = {"bytes": tuple}
+
     bytes: tuple[str, ...] = ("sha512", "md5")
     pixel: bool = True
     video: bool = True
     perceptual: bool = True
     max_pixels: int = imaging.DEFAULT_MAX_PIXELS
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> Settings:
-        return settings_from(cls, cfg, bytes=tuple)
 
 
 def hash_image(path: str, fmt: str, settings: Settings) -> dict[str, Any]:

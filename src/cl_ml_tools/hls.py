@@ -10,10 +10,10 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from . import video
-from .steps import MediaError, Row, map_files, select, settings_from
+from .steps import Converters, MediaError, Row, StepSettings, map_files, select
 from .tables import base_row
 
 
@@ -32,15 +32,13 @@ DEFAULT_LADDER = (Rung(720, 2800, 128), Rung(480, 1400, 96), Rung(240, 400, 64))
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(StepSettings):
+    CONVERT: ClassVar[Converters] = {"ladder": lambda rungs: tuple(Rung(**r) for r in rungs)}
+
     ladder: tuple[Rung, ...] = DEFAULT_LADDER
     segment_s: float = 2.0
     preset: str = "veryfast"
     threads: int = 0  # ffmpeg's -threads; 0 lets it choose
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> Settings:
-        return settings_from(cls, cfg, ladder=lambda rungs: tuple(Rung(**r) for r in rungs))
 
 
 def plan_ladder(ladder: Sequence[Rung], source_height: int) -> list[Rung]:

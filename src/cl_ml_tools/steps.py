@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Self
 
 from .inventory import media_kind
 from .tables import STATUS_SKIPPED, error_row
@@ -18,15 +18,21 @@ from .tables import STATUS_SKIPPED, error_row
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
-S = TypeVar("S")
+Converters = Mapping[str, Callable[[Any], Any]]
 
 
-def settings_from(cls: type[S], cfg: Mapping[str, Any], **convert: Callable[[Any], Any]) -> S:
-    """Build a step's settings dataclass from its config section, ignoring keys it does not take
-    (``enabled``) and converting the values named in ``convert``."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    values = {k: convert.get(k, lambda v: v)(v) for k, v in cfg.items() if k in names}
-    return cls(**values)
+class StepSettings:
+    """Base of each step's frozen settings dataclass. ``from_config`` builds it from the step's config
+    section, ignoring keys it does not take (``enabled``) and converting the values named in ``CONVERT``
+    (YAML gives lists where the settings keep tuples, so that they stay hashable)."""
+
+    CONVERT: ClassVar[Converters] = {}
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Self:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        values = {k: cls.CONVERT.get(k, lambda v: v)(v) for k, v in cfg.items() if k in names}
+        return cls(**values)
 
 
 def log_to(path: str) -> None:

@@ -48,6 +48,11 @@ HLS_VARIANT = pa.struct(
     ]
 )
 
+FACE_KEY = [pa.field("frame_index", pa.int32()), pa.field("face_index", pa.int32())]
+KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear_tragion", "left_ear_tragion")
+"""BlazeFace's keypoints in MediaPipe's order. "Right" is the person's right, on the left of the picture."""
+EMBEDDING_DIM = {"face_embeddings": 512}
+
 SCHEMAS: dict[str, pa.Schema] = {
     "files": pa.schema(
         [
@@ -118,6 +123,30 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("variants", pa.list_(HLS_VARIANT)),
             pa.field("duration_s", pa.float64()),
             pa.field("segment_count", pa.int32()),
+        ]
+    ),
+    "faces": pa.schema(
+        [
+            *COMMON,
+            *FACE_KEY,
+            pa.field("timestamp_s", pa.float64()),
+            pa.field("score", pa.float32()),
+            *(pa.field(name, pa.float32()) for name in ("x", "y", "width", "height")),
+            *(pa.field(name, pa.float32()) for name in ("x_norm", "y_norm", "width_norm", "height_norm")),
+            *(pa.field(f"{point}_{axis}", pa.float32()) for point in KEYPOINTS for axis in "xy"),
+            pa.field("sharpness", pa.float32()),
+            pa.field("frontalness", pa.float32()),
+            pa.field("quality", pa.float32()),
+            pa.field("crop", pa.string()),
+            pa.field("crop_source", pa.string()),
+        ]
+    ),
+    "face_embeddings": pa.schema(
+        [
+            *COMMON,
+            *FACE_KEY,
+            pa.field("embedding", pa.list_(pa.float32(), EMBEDDING_DIM["face_embeddings"])),
+            pa.field("model", pa.string()),
         ]
     ),
 }

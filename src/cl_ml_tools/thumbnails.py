@@ -18,7 +18,7 @@ from PIL import Image
 from . import imaging, video
 from .fileio import atomic_path
 from .inventory import media_kind
-from .steps import Row, map_files, select, settings_from
+from .steps import Row, StepSettings, map_files, select
 from .tables import base_row
 
 # Candidate poster times (seconds) tried when the very first frame is black or flat.
@@ -26,7 +26,7 @@ POSTER_CANDIDATES_S = (0.5, 1.0, 2.0, 3.0, 5.0)
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(StepSettings):
     thumb_size: int = 256
     preview_size: int = 1024
     format: str = "jpeg"  # or "webp"
@@ -34,10 +34,6 @@ class Settings:
     video_frames: int = 8
     sheet_grid: int = 4
     max_pixels: int = imaging.DEFAULT_MAX_PIXELS
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> Settings:
-        return settings_from(cls, cfg)
 
     @property
     def extension(self) -> str:

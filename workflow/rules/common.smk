@@ -3,7 +3,7 @@ from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
-from cl_ml_tools import inventory
+from cl_ml_tools import inventory, models
 
 min_version("9.0")
 
@@ -12,8 +12,14 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = Path(config["results"])
 INVENTORY = RESULTS / "inventory"
-STEPS = ("files", "hashes", "exif", "thumbnails", "hls")
+STEPS = ("files", "hashes", "exif", "thumbnails", "hls", "faces", "face_embeddings")
 ENABLED = [s for s in STEPS if s == "files" or config[s]["enabled"]]
+# Steps that read another step's output, and the step they read.
+NEEDS = {"faces": "thumbnails", "face_embeddings": "faces"}
+for _step, _needed in NEEDS.items():
+    if _step in ENABLED and _needed not in ENABLED:
+        raise ValueError(f"config.yaml: {_step}.enabled needs {_needed}.enabled (it reads that step's output)")
+MODEL_OVERRIDES = models.overrides_from_config(config)
 
 
 def _shards():
@@ -45,6 +51,7 @@ SHARDS = _shards()
 wildcard_constraints:
     shard=r"\d+",
     step="|".join(STEPS),
+    model="|".join(models.REGISTRY),
 
 
 def part(step, shard="{shard}"):
@@ -68,3 +75,17 @@ def shard_runtime(seconds_per_file):
     """Minutes for one shard job, from the configured shard size and a per-file cost."""
     files = config.get("sharding", {}).get("shard_size", 1000)
     return 10 + int(files * seconds_per_file / 60)
+
+
+def model_record(step):
+    """The record the models rule writes for the model a step uses (see models.smk)."""
+    return RESULTS / "models" / f"{config[step]['model']}.json"
+
+
+def model_sha256(model_id):
+    return models.identity(model_id, MODEL_OVERRIDES)
+
+
+def model_overrides(model_id):
+    """The config's local file for this model only, so that pointing another model elsewhere reruns nothing."""
+    return {model_id: str(MODEL_OVERRIDES[model_id])} if model_id in MODEL_OVERRIDES else {}

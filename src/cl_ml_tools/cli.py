@@ -1,0 +1,212 @@
+"""The ``cl-ml-tools`` command: managing the model cache (``models list|fetch|verify``).
+
+Each top-level command is added by one function in ``COMMANDS`` that registers its subparser and sets
+``func`` on the leaf parsers; ``func(args)`` returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import __version__, models
+from .models import ModelError, Resolved
+
+PROG = "cl-ml-tools"
+DEFAULT_CONFIG = "config.yaml"
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A mistake on the command line or in the config file (exit status 2)."""
+
+
+def load_config(path: str | None) -> dict[str, Any]:
+    """The workflow config named by ``--config``, else ``config.yaml`` in the working directory if there is
+    one, else an empty config."""
+    if path is None:
+        if not Path(DEFAULT_CONFIG).is_file():
+            return {}
+        path = DEFAULT_CONFIG
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config {path} must be a mapping at the top level")
+    return data
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Path]:
+    config = load_config(args.config)
+    try:
+        return models.overrides_from_config(config)
+    except ModelError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _model_ids(given: list[str]) -> list[str]:
+    unknown = [i for i in given if i not in models.REGISTRY]
+    if unknown:
+        raise UsageError(f"unknown model id(s) {', '.join(unknown)}; known ids: {', '.join(models.REGISTRY)}")
+    return list(dict.fromkeys(given)) or list(models.REGISTRY)
+
+
+def _size(spec: models.ModelSpec) -> str:
+    sizes = [f.size for f in spec.files]
+    if any(s is None for s in sizes):
+        return "?"
+    return f"{sum(s for s in sizes if s is not None) / 1e6:.1f} MB"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+# --------------------------------------------------------------------------------------------------- models
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    over = overrides(args)
+    rows = [["ID", "RUNTIME", "SIZE", "LICENCE", "STATE", "PATH"]]
+    restricted = []
+    for model_id, spec in models.REGISTRY.items():
+        state, path = models.cache_state(model_id, over)
+        licence = spec.licence + (" (*)" if spec.notice else "")
+        if spec.notice:
+            restricted.append(model_id)
+        rows.append([model_id, spec.runtime, _size(spec), licence, state, str(path)])
+    print(_table(rows))
+    if restricted:
+        print(f"\n(*) restricted licence, read docs/models.md before use: {', '.join(restricted)}")
+    print(f"cache: {models.cache_dir()}")
+    return EXIT_OK
+
+
+def _each_model(ids: list[str], action: Callable[[str], Resolved]) -> int:
+    """Run ``action`` on each model, printing one line per model; returns how many failed."""
+    failed = 0
+    for model_id in ids:
+        try:
+            resolved = action(model_id)
+        except ModelError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        source = "override" if resolved.override else "cached"
+        print(f"ok  {model_id}  {source}  sha256:{resolved.sha256}  {resolved.path}")
+    return failed
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    ids = _model_ids(args.ids)
+    over = overrides(args)
+    failed = _each_model(ids, lambda model_id: models.fetch(model_id, over, progress=not args.no_progress))
+    if failed:
+        print(f"{failed} of {len(ids)} model(s) could not be fetched", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_models_verify(args: argparse.Namespace) -> int:
+    over = overrides(args)
+    ids = _model_ids(args.ids)
+    if not args.ids:
+        for model_id in [m for m in ids if models.cache_state(m, over)[0] == "missing"]:
+            print(f"skip  {model_id}  missing (not fetched)")
+            ids.remove(model_id)
+    failed = _each_model(ids, lambda model_id: models.verify(model_id, over))
+    if failed:
+        print(f"{failed} of {len(ids)} model(s) failed verification", file=sys.stderr)
+    elif not ids:
+        print("no model is in the cache; run `cl-ml-tools models fetch`")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def add_models(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser("models", help="list, download and verify the ML models", description=__doc__)
+    sub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    p = sub.add_parser("list", parents=[common], help="every registered model and its state in the cache")
+    p.set_defaults(func=cmd_models_list)
+    p = sub.add_parser("fetch", parents=[common], help="download models that are missing or fail verification")
+    p.add_argument("ids", nargs="*", metavar="ID", help="model ids (default: every model)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_models_fetch)
+    p = sub.add_parser("verify", parents=[common], help="re-hash cached models against their pins")
+    p.add_argument("ids", nargs="*", metavar="ID", help="model ids (default: every cached model)")
+    p.set_defaults(func=cmd_models_verify)
+
+
+# Each entry registers one top-level command: (subparsers, parent parser holding the shared options).
+COMMANDS: list[Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]] = [add_models]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --config is accepted before or after the command; SUPPRESS keeps a leaf's unset default from hiding a
+    # value given at the top level.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=_CONFIG_HELP)
+    parser = argparse.ArgumentParser(prog=PROG, description="cl_ml_tools utilities")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", metavar="FILE", default=None, help=_CONFIG_HELP)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(commands, common)
+    return parser
+
+
+_CONFIG_HELP = f"workflow config whose `models:` section overrides model paths (default: {DEFAULT_CONFIG} if present)"
+
+
+class _Stderr(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at emit time (pytest swaps it per test)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"{PROG}: {self.format(record)}", file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logger = logging.getLogger("cl_ml_tools")
+    handler = _Stderr(logging.WARNING)
+    logger.addHandler(handler)
+    previous_level = logger.level
+    if logger.getEffectiveLevel() > logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    try:
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
+    except UsageError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModelError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

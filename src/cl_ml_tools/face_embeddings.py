@@ -1,0 +1,93 @@
+"""ArcFace embeddings of the aligned face crops (onnxruntime), batched across the shard."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from . import models
+from .faces import CROP_SIZE
+from .steps import Row, StepSettings, describe
+from .tables import STATUS_OK, base_row, error_row
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings(StepSettings):
+    model: str = "arcface_w600k_mbf"
+    batch_size: int = 64
+
+
+def preprocess(crops: np.ndarray) -> np.ndarray:
+    """(N, 112, 112, 3) RGB uint8 → (N, 3, 112, 112) float32 in [-1, 1], InsightFace's (x − 127.5) / 127.5."""
+    return ((crops.astype(np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2).copy()
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class ArcFace:
+    """An ArcFace network: tensor names come from the session, shapes are checked against the registry."""
+
+    def __init__(self, resolved: models.Resolved, threads: int = 1):
+        self.resolved = resolved
+        self.session = models.onnx_session(resolved, threads)
+        models.check_io(self.session, resolved.spec)
+        self.input = self.session.get_inputs()[0].name
+        self.output = self.session.get_outputs()[0].name
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """L2-normalised float32 embeddings of (N, 112, 112, 3) RGB uint8 crops."""
+        (out,) = self.session.run([self.output], {self.input: preprocess(crops)})
+        return l2_normalise(np.asarray(out, dtype=np.float32).reshape(len(crops), -1))
+
+
+def _face_key(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"frame_index": row["frame_index"], "face_index": row["face_index"]}
+
+
+def _load_crop(path: str) -> np.ndarray:
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    if rgb.size != (CROP_SIZE, CROP_SIZE):
+        rgb = rgb.resize((CROP_SIZE, CROP_SIZE), Image.Resampling.BICUBIC)
+    return np.asarray(rgb)
+
+
+def _batches(faces: Sequence[Mapping[str, Any]], size: int) -> Iterator[Sequence[Mapping[str, Any]]]:
+    for start in range(0, len(faces), size):
+        yield faces[start : start + size]
+
+
+def face_embeddings_shard(faces: Sequence[Mapping[str, Any]], model: ArcFace, settings: Settings) -> list[Row]:
+    """One row per face of the shard's ``faces`` part; a file whose detection failed keeps its error row."""
+    rows: list[Row] = []
+    found = []
+    for face in faces:
+        if face["status"] == STATUS_OK:
+            found.append(face)
+        else:
+            rows.append({**error_row(face, f"face detection failed: {face['error']}"), **_face_key(face)})
+    for batch in _batches(found, max(1, settings.batch_size)):
+        crops, ok = [], []
+        for face in batch:
+            try:
+                crops.append(_load_crop(face["crop"]))
+                ok.append(face)
+            except Exception as exc:  # a lost or damaged crop costs that face only
+                log.warning("%s: %s", face["crop"], describe(exc))
+                rows.append({**error_row(face, f"face crop unreadable: {describe(exc)}"), **_face_key(face)})
+        if not ok:
+            continue
+        vectors = model.embed(np.stack(crops))
+        for face, vector in zip(ok, vectors, strict=True):
+            rows.append({**base_row(face), **_face_key(face), "embedding": vector, "model": model.resolved.tag})
+    return sorted(rows, key=lambda r: (r["media_id"], r.get("frame_index") or 0, r.get("face_index") or 0))

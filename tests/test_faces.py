@@ -1,0 +1,224 @@
+"""Face detection with the real BlazeFace networks (from the mediapipe wheel), alignment and quality."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SAMPLE, file_row, make_photo
+from PIL import Image, ImageOps
+
+from cl_ml_tools import faces, thumbnails
+
+ASTRONAUT = SAMPLE / "2021 holiday" / "astronaut.jpg"
+CLUTTER = [SAMPLE / "2021 holiday" / "coffee.png", SAMPLE / "2021 holiday" / "chelsea the cat.webp"]
+
+
+@pytest.fixture(scope="module")
+def detector(test_models) -> faces.Detector:
+    with faces.Detector(test_models["face_detection_full_range_sparse"], faces.Settings()) as d:
+        yield d
+
+
+def upright(path: Path) -> Image.Image:
+    return ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+
+
+def run_faces(paths: list[Path], tmp: Path, network: Path, **settings) -> list[dict]:
+    files = [file_row(p, media_id=f"{i:016x}") for i, p in enumerate(paths)]
+    thumbs = thumbnails.thumbnail_shard(files, tmp / "thumbs", thumbnails.Settings())
+    return faces.faces_shard(files, thumbs, network, tmp / "faces", faces.Settings(**settings))
+
+
+def test_astronaut_has_one_face_at_the_right_place(tmp_path: Path, test_models) -> None:
+    for model_id in ("face_detection_full_range_sparse", "blaze_face_short_range"):
+        rows = run_faces([ASTRONAUT], tmp_path / model_id, test_models[model_id], model=model_id)
+        assert len(rows) == 1, rows
+        face = rows[0]
+        assert face["status"] == "ok" and face["face_index"] == 0 and face["score"] > 0.8
+        # The sample stores the photo rotated (Orientation 6); coordinates are those of the upright 512x400.
+        cx, cy = face["x"] + face["width"] / 2, face["y"] + face["height"] / 2
+        assert 200 < cx < 250 and 90 < cy < 150
+        assert 80 < face["width"] < 140
+        assert face["x_norm"] == pytest.approx(face["x"] / 512) and face["height_norm"] == pytest.approx(
+            face["height"] / 400
+        )
+        # The person's right eye is on the left of the picture, both above the nose, the mouth below it.
+        assert face["right_eye_x"] < face["nose_tip_x"] < face["left_eye_x"]
+        assert max(face["right_eye_y"], face["left_eye_y"]) < face["nose_tip_y"] < face["mouth_center_y"]
+        assert face["right_ear_tragion_x"] < face["right_eye_x"] and face["left_ear_tragion_x"] > face["left_eye_x"]
+        assert face["frontalness"] > 0.8 and 0 < face["quality"] <= 1
+        crop = Image.open(face["crop"])
+        assert crop.size == (112, 112) and face["crop_source"] == "preview"
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_oriented_copies_give_the_same_box(tmp_path: Path, test_models, orientation: int) -> None:
+    """The same upright picture stored four ways (pixels transposed, EXIF Orientation saying how to undo
+    it): the face is reported at the same place of the upright picture each time."""
+    image = upright(ASTRONAUT)
+    stored = {1: image, 3: image.rotate(180), 6: image.rotate(90, expand=True), 8: image.rotate(-90, expand=True)}
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{orientation}.jpg"
+    stored[orientation].save(path, quality=95, exif=exif)
+    assert upright(path).size == image.size
+    (face,) = run_faces([path], tmp_path, test_models["face_detection_full_range_sparse"])
+    assert (face["x"], face["y"]) == pytest.approx((171, 65), abs=8)
+    assert (face["width"], face["height"]) == pytest.approx((109, 109), abs=8)
+
+
+def test_no_faces_on_blank_noise_or_cat(detector: faces.Detector) -> None:
+    rng = np.random.default_rng(0)
+    images = {
+        "grey": np.full((768, 1024, 3), 128, np.uint8),
+        "black": np.zeros((768, 1024, 3), np.uint8),
+        **{f"noise{i}": rng.integers(0, 256, (768, 1024, 3), dtype=np.uint8) for i in range(4)},
+        "cat": np.asarray(upright(CLUTTER[1]).resize((1024, 683))),
+        "coffee": np.asarray(upright(CLUTTER[0]).resize((1024, 683))),
+    }
+    assert {name: len(detector.detect(a)) for name, a in images.items()} == dict.fromkeys(images, 0)
+
+
+def _canvas(kind: str) -> Image.Image:
+    if kind == "blank":
+        return Image.new("RGB", (1024, 768), (200, 200, 200))
+    canvas = Image.new("RGB", (1024, 768))
+    tiles = [upright(p).resize((256, 256)) for p in CLUTTER]
+    for i, y in enumerate(range(0, 768, 256)):
+        for j, x in enumerate(range(0, 1024, 256)):
+            canvas.paste(tiles[(i + j) % 2], (x, y))
+    return canvas
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def recall_by_size(detector: faces.Detector, sizes: list[int], per_canvas: int = 4, canvases: int = 3) -> dict:
+    """Paste the astronaut's face (with its hair and neck) at known sizes into 1024×768 blank and cluttered
+    canvases; a face counts as found when a detection overlaps its true box with IoU > 0.3. The face's size
+    is its detector box width in the source picture, scaled."""
+    source = upright(ASTRONAUT)
+    (truth,) = detector.detect(np.asarray(source))
+    x0, y0, x1, y1 = truth.box
+    side = x1 - x0
+    margin = 0.8 * side
+    patch = source.crop((round(x0 - margin), round(y0 - margin), round(x1 + margin), round(y1 + margin)))
+    rng = random.Random(0)
+    found: dict[int, list[int]] = {}
+    for size in sizes:
+        scale = size / side
+        face = patch.resize((round(patch.width * scale), round(patch.height * scale)), Image.Resampling.LANCZOS)
+        hits = total = 0
+        for kind in ("blank", "clutter") * canvases:
+            canvas, boxes = _canvas(kind), []
+            for _ in range(200):
+                if len(boxes) == per_canvas:
+                    break
+                x, y = rng.randint(0, 1024 - face.width), rng.randint(0, 768 - face.height)
+                if all(abs(x - bx) > face.width or abs(y - by) > face.height for bx, by, *_ in boxes):
+                    boxes.append((x, y, x + margin * scale, y + margin * scale))
+            for x, y, *_ in boxes:
+                canvas.paste(face, (x, y))
+            detections = detector.detect(np.asarray(canvas))
+            for _, _, fx, fy in boxes:
+                true_box = (fx, fy, fx + size, fy + size)
+                hits += any(_iou(true_box, d.box) > 0.3 for d in detections)
+                total += 1
+        found[size] = [hits, total]
+    return found
+
+
+def test_recall_for_small_faces_on_a_1024_preview(detector: faces.Detector) -> None:
+    found = recall_by_size(detector, [24, 32, 48, 64, 96, 160])
+    print("recall by face size (px):", {s: f"{h}/{t}" for s, (h, t) in found.items()})
+    hits = sum(h for s, (h, _) in found.items() if s >= 32)
+    total = sum(t for s, (_, t) in found.items() if s >= 32)
+    assert hits / total >= 0.9
+    assert all(h / t >= 0.8 for s, (h, t) in found.items() if s >= 32)
+
+
+def test_tiles_cover_the_frame_with_overlap() -> None:
+    assert faces.tile_starts(300, 400, 32) == [0]
+    starts = faces.tile_starts(1024, 400, 32)
+    assert starts[0] == 0 and starts[-1] + 400 == 1024 and len(starts) == 3
+    assert all(b - a <= 400 - 32 for a, b in itertools.pairwise(starts))
+    assert faces.tile_starts(768, 400, 32) == [0, 368]
+
+
+def test_suppression_keeps_the_best_of_overlapping_boxes() -> None:
+    kp = np.zeros((6, 2))
+    a = faces.Detection((0, 0, 100, 100), 0.9, kp)
+    b = faces.Detection((5, 5, 105, 105), 0.8, kp)  # the same face from another tile
+    c = faces.Detection((10, 10, 50, 60), 0.95, kp)  # a half face cut by a tile border, inside a
+    d = faces.Detection((300, 300, 340, 340), 0.6, kp)
+    assert faces.suppress([a, b, d], 0.3) == [a, d]
+    assert faces.suppress([a, c], 0.3) == [c]
+
+
+def test_alignment_maps_keypoints_onto_the_arcface_template() -> None:
+    rng = np.random.default_rng(1)
+    angle, scale, shift = 0.4, 2.5, np.array([300.0, 120.0])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    points = (faces.TEMPLATE @ rot.T) * scale + shift
+    matrix = faces.similarity_transform(points, faces.TEMPLATE)
+    mapped = points @ matrix[:, :2].T + matrix[:, 2]
+    np.testing.assert_allclose(mapped, faces.TEMPLATE, atol=1e-6)
+    # A picture whose "face" is a dot at each keypoint: after alignment the dots sit on the template.
+    image = Image.new("RGB", (600, 500))
+    pixels = image.load()
+    for x, y in points:
+        for dx in range(-3, 4):
+            for dy in range(-3, 4):
+                pixels[round(x) + dx, round(y) + dy] = (255, 255, 255)
+    crop = np.asarray(faces.align(image, points + rng.normal(0, 0.01, points.shape)).convert("L"))
+    for x, y in faces.TEMPLATE:
+        assert crop[round(y), round(x)] > 200
+
+
+def test_frontalness_and_quality() -> None:
+    frontal = np.array([[40, 50], [70, 50], [55, 70], [55, 90], [20, 55], [90, 55]], dtype=float)
+    profile = frontal.copy()
+    profile[2] = [70, 70]  # nose tip in line with one eye
+    assert faces.frontalness(frontal) == pytest.approx(1.0)
+    assert faces.frontalness(profile) == pytest.approx(0.0)
+    assert faces.quality(112, 1e9, 1.0) == pytest.approx(1.0)
+    assert faces.quality(56, 100, 1.0) == pytest.approx(0.25)
+    sharp = Image.fromarray(np.random.default_rng(0).integers(0, 256, (112, 112), dtype=np.uint8))
+    assert faces.sharpness(sharp) > faces.sharpness(sharp.resize((28, 28)).resize((112, 112))) > 0
+
+
+def test_small_faces_are_cropped_from_the_original(tmp_path: Path, test_models) -> None:
+    """A 3000×2250 photo with a 150-px face: the 1024 preview holds it at ~51 px, too few pixels for a
+    112-px crop, so the crop comes from the original, decoded at a reduced size just large enough."""
+    canvas = Image.new("RGB", (3000, 2250), (90, 110, 130))
+    source = upright(ASTRONAUT)
+    face = source.crop((120, 10, 330, 230)).resize((300, 314), Image.Resampling.LANCZOS)
+    canvas.paste(face, (1400, 900))
+    path = tmp_path / "big.jpg"
+    canvas.save(path, quality=95)
+    (row,) = run_faces([path], tmp_path, test_models["face_detection_full_range_sparse"])
+    assert row["crop_source"] == "original"
+    assert 1400 < row["x"] < 1700 and 900 < row["y"] < 1200
+    preview_crop = faces.align(
+        canvas.resize((1024, 768)),
+        np.array([[row[f"{k}_x"], row[f"{k}_y"]] for k in faces.KEYPOINTS]) * (1024 / 3000),
+    )
+    assert faces.sharpness(Image.open(row["crop"])) > 1.5 * faces.sharpness(preview_crop)
+
+
+def test_files_without_previews_get_an_error_row(tmp_path: Path, test_models) -> None:
+    bad = tmp_path / "broken.jpg"
+    shutil.copy(SAMPLE / "misc" / "truncated.jpg", bad)
+    good = make_photo(tmp_path / "plain.jpg")
+    rows = run_faces([bad, good], tmp_path, test_models["face_detection_full_range_sparse"])
+    assert [r["status"] for r in rows] == ["error"]
+    assert "thumbnails step failed" in rows[0]["error"] and rows[0]["path"] == str(bad)

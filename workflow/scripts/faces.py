@@ -1,0 +1,12 @@
+from pathlib import Path
+
+from cl_ml_tools import faces, models, steps, tables
+
+steps.log_to(snakemake.log[0])
+settings = faces.Settings.from_config(snakemake.params.settings)
+model = models.read_record(snakemake.input.model)
+files = tables.read_part(snakemake.input.files)
+thumbnails = tables.read_part(snakemake.input.thumbnails)
+crops = Path(snakemake.output.crops)
+rows = faces.faces_shard(files, thumbnails, model.path, crops, settings, threads=snakemake.threads)
+tables.write_part("faces", rows, snakemake.output.part)
