@@ -22,6 +22,10 @@ Measured, best of ``--rounds``:
   onnxruntime with the PRelu rewrite, L2 norm) — faces/s.
 - face embeddings, reference: onnxruntime on the unmodified graph with the same batches and threads, model
   only (no crop reading) — faces/s.
+
+``--sweep 0,416,384,352,320`` prints instead the recall per face size for each tile size, with the test
+suite's own harness (``tests/test_faces.py::recall_by_size``), and one thread's detection time per
+1024×768 frame.
 """
 
 from __future__ import annotations
@@ -100,6 +104,27 @@ def best_rate(fn, count: int, rounds: int) -> float:
     return count / min(times)
 
 
+def sweep(model: Path, tile_sizes: list[int]) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_faces import recall_by_size
+
+    sizes = [24, 32, 48, 64, 96]
+    frame = np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
+    print("| tile_size | " + " | ".join(f"{s} px" for s in sizes) + " | ms / frame, 1 thread |")
+    print("|---" * (len(sizes) + 2) + "|")
+    for tile in tile_sizes:
+        with faces.Detector(model, faces.Settings(tile_size=tile)) as detector:
+            found = recall_by_size(detector, sizes, canvases=4)
+            detector.detect(frame)
+            start = time.perf_counter()
+            for _ in range(20):
+                detector.detect(frame)
+            ms = (time.perf_counter() - start) / 20 * 1000
+        print(f"| {tile} | " + " | ".join(f"{h / t:.2f}" for h, t in found.values()) + f" | {ms:.0f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--blazeface", type=Path, required=True, help="face_detection_full_range_sparse.tflite")
@@ -108,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--sweep", default=None, help="comma-separated tile sizes: print recall per face size")
     args = ap.parse_args(argv)
+    if args.sweep:
+        sweep(args.blazeface, [int(t) for t in args.sweep.split(",")])
+        return 0
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_faces_"))
     shutil.rmtree(work, ignore_errors=True)

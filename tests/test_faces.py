@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +223,21 @@ def test_files_without_previews_get_an_error_row(tmp_path: Path, test_models) ->
     rows = run_faces([bad, good], tmp_path, test_models["face_detection_full_range_sparse"])
     assert [r["status"] for r in rows] == ["error"]
     assert "thumbnails step failed" in rows[0]["error"] and rows[0]["path"] == str(bad)
+
+
+def test_every_preview_frame_of_a_video_is_searched(tmp_path: Path, test_models) -> None:
+    video = tmp_path / "talk.mp4"
+    upright(ASTRONAUT).save(tmp_path / "still.png")
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-loop", "1", "-i", str(tmp_path / "still.png"), "-t", "2",
+         "-r", "10", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(video)],
+        check=True,
+    )  # fmt: skip
+    files = [file_row(video)]
+    thumbs = thumbnails.thumbnail_shard(files, tmp_path / "thumbs", thumbnails.Settings(video_frames=4))
+    rows = faces.faces_shard(files, thumbs, test_models["face_detection_full_range_sparse"], tmp_path / "faces",
+                             faces.Settings())  # fmt: skip
+    assert [r["frame_index"] for r in rows] == [0, 1, 2, 3]
+    assert [r["timestamp_s"] for r in rows] == pytest.approx([0.0, 0.5, 1.0, 1.5])
+    assert all(r["crop_source"] == "preview" and r["face_index"] == 0 for r in rows)
+    assert all(abs(r["x"] - 171) < 10 and abs(r["width"] - 109) < 12 for r in rows)
