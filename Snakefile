@@ -13,6 +13,9 @@ include: "workflow/rules/hls.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/faces.smk"
 include: "workflow/rules/face_embeddings.smk"
+include: "workflow/rules/dino.smk"
+include: "workflow/rules/clip.smk"
+include: "workflow/rules/duplicates.smk"
 include: "workflow/rules/tables.smk"
 
 

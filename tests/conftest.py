@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
-from standins import arcface, blazeface_files
+from standins import arcface, blazeface_files, clip_vocab, dinov2, mobileclip_image, mobileclip_text
 
 from cl_ml_tools import inventory
 
@@ -26,10 +26,14 @@ TEST_MODELS: dict[str, dict[str, str]] = {}
 
 @pytest.fixture(scope="session", autouse=True)
 def test_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The real BlazeFace networks and a stand-in ArcFace, also written into TEST_MODELS so that
+    """The real BlazeFace networks and stand-ins for the ONNX models, also written into TEST_MODELS so that
     ``write_config`` points every test run at them instead of the (unreachable) model hosts."""
     files = blazeface_files(TEST_CACHE)
-    files["arcface_w600k_mbf"] = arcface(tmp_path_factory.mktemp("models") / "arcface_standin.onnx")
+    folder = tmp_path_factory.mktemp("models")
+    files["arcface_w600k_mbf"] = arcface(folder / "arcface_standin.onnx")
+    files["dinov2_small"] = dinov2(folder / "dinov2_standin.onnx")
+    files["mobileclip_s2_image"] = mobileclip_image(folder / "mobileclip_image_standin.onnx")
+    files["mobileclip_s2_text"] = mobileclip_text(folder / "mobileclip_text", clip_vocab(TEST_CACHE))
     TEST_MODELS.update({model_id: {"path": str(path)} for model_id, path in files.items()})
     return files
 

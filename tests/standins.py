@@ -35,31 +35,39 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _from_wheel(cache: Path, requirement: str, member: str, sha256: str, *pip_args: str) -> Path:
+    """``member`` of the wheel ``requirement`` (downloaded once with pip into ``cache``), extracted beside it
+    and checked against ``sha256``."""
+    out = cache / Path(member).name
+    if out.exists() and _sha256(out) == sha256:
+        return out
+    cache.mkdir(parents=True, exist_ok=True)
+    name, version = requirement.split("==")
+    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
+    if not list(cache.glob(pattern)):
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", *pip_args,
+             "-d", str(cache), requirement],
+            check=True,
+        )  # fmt: skip
+    with zipfile.ZipFile(next(cache.glob(pattern))) as wheel:
+        out.write_bytes(wheel.read(member))
+    assert _sha256(out) == sha256, f"{member} in {requirement} is not the pinned file"
+    return out
+
+
 def blazeface_files(cache: Path) -> dict[str, Path]:
-    """The two BlazeFace networks from the mediapipe wheel (downloaded once with pip into ``cache``),
-    checked against their known sha256."""
+    """The two BlazeFace networks from the mediapipe wheel, checked against their known sha256."""
     expected = {
         "face_detection_full_range_sparse": models.REGISTRY["face_detection_full_range_sparse"].files[0].sha256,
         "blaze_face_short_range": SHORT_RANGE_SHA256,
     }
-    out = {model_id: cache / Path(member).name for model_id, member in WHEEL_MEMBERS.items()}
-    if all(p.exists() and _sha256(p) == expected[m] for m, p in out.items()):
-        return out
-    cache.mkdir(parents=True, exist_ok=True)
-    wheels = list(cache.glob("mediapipe-0.10.21-*.whl"))
-    if not wheels:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-             "--python-version", "3.11", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
-             "-d", str(cache), MEDIAPIPE_WHEEL],
-            check=True,
-        )  # fmt: skip
-        wheels = list(cache.glob("mediapipe-0.10.21-*.whl"))
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        for model_id, member in WHEEL_MEMBERS.items():
-            out[model_id].write_bytes(wheel.read(member))
-            assert _sha256(out[model_id]) == expected[model_id], f"{member} in the wheel is not the pinned file"
-    return out
+    # Any platform's wheel holds the same files; this one exists for every Python the project supports.
+    platform = ("--python-version", "3.11", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64")
+    return {
+        model_id: _from_wheel(cache, MEDIAPIPE_WHEEL, member, expected[model_id], *platform)
+        for model_id, member in WHEEL_MEMBERS.items()
+    }
 
 
 def _save(graph: onnx.GraphProto, path: Path) -> Path:
@@ -93,3 +101,99 @@ def arcface(path: Path, *, seed: int = 0, output_name: str = "516", dim: int = 5
         initializer=[numpy_helper.from_array(conv_w, "conv_w"), numpy_helper.from_array(dense_w, "dense_w")],
     )
     return _save(graph, path)
+
+
+OPEN_CLIP_WHEEL = "open-clip-torch==3.3.0"
+CLIP_VOCAB_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
+CLIP_VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+
+
+def clip_vocab(cache: Path) -> Path:
+    """CLIP's BPE vocabulary and merges (the file open_clip's tokenizer reads), from the open-clip-torch
+    wheel, checked against its known sha256."""
+    return _from_wheel(cache, OPEN_CLIP_WHEEL, CLIP_VOCAB_MEMBER, CLIP_VOCAB_SHA256)
+
+
+def _random(shape: tuple[int, ...], scale: float, seed: int, name: str) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.random.default_rng(seed).normal(0, scale, shape).astype(np.float32), name)
+
+
+def dinov2(path: Path, *, seed: int = 0, pooled_name: str = "pooler_output") -> Path:
+    """A DINOv2-shaped network: ``pixel_values`` (N, 3, 224, 224) → ``last_hidden_state`` (N, 257, 384) and
+    ``pooler_output`` (N, 384). 14-px patches, ReLU, and the patches' mean as the class token: resized or
+    recompressed copies of a picture land close together, as with the real model."""
+    nodes = [
+        helper.make_node("Conv", ["pixel_values", "patch_w"], ["p"], strides=[14, 14]),
+        helper.make_node("Relu", ["p"], ["r"]),
+        helper.make_node("Reshape", ["r", "to_tokens"], ["t"]),  # (N, 384, 256)
+        helper.make_node("Transpose", ["t"], ["tokens"], perm=[0, 2, 1]),
+        helper.make_node("ReduceMean", ["tokens"], ["cls"], axes=[1], keepdims=1),
+        helper.make_node("Concat", ["cls", "tokens"], ["last_hidden_state"], axis=1),
+        helper.make_node("Squeeze", ["cls", "token_axis"], [pooled_name]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dinov2_standin",
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [
+            helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["N", 257, 384]),
+            helper.make_tensor_value_info(pooled_name, TensorProto.FLOAT, ["N", 384]),
+        ],
+        initializer=[
+            _random((384, 3, 14, 14), 0.05, seed, "patch_w"),
+            numpy_helper.from_array(np.array([0, 384, 256], np.int64), "to_tokens"),
+            numpy_helper.from_array(np.array([1], np.int64), "token_axis"),
+        ],
+    )
+    return _save(graph, path)
+
+
+def mobileclip_image(path: Path, *, seed: int = 0, dim: int = 512) -> Path:
+    """A MobileCLIP-S2-image-shaped network: ``pixel_values`` (N, 3, 256, 256) → ``image_embeds`` (N, dim)."""
+    nodes = [
+        # The bias keeps a black frame (all zeros in [0, 1] pixels) from giving a zero vector.
+        helper.make_node("Conv", ["pixel_values", "patch_w", "patch_b"], ["p"], strides=[16, 16]),
+        helper.make_node("Relu", ["p"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"], axis=1),
+        helper.make_node("MatMul", ["f", "proj"], ["image_embeds"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mobileclip_image_standin",
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["N", 3, 256, 256])],
+        [helper.make_tensor_value_info("image_embeds", TensorProto.FLOAT, ["N", dim])],
+        initializer=[
+            _random((64, 3, 16, 16), 0.05, seed, "patch_w"),
+            numpy_helper.from_array(np.full(64, 0.1, np.float32), "patch_b"),
+            _random((64, dim), 0.1, seed + 1, "proj"),
+        ],
+    )
+    return _save(graph, path)
+
+
+def mobileclip_text(folder: Path, vocab_gz: Path, *, seed: int = 0) -> Path:
+    """A folder holding a MobileCLIP-S2-text-shaped network (``input_ids`` int64 (N, 77) → ``text_embeds``
+    (N, 512): token embeddings from a 1024-row table, by id modulo 1024, averaged) and a ``tokenizer.json``
+    built from CLIP's real vocabulary; the folder is what a config override names."""
+    from cl_ml_tools import tokenizer
+
+    nodes = [
+        helper.make_node("Mod", ["input_ids", "rows"], ["row"]),
+        helper.make_node("Gather", ["table", "row"], ["e"], axis=0),
+        helper.make_node("ReduceMean", ["e"], ["text_embeds"], axes=[1], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mobileclip_text_standin",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["N", 77])],
+        [helper.make_tensor_value_info("text_embeds", TensorProto.FLOAT, ["N", 512])],
+        initializer=[
+            _random((1024, 512), 1.0, seed, "table"),
+            numpy_helper.from_array(np.array(1024, np.int64), "rows"),
+        ],
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    _save(graph, folder / "text_model.onnx")
+    tokenizer.from_bpe_vocab(vocab_gz).save(str(folder / "tokenizer.json"))
+    return folder

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, SAMPLE, SNAKEMAKE, TEST_MODELS, make_audio_only, snakemake, write_config
-from PIL import Image
-from standins import arcface
+from PIL import Image, ImageOps
+from standins import arcface, dinov2
 from test_thumbnails import bomb_png
 
 from cl_ml_tools import fileio, inventory, tables
@@ -26,7 +26,8 @@ from cl_ml_tools import models as registry
 
 pytestmark = pytest.mark.e2e
 
-STEPS = ["files", "hashes", "exif", "thumbnails", "hls", "faces", "face_embeddings"]
+STEPS = ["files", "hashes", "exif", "thumbnails", "hls", "faces", "face_embeddings", "dino", "clip"]
+TABLES = [*STEPS, "duplicates"]
 
 
 def build_archive(root: Path) -> dict[str, str]:
@@ -43,6 +44,10 @@ def build_archive(root: Path) -> dict[str, str]:
     shutil.copy(SAMPLE / "2021 holiday" / "astronaut.jpg", root / "ünï cødé photo copy.jpg")
     # A Latin-1 name from an old camera card: not valid UTF-8, so Parquet shows it escaped.
     shutil.copy(SAMPLE / "2021 holiday" / "coffee.png", os.fsencode(root) + b"/caf\xe9.png")
+    # Same pixels, other bytes; and a smaller, recompressed copy: a pixel and a near duplicate.
+    Image.open(SAMPLE / "2021 holiday" / "coffee.png").save(root / "coffee resaved.png", compress_level=1)
+    astronaut = ImageOps.exif_transpose(Image.open(SAMPLE / "2021 holiday" / "astronaut.jpg"))
+    astronaut.resize((448, 350)).save(root / "astronaut small.jpg", quality=70)
     return {
         "bad/empty.jpg": "empty file (0 bytes)",
         "bad/text.jpg": "not a decodable image",
@@ -199,16 +204,23 @@ def test_faces_are_found_and_embedded(run, test_models) -> None:
     assert set(ok.model) == {f"arcface_w600k_mbf@sha256:{sha}"}
 
 
-def test_a_new_embedding_model_reruns_only_the_embeddings(run, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("model_id", "make", "reruns"),
+    [
+        ("arcface_w600k_mbf", arcface, {"face_embeddings": 3, "tables": 1}),
+        ("dinov2_small", dinov2, {"dino": 3, "tables": 1, "duplicates": 1}),
+    ],
+)
+def test_a_new_model_reruns_only_its_step(run, tmp_path: Path, model_id: str, make, reruns: dict) -> None:
     work, _, _ = run
-    other = arcface(tmp_path / "other_arcface.onnx", seed=1)
-    models = {**TEST_MODELS, "arcface_w600k_mbf": {"path": str(other)}}
+    other = make(tmp_path / "other.onnx", seed=1)
+    models = {**TEST_MODELS, model_id: {"path": str(other)}}
     write_config(work, {"photos": "archive"}, sharding={"shards": 3, "shard_size": 1000}, models=models)
     try:
         counts = job_counts(snakemake(work, "--dry-run").stdout)
     finally:
         write_config(work, {"photos": "archive"}, sharding={"shards": 3, "shard_size": 1000})
-    assert counts == {"all": 1, "models": 1, "face_embeddings": 3, "tables": 1}, counts
+    assert counts == {"all": 1, "models": 1, **reruns}, counts
 
 
 def test_offline_run_finishes_every_step_that_needs_no_model(tmp_path: Path) -> None:
@@ -227,6 +239,38 @@ def test_offline_run_finishes_every_step_that_needs_no_model(tmp_path: Path) -> 
     for step in ("files", "hashes", "exif", "thumbnails"):
         assert load(tmp_path, step).media_id.nunique() == 3, step
     assert not (tmp_path / "results" / "tables" / "faces.parquet").exists()
+
+
+def test_image_embeddings_cover_every_preview_frame(run) -> None:
+    work, _, _ = run
+    previews = load(work, "thumbnails").query("role == 'preview'")
+    for step, dim in (("dino", 384), ("clip", 512)):
+        emb = load(work, step)
+        ok = emb[emb.status == "ok"]
+        frames = set(zip(ok.media_id, ok.frame_index, strict=True))
+        assert frames >= set(zip(previews.media_id, previews.frame_index, strict=True)), step
+        videos = set(previews[previews.timestamp_s.notna()].media_id)
+        assert {m for m, f in frames if f == -1} == videos, step
+        vectors = np.stack(ok.embedding.to_numpy())
+        assert vectors.shape[1] == dim
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_duplicate_groups(run) -> None:
+    work, _, _ = run
+    dup = load(work, "duplicates").assign(rel=lambda d: rel(d, work))
+    groups = {(k, frozenset(g.rel)) for (k, _), g in dup.groupby(["kind", "group_id"])}
+    assert groups == {
+        ("exact", frozenset({"2021 holiday/astronaut.jpg", "ünï cødé photo copy.jpg"})),
+        ("exact", frozenset({"2021 holiday/coffee.png", "caf\\xe9.png"})),
+        ("pixel", frozenset({"2021 holiday/coffee.png", "caf\\xe9.png", "coffee resaved.png"})),
+        ("near", frozenset({"2021 holiday/astronaut.jpg", "ünï cødé photo copy.jpg", "astronaut small.jpg"})),
+    }, dup[["kind", "group_id", "rel", "phash_distance", "cosine"]]
+    near = dup[dup.kind == "near"].set_index("rel")
+    assert near.loc["astronaut small.jpg", "phash_distance"] <= 10 and near.loc["astronaut small.jpg", "cosine"] >= 0.95
+    # The representative is the largest file: the original or its byte copy, not the small one.
+    (representative,) = set(near.representative)
+    assert representative in set(near.loc[["2021 holiday/astronaut.jpg", "ünï cødé photo copy.jpg"], "media_id"])
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
@@ -248,7 +292,7 @@ def test_adding_one_file_reruns_one_shard_per_step(run) -> None:
     proc = snakemake(work, "--dry-run")
     counts = job_counts(proc.stdout)
     per_step = dict.fromkeys(STEPS, 1)
-    assert counts == {"all": 1, **per_step, "tables": len(STEPS)}, counts
+    assert counts == {"all": 1, **per_step, "tables": len(STEPS), "duplicates": 1}, counts
     snakemake(work)
     shard = inventory.shard_names(3)[inventory.shard_index(inventory.media_id("photos", new.name), 3)]
     changed = {p for p, t in parts.items() if p.stat().st_mtime_ns != t}
@@ -288,7 +332,7 @@ def test_killed_run_resumes_to_the_same_tables(tmp_path: Path) -> None:
     assert leftovers == []
     write_config(tmp_path, {"photos": "archive"}, results="straight", sharding={"shards": 4, "shard_size": 1000})
     snakemake(tmp_path)
-    for step in STEPS:
+    for step in TABLES:
         a = comparable(tables.load(step, tmp_path / "killed"))
         b = comparable(tables.load(step, tmp_path / "straight"))
         pd.testing.assert_frame_equal(a, b, obj=step)

@@ -1,4 +1,4 @@
-"""The ``cl-ml-tools`` command: managing the model cache (``models list|fetch|verify``).
+"""The ``cl-ml-tools`` command: the model cache (``models list|fetch|verify``) and ``search``.
 
 Each top-level command is added by one function in ``COMMANDS`` that registers its subparser and sets
 ``func`` on the leaf parsers; ``func(args)`` returns the exit status.
@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from . import __version__, models
+from . import __version__, models, search
 from .models import ModelError, Resolved
 
 PROG = "cl-ml-tools"
@@ -152,8 +152,41 @@ def add_models(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.set_defaults(func=cmd_models_verify)
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    if not args.like and not args.query:
+        raise UsageError('search needs words to look for ("a dog on a beach") or --like PATH')
+    over = overrides(args)
+    config = load_config(args.config)
+    try:
+        if args.like:
+            preview = (config.get("thumbnails") or {}).get("preview_size", 1024)
+            hits = search.by_example(args.results, args.like, args.top, over, preview_size=preview)
+        else:
+            hits = search.by_text(args.results, " ".join(args.query), args.top, over)
+    except search.SearchError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    for hit in hits:
+        print(f"{hit.score:.4f}\t{hit.path}\t{hit.thumbnail or '-'}")
+    return EXIT_OK
+
+
+def add_search(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser(
+        "search",
+        parents=[common],
+        help="find files by text (MobileCLIP) or by an example file (DINOv2)",
+        description="Prints score, path and thumbnail path of the best matches, best first, tab-separated.",
+    )
+    parser.add_argument("query", nargs="*", help='words to look for, e.g. "a dog on a beach"')
+    parser.add_argument("--like", metavar="PATH", help="find files that look like this one instead")
+    parser.add_argument("--results", default="results", help="the pipeline's results directory")
+    parser.add_argument("--top", type=int, default=20, help="how many files to show")
+    parser.set_defaults(func=cmd_search)
+
+
 # Each entry registers one top-level command: (subparsers, parent parser holding the shared options).
-COMMANDS: list[Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]] = [add_models]
+COMMANDS: list[Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]] = [add_models, add_search]
 
 
 def build_parser() -> argparse.ArgumentParser:

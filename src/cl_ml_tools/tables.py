@@ -51,7 +51,20 @@ HLS_VARIANT = pa.struct(
 FACE_KEY = [pa.field("frame_index", pa.int32()), pa.field("face_index", pa.int32())]
 KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear_tragion", "left_ear_tragion")
 """BlazeFace's keypoints in MediaPipe's order. "Right" is the person's right, on the left of the picture."""
-EMBEDDING_DIM = {"face_embeddings": 512}
+EMBEDDING_DIM = {"face_embeddings": 512, "dino": 384, "clip": 512}
+
+
+def _image_embeddings(step: str) -> pa.Schema:
+    return pa.schema(
+        [
+            *COMMON,
+            pa.field("frame_index", pa.int32()),
+            pa.field("timestamp_s", pa.float64()),
+            pa.field("embedding", pa.list_(pa.float32(), EMBEDDING_DIM[step])),
+            pa.field("model", pa.string()),
+        ]
+    )
+
 
 SCHEMAS: dict[str, pa.Schema] = {
     "files": pa.schema(
@@ -147,6 +160,19 @@ SCHEMAS: dict[str, pa.Schema] = {
             *FACE_KEY,
             pa.field("embedding", pa.list_(pa.float32(), EMBEDDING_DIM["face_embeddings"])),
             pa.field("model", pa.string()),
+        ]
+    ),
+    "dino": _image_embeddings("dino"),
+    "clip": _image_embeddings("clip"),
+    "duplicates": pa.schema(
+        [
+            *COMMON,
+            pa.field("group_id", pa.int64()),
+            pa.field("kind", pa.string()),
+            pa.field("group_size", pa.int32()),
+            pa.field("representative", pa.string()),
+            pa.field("phash_distance", pa.int32()),
+            pa.field("cosine", pa.float32()),
         ]
     ),
 }

@@ -12,10 +12,19 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = Path(config["results"])
 INVENTORY = RESULTS / "inventory"
-STEPS = ("files", "hashes", "exif", "thumbnails", "hls", "faces", "face_embeddings")
-ENABLED = [s for s in STEPS if s == "files" or config[s]["enabled"]]
+# Steps run per shard (a part each, then consolidated into a table), and steps over the whole archive that
+# read the consolidated tables.
+STEPS = ("files", "hashes", "exif", "thumbnails", "hls", "faces", "face_embeddings", "dino", "clip")
+GLOBAL_STEPS = ("duplicates",)
+ENABLED = [s for s in STEPS + GLOBAL_STEPS if s == "files" or config[s]["enabled"]]
 # Steps that read another step's output, and the step they read.
-NEEDS = {"faces": "thumbnails", "face_embeddings": "faces"}
+NEEDS = {
+    "faces": "thumbnails",
+    "face_embeddings": "faces",
+    "dino": "thumbnails",
+    "clip": "thumbnails",
+    "duplicates": "hashes",
+}
 for _step, _needed in NEEDS.items():
     if _step in ENABLED and _needed not in ENABLED:
         raise ValueError(f"config.yaml: {_step}.enabled needs {_needed}.enabled (it reads that step's output)")

@@ -1,0 +1,206 @@
+"""Image embeddings of the preview frames: the ``dino`` step (DINOv2 ViT-S/14: visual similarity, near
+duplicates, ``search --like``) and the ``clip`` step (MobileCLIP-S2: images and text in one space, text
+search; its text tower is in :mod:`cl_ml_tools.clip`).
+
+Each step reads its shard's preview frames (images: frame 0; videos: every preview frame), preprocesses them
+the way the model's own preprocessor does, runs them through the ONNX image tower in batches that span the
+whole shard, and writes one L2-normalised vector per frame, plus one mean-pooled, re-normalised row per video
+(``frame_index = -1``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from . import models, tables
+from .steps import Row, StepSettings, describe
+from .tables import STATUS_OK, base_row, error_row
+
+log = logging.getLogger(__name__)
+
+VIDEO_MEAN_FRAME = -1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Hugging Face's image-processor recipe: shortest edge to ``resize`` px, centre crop ``crop``×``crop``,
+    ×1/255, then (optionally) ``(x − mean) / std``; RGB, channels first."""
+
+    resize: int
+    resample: Image.Resampling
+    crop: int
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        image = center_crop(resize_shortest_edge(image.convert("RGB"), self.resize, self.resample), self.crop)
+        x = np.asarray(image, dtype=np.float32) * (1.0 / 255.0)
+        if self.mean is not None and self.std is not None:
+            x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return x.transpose(2, 0, 1)
+
+
+def resize_shortest_edge(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    """The shorter side to ``size``, the longer one scaled and truncated to an integer, as
+    ``transformers.image_transforms.get_resize_output_image_size`` does."""
+    w, h = image.size
+    new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    return image if new == image.size else image.resize(new, resample)
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """A ``size``×``size`` crop from the centre (offsets rounded down, like Hugging Face's ``center_crop``);
+    an image smaller than the crop is padded with black first, as there."""
+    w, h = image.size
+    if w < size or h < size:
+        padded = Image.new("RGB", (max(w, size), max(h, size)))
+        padded.paste(image, ((padded.width - w) // 2, (padded.height - h) // 2))
+        image, (w, h) = padded, padded.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+PREPROCESS = {
+    # Xenova/dinov2-small's preprocessor_config.json: shortest edge 256 (bicubic), centre crop 224, ImageNet
+    # mean/std. The embedding is `pooler_output`, the class token after the final layer norm.
+    "dino": Preprocess(resize=256, resample=Image.Resampling.BICUBIC, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    # Xenova/mobileclip_s2's: shortest edge 256 (bilinear), centre crop 256, ×1/255 and no mean/std
+    # (MobileCLIP was trained on [0, 1] pixels). The embedding is `image_embeds`.
+    "clip": Preprocess(resize=256, resample=Image.Resampling.BILINEAR, crop=256),
+}
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class ImageEncoder:
+    """An ONNX image tower. Tensor names come from the session and shapes are checked against the registry;
+    the embedding is the session's one output of rank 2 (DINOv2 also returns every token, rank 3)."""
+
+    def __init__(self, resolved: models.Resolved, preprocess: Preprocess, threads: int = 1):
+        self.resolved = resolved
+        self.preprocess = preprocess
+        self.session = models.onnx_session(resolved, threads)
+        models.check_io(self.session, resolved.spec)
+        self.input = self.session.get_inputs()[0].name
+        pooled = [o.name for o in self.session.get_outputs() if len(o.shape) == 2]
+        if len(pooled) != 1:
+            raise models.ModelError(f"model {resolved.id}: expected one pooled (rank-2) output, found {pooled}")
+        self.output = pooled[0]
+
+    def embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        """L2-normalised embeddings of preprocessed images (N, 3, H, W)."""
+        (out,) = self.session.run([self.output], {self.input: batch})
+        return l2_normalise(np.asarray(out, dtype=np.float32))
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.embed_batch(np.stack([self.preprocess(im) for im in images]))
+
+
+@dataclass(frozen=True)
+class Settings(StepSettings):
+    """The settings of the dino and clip steps."""
+
+    model: str
+    batch_size: int = 32
+
+
+def _load(frame: Mapping[str, Any], preprocess: Preprocess) -> np.ndarray:
+    with Image.open(frame["file"]) as image:
+        return preprocess(image)
+
+
+def _prepared(
+    frames: Sequence[Mapping[str, Any]], preprocess: Preprocess, batch_size: int, pool: ThreadPoolExecutor
+) -> Iterator[tuple[list[Mapping[str, Any]], list[np.ndarray], list[Row]]]:
+    """Batches of decoded, preprocessed frames; the next batch is decoded on ``pool`` while the caller runs
+    the network on this one (onnxruntime and Pillow both release the GIL)."""
+
+    def prepare(chunk: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[np.ndarray], list[Row]]:
+        ok, arrays, failed = [], [], []
+        for frame in chunk:
+            try:
+                arrays.append(_load(frame, preprocess))
+                ok.append(frame)
+            except Exception as exc:  # a lost or damaged preview costs that frame only
+                log.warning("%s: %s", frame["file"], describe(exc))
+                failed.append(_frame_error(frame, f"preview unreadable: {describe(exc)}"))
+        return ok, arrays, failed
+
+    chunks = [frames[i : i + batch_size] for i in range(0, len(frames), batch_size)]
+    pending: Future | None = pool.submit(prepare, chunks[0]) if chunks else None
+    for i in range(len(chunks)):
+        assert pending is not None
+        current = pending.result()
+        pending = pool.submit(prepare, chunks[i + 1]) if i + 1 < len(chunks) else None
+        yield current
+
+
+def _frame_error(frame: Mapping[str, Any], message: str) -> Row:
+    return {**error_row(frame, message), "frame_index": frame.get("frame_index"), "timestamp_s": None}
+
+
+def embed_shard(thumbnails: Sequence[Mapping[str, Any]], encoder: ImageEncoder, batch_size: int) -> list[Row]:
+    """One row per preview frame of the shard, one mean row per video, and an error row per file whose
+    thumbnails failed."""
+    rows: list[Row] = []
+    frames = []
+    for row in thumbnails:
+        if row["status"] != STATUS_OK:
+            rows.append(_frame_error(row, f"no preview frame to embed: the thumbnails step failed ({row['error']})"))
+        elif row["role"] == "preview":
+            frames.append(row)
+    frames.sort(key=lambda f: (f["media_id"], f["frame_index"]))
+    by_video: dict[str, list[tuple[Mapping[str, Any], np.ndarray]]] = {}
+    # One decoding thread beside onnxruntime's: preparing a batch costs a fraction of running it.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for ok, arrays, failed in _prepared(frames, encoder.preprocess, max(1, batch_size), pool):
+            rows += failed
+            if not ok:
+                continue
+            vectors = encoder.embed_batch(np.stack(arrays))
+            for frame, vector in zip(ok, vectors, strict=True):
+                rows.append(_row(frame, frame["frame_index"], frame["timestamp_s"], vector, encoder))
+                if frame["timestamp_s"] is not None:  # only video frames have a time
+                    by_video.setdefault(frame["media_id"], []).append((frame, vector))
+    for embedded in by_video.values():
+        mean = l2_normalise(np.mean([v for _, v in embedded], axis=0))
+        rows.append(_row(embedded[0][0], VIDEO_MEAN_FRAME, None, mean, encoder))
+    return sorted(rows, key=lambda r: (r["media_id"], -2 if r["frame_index"] is None else r["frame_index"]))
+
+
+def encoder(step: str, resolved: models.Resolved, threads: int = 1) -> ImageEncoder:
+    """The image tower of ``step`` (``dino`` or ``clip``) with that model's preprocessing."""
+    return ImageEncoder(resolved, PREPROCESS[step], threads)
+
+
+def embed_part(
+    step: str, thumbnails_part: str, model_record: str, config: Mapping[str, Any], threads: int = 1
+) -> list[Row]:
+    """What the step's Snakemake job does: the shard's thumbnails part and the model record in, rows out."""
+    settings = Settings.from_config(config)
+    image_encoder = encoder(step, models.read_record(model_record), threads)
+    return embed_shard(tables.read_part(thumbnails_part), image_encoder, settings.batch_size)
+
+
+def _row(
+    frame: Mapping[str, Any], index: int, timestamp: float | None, vector: np.ndarray, encoder: ImageEncoder
+) -> Row:
+    return {
+        **base_row(frame),
+        "frame_index": index,
+        "timestamp_s": timestamp,
+        "embedding": vector,
+        "model": encoder.resolved.tag,
+    }

@@ -1,0 +1,114 @@
+"""Search the archive's embeddings: by text (MobileCLIP-S2, ``clip`` table) or by example (DINOv2, ``dino``).
+
+A file's score is the best cosine over its rows (an image's frame 0; each preview frame of a video and its
+mean row), so a video is found by any of its scenes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import embeddings, imaging, models
+from .clip import TEXT_MODEL, TextEncoder
+from .tables import STATUS_OK
+
+
+@dataclass(frozen=True)
+class Hit:
+    media_id: str
+    path: str
+    score: float
+    thumbnail: str | None
+
+
+class SearchError(Exception):
+    """Something missing for a search (a table not computed, a file not in the archive), worded for a person."""
+
+
+def _table(results: Path, name: str, columns: list[str]) -> pa.Table:
+    path = results / "tables" / f"{name}.parquet"
+    if not path.is_file():
+        raise SearchError(f"{path} does not exist: run the pipeline with `{name}` enabled first")
+    table = pq.read_table(path, columns=columns)
+    return table.filter(pc.equal(table.column("status"), STATUS_OK))
+
+
+def _embeddings(results: Path, step: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """media_id per row, the (rows, dim) matrix, and the model tag of the rows."""
+    table = _table(results, step, ["media_id", "status", "embedding", "model"])
+    matrix = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    dim = table.schema.field("embedding").type.list_size
+    tags = sorted(set(table.column("model").to_pylist()))
+    return table.column("media_id").to_pylist(), matrix.reshape(-1, dim), tags
+
+
+def _rank(results: Path, ids: list[str], scores: np.ndarray, top: int, exclude: str | None = None) -> list[Hit]:
+    best: dict[str, float] = {}
+    for media_id, score in zip(ids, scores.tolist(), strict=True):
+        if media_id != exclude and score > best.get(media_id, -2.0):
+            best[media_id] = score
+    ranked = sorted(best.items(), key=lambda kv: -kv[1])[:top]
+    files = _table(results, "files", ["media_id", "status", "path"])
+    paths = dict(zip(files.column("media_id").to_pylist(), files.column("path").to_pylist(), strict=True))
+    thumbs: dict[str, str] = {}
+    thumbs_path = results / "tables" / "thumbnails.parquet"
+    if thumbs_path.is_file():
+        t = _table(results, "thumbnails", ["media_id", "status", "role", "file"])
+        for media_id, role, file in zip(*(t.column(c).to_pylist() for c in ("media_id", "role", "file")), strict=True):
+            if role == "thumb":
+                thumbs[media_id] = file
+    return [Hit(m, paths.get(m, "?"), s, thumbs.get(m)) for m, s in ranked]
+
+
+def by_text(
+    results: str | os.PathLike[str], query: str, top: int = 20, overrides: Mapping[str, Path] | None = None
+) -> list[Hit]:
+    """Files whose MobileCLIP image embedding is closest to the text's."""
+    results = Path(results)
+    ids, matrix, _ = _embeddings(results, "clip")
+    text = TextEncoder(models.fetch(TEXT_MODEL, overrides)).embed([query])[0]
+    return _rank(results, ids, matrix @ text, top)
+
+
+def by_example(
+    results: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    top: int = 20,
+    overrides: Mapping[str, Path] | None = None,
+    model: str = "dinov2_small",
+    preview_size: int = 1024,
+) -> list[Hit]:
+    """Files whose DINOv2 embedding is closest to that of ``path``: its stored rows when the file is in the
+    archive, else the file's embedding computed now (images only)."""
+    results = Path(results)
+    ids, matrix, tags = _embeddings(results, "dino")
+    files = _table(results, "files", ["media_id", "status", "path"])
+    wanted = str(Path(path).resolve())
+    mask = pc.equal(files.column("path"), wanted)
+    known = files.filter(mask).column("media_id").to_pylist()
+    if known:
+        media_id = known[0]
+        rows = [i for i, m in enumerate(ids) if m == media_id]
+        if not rows:
+            raise SearchError(f"{path} is in the archive but has no DINOv2 embedding (see the dino table's errors)")
+        query = embeddings.l2_normalise(matrix[rows].mean(axis=0))
+        return _rank(results, ids, matrix @ query, top, exclude=media_id)
+    resolved = models.fetch(model, overrides)
+    if tags and resolved.tag not in tags:
+        raise SearchError(
+            f"the dino table was made with {', '.join(tags)}, not {resolved.tag}: embeddings of different "
+            "models cannot be compared"
+        )
+    opened = imaging.open_image(path, "")
+    # The archive's embeddings were made from previews; go through the same size first.
+    image = imaging.to_srgb(imaging.orient(imaging.fit(opened.image, preview_size), opened.orientation))
+    query = embeddings.encoder("dino", resolved).embed([image])[0]
+    return _rank(results, ids, matrix @ query, top)

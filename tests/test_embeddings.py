@@ -1,0 +1,145 @@
+"""DINOv2 and MobileCLIP image embeddings: preprocessing by hand, stand-in towers with the real tensor names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from standins import dinov2, mobileclip_image
+
+from cl_ml_tools import embeddings, models
+
+
+@pytest.fixture(scope="module")
+def towers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, embeddings.ImageEncoder]:
+    folder = tmp_path_factory.mktemp("towers")
+    dino = models.locate("dinov2_small", {"dinov2_small": dinov2(folder / "dino.onnx")})
+    clip = models.locate("mobileclip_s2_image", {"mobileclip_s2_image": mobileclip_image(folder / "clip.onnx")})
+    return {"dino": embeddings.encoder("dino", dino, 2), "clip": embeddings.encoder("clip", clip, 2)}
+
+
+def test_shortest_edge_resize_truncates_like_transformers() -> None:
+    image = Image.new("RGB", (1024, 768))
+    assert embeddings.resize_shortest_edge(image, 256, Image.Resampling.BICUBIC).size == (341, 256)
+    assert embeddings.resize_shortest_edge(Image.new("RGB", (300, 1001)), 256, Image.Resampling.BILINEAR).size == (
+        256,
+        854,
+    )
+
+
+def test_centre_crop_offsets_round_down() -> None:
+    # Red = column, green = row: the crop's first pixel tells where it starts.
+    xs, ys = np.meshgrid(np.arange(301), np.arange(256))
+    image = Image.fromarray(np.dstack([xs, ys, np.zeros_like(xs)]).astype(np.uint8))
+    crop = np.asarray(embeddings.center_crop(image, 224))
+    assert crop.shape == (224, 224, 3)
+    assert crop[0, 0, :2].tolist() == [(301 - 224) // 2, (256 - 224) // 2]
+    small = embeddings.center_crop(Image.new("RGB", (100, 300), (255, 255, 255)), 224)
+    assert small.size == (224, 224) and small.getpixel((0, 100)) == (0, 0, 0)  # padded with black
+
+
+def test_dino_preprocessing_is_imagenet_normalised_nchw() -> None:
+    image = Image.new("RGB", (640, 480), (255, 0, 128))
+    x = embeddings.PREPROCESS["dino"](image)
+    assert x.shape == (3, 224, 224) and x.dtype == np.float32
+    expected = [(1.0 - 0.485) / 0.229, (0.0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
+    np.testing.assert_allclose(x[:, 100, 100], expected, rtol=1e-5)
+
+
+def test_clip_preprocessing_is_unit_range_without_mean() -> None:
+    image = Image.new("RGB", (256, 512), (255, 0, 51))
+    x = embeddings.PREPROCESS["clip"](image)
+    assert x.shape == (3, 256, 256)
+    np.testing.assert_allclose(x[:, 10, 10], [1.0, 0.0, 0.2], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("step", "filter_", "other"),
+    [
+        ("dino", Image.Resampling.BICUBIC, Image.Resampling.BILINEAR),
+        ("clip", Image.Resampling.BILINEAR, Image.Resampling.BICUBIC),
+    ],
+)
+def test_preprocessing_resamples_with_the_models_filter(step: str, filter_, other) -> None:
+    """Sharp edges resized 1000 → 256 px: the result is Pillow's resize with the model's filter (bicubic for
+    DINOv2, bilinear for MobileCLIP), and measurably not the other filter's."""
+    pixels = np.zeros((1000, 1000, 3), np.uint8)
+    pixels[:, 497:] = 255
+    pixels[::7] = 90
+    image = Image.fromarray(pixels)
+    pre = embeddings.PREPROCESS[step]
+    x = pre(image)
+    if pre.mean is not None:
+        x = x * np.asarray(pre.std, np.float32)[:, None, None] + np.asarray(pre.mean, np.float32)[:, None, None]
+
+    def expected(resample: Image.Resampling) -> np.ndarray:
+        crop = embeddings.center_crop(image.resize((256, 256), resample), pre.crop)
+        return np.asarray(crop, np.float32).transpose(2, 0, 1) / 255
+
+    np.testing.assert_allclose(x, expected(filter_), atol=1e-5)
+    assert np.abs(x - expected(other)).max() > 0.02
+
+
+@pytest.mark.parametrize("step", ["dino", "clip"])
+def test_batch_of_one_equals_batch_of_n(towers, step: str) -> None:
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (300 + 10 * i, 400, 3), dtype=np.uint8)) for i in range(5)]
+    encoder = towers[step]
+    together = encoder.embed(images)
+    alone = np.vstack([encoder.embed([im]) for im in images])
+    assert together.shape == (5, 384 if step == "dino" else 512) and together.dtype == np.float32
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+
+
+def test_dino_reads_the_pooled_output_whatever_its_name(tmp_path: Path) -> None:
+    path = dinov2(tmp_path / "renamed.onnx", pooled_name="cls_after_norm")
+    encoder = embeddings.encoder("dino", models.locate("dinov2_small", {"dinov2_small": path}))
+    assert encoder.output == "cls_after_norm"
+
+
+def test_a_tower_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
+    path = mobileclip_image(tmp_path / "small.onnx", dim=256)
+    with pytest.raises(models.ModelError, match="512"):
+        embeddings.encoder("clip", models.locate("mobileclip_s2_image", {"mobileclip_s2_image": path}))
+
+
+def preview(tmp_path: Path, media_id: str, frame: int, seed: int, timestamp: float | None = None) -> dict:
+    path = tmp_path / f"{media_id}.{frame}.jpg"
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(path)
+    return {"media_id": media_id, "input": "t", "path": f"/a/{media_id}", "status": "ok", "error": None,
+            "role": "preview", "frame_index": frame, "timestamp_s": timestamp, "file": str(path)}  # fmt: skip
+
+
+def test_shard_rows_video_means_and_errors(tmp_path: Path, towers) -> None:
+    thumbs = [
+        preview(tmp_path, "img", 0, 1),
+        {**preview(tmp_path, "img", 0, 1), "role": "thumb"},
+        *(preview(tmp_path, "vid", i, 10 + i, timestamp=0.5 * i) for i in range(3)),
+        {**preview(tmp_path, "bad", 0, 2), "status": "error", "error": "truncated", "role": None, "frame_index": None},
+        {**preview(tmp_path, "gone", 0, 5), "file": str(tmp_path / "missing.jpg")},
+    ]
+    encoder = towers["dino"]
+    rows = embeddings.embed_shard(thumbs, encoder, batch_size=2)
+    key = [(r["media_id"], r["frame_index"], r["status"]) for r in rows]
+    assert key == [
+        ("bad", None, "error"),
+        ("gone", 0, "error"),
+        ("img", 0, "ok"),
+        ("vid", -1, "ok"),
+        ("vid", 0, "ok"),
+        ("vid", 1, "ok"),
+        ("vid", 2, "ok"),
+    ]
+    by = {(r["media_id"], r["frame_index"]): r for r in rows}
+    assert "thumbnails step failed (truncated)" in by[("bad", None)]["error"]
+    assert "preview unreadable" in by[("gone", 0)]["error"]
+    frames = np.stack([by[("vid", i)]["embedding"] for i in range(3)])
+    mean = frames.mean(axis=0)
+    np.testing.assert_allclose(by[("vid", -1)]["embedding"], mean / np.linalg.norm(mean), atol=1e-6)
+    assert by[("vid", -1)]["timestamp_s"] is None and by[("vid", 2)]["timestamp_s"] == 1.0
+    single = encoder.embed([Image.open(thumbs[0]["file"])])[0]
+    np.testing.assert_allclose(by[("img", 0)]["embedding"], single, atol=1e-5)
+    assert {r["model"] for r in rows if r["status"] == "ok"} == {encoder.resolved.tag}

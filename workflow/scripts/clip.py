@@ -1,0 +1,6 @@
+from cl_ml_tools import embeddings, steps, tables
+
+steps.log_to(snakemake.log[0])
+inputs = snakemake.input
+rows = embeddings.embed_part("clip", inputs.thumbnails, inputs.model, snakemake.params.settings, snakemake.threads)
+tables.write_part("clip", rows, snakemake.output[0])
