@@ -246,17 +246,22 @@ def check_outputs(path: Path, batch: int = 8) -> dict[str, float]:
 
 
 def throughput(path: Path, batch: int = 32, threads: int = 2, seconds: float = 10.0, warmup: int = 3) -> dict:
-    """Items per second of one onnxruntime CPU session; best and median over timed runs after warm-up."""
+    """Items per second of one onnxruntime CPU session; best and median over timed runs after warm-up.
+
+    ``cores`` is the CPU time the process got per second of wall time. onnxruntime's threads spin while
+    waiting, so an undisturbed run uses about ``threads`` cores; clearly fewer means other processes took the
+    CPU and the timing understates the network (``best`` is then the better estimate)."""
     sess = _session(path, threads)
     feed = _random_input(sess, batch)
     for _ in range(warmup):
         sess.run(None, feed)
     times: list[float] = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds or len(times) < 5:
         t = time.perf_counter()
         sess.run(None, feed)
         times.append(time.perf_counter() - t)
+    cores = (time.process_time() - cpu_start) / (time.perf_counter() - start)
     times.sort()
     return {
         "batch": batch,
@@ -264,6 +269,7 @@ def throughput(path: Path, batch: int = 32, threads: int = 2, seconds: float = 1
         "runs": len(times),
         "best_per_s": batch / times[0],
         "median_per_s": batch / times[len(times) // 2],
+        "cores": cores,
     }
 
 

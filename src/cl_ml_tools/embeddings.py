@@ -113,7 +113,7 @@ class Settings(StepSettings):
     """The settings of the dino and clip steps."""
 
     model: str
-    batch_size: int = 32
+    batch_size: int = 8
 
 
 def _load(frame: Mapping[str, Any], preprocess: Preprocess) -> np.ndarray:

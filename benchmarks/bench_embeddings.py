@@ -1,0 +1,71 @@
+"""Throughput of the dino and clip steps on 1024-px previews, next to the bare network in the same run.
+
+    # random-weight copies of the real architectures (see torch_networks.py for the set-up):
+    /tmp/torchvenv/bin/python benchmarks/torch_networks.py dinov2_small /tmp/dinov2_small_random.onnx
+    /tmp/torchvenv/bin/python benchmarks/torch_networks.py mobileclip_s2_image /tmp/mobileclip_s2_image_random.onnx
+    .venv/bin/python benchmarks/bench_embeddings.py --dino /tmp/dinov2_small_random.onnx \\
+        --clip /tmp/mobileclip_s2_image_random.onnx
+
+For each step and batch size, best of ``--rounds``:
+
+- ours: ``embeddings.embed_shard`` over ``--images`` previews of 1024×768 (decode, the model's resize and
+  crop, batching with the next batch decoded during inference, onnxruntime with ``--threads`` threads, L2
+  norm, rows) — img/s, and CPU seconds per image.
+- reference: the same onnxruntime session on an already preprocessed batch, model only — img/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from bench_faces import best_rate, make_corpus
+from PIL import Image
+
+from cl_ml_tools import embeddings, models
+
+MODEL_IDS = {"dino": "dinov2_small", "clip": "mobileclip_s2_image"}
+
+
+def measure(encoder: embeddings.ImageEncoder, thumbs: list[dict], batch: int, rounds: int) -> tuple[float, ...]:
+    """(ours img/s, ours CPU s per image, network-only img/s)."""
+    cpu = time.process_time()
+    ours = best_rate(lambda: embeddings.embed_shard(thumbs, encoder, batch), len(thumbs), rounds)
+    cpu_per_image = (time.process_time() - cpu) / (len(thumbs) * rounds)
+    x = np.stack([encoder.preprocess(Image.open(t["file"])) for t in thumbs[:batch]])
+    n = len(thumbs) // batch
+    bare = best_rate(lambda: [encoder.embed_batch(x) for _ in range(n)], n * batch, rounds)
+    return ours, cpu_per_image, bare
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dino", type=Path, required=True, help="a dinov2_small-shaped ONNX file")
+    ap.add_argument("--clip", type=Path, required=True, help="a mobileclip_s2_image-shaped ONNX file")
+    ap.add_argument("--images", type=int, default=96)
+    ap.add_argument("--batches", default="8,32", help="comma-separated batch sizes")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="bench_embeddings_"))
+    _, thumbs, _ = make_corpus(work / "previews", args.images)
+    print(f"corpus: {len(thumbs)} previews 1024x768; threads {args.threads}")
+    print("| step | batch | ours img/s | ours CPU s / img | network only img/s | ours / network |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for step, path in (("dino", args.dino), ("clip", args.clip)):
+        resolved = models.locate(MODEL_IDS[step], {MODEL_IDS[step]: path})
+        encoder = embeddings.encoder(step, resolved, args.threads)
+        for batch in (int(b) for b in args.batches.split(",")):
+            ours, cpu_per_image, bare = measure(encoder, thumbs, batch, args.rounds)
+            print(f"| {step} | {batch} | {ours:.1f} | {cpu_per_image:.3f} | {bare:.1f} | {ours / bare:.2f} |")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
