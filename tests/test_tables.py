@@ -30,10 +30,31 @@ def test_parts_consolidate_in_shard_order_and_load_with_nullable_dtypes(tmp_path
         "hashes", [tmp_path / f"000{i}.parquet" for i in (2, 1, 0)], tmp_path / "tables" / "hashes.parquet"
     )
     assert n == 2
+    # A dataset of hard links to the parts: nothing is rewritten.
+    table_dir = tmp_path / "tables" / "hashes.parquet"
+    assert sorted(p.name for p in table_dir.iterdir()) == ["0000.parquet", "0001.parquet", "0002.parquet"]
+    assert (table_dir / "0001.parquet").stat().st_ino == (tmp_path / "0001.parquet").stat().st_ino
     df = tables.load("hashes", tmp_path)
     assert list(df.media_id) == ["a", "b"]
     assert str(df.phash.dtype) == "UInt64" and df.phash.iloc[1] == 2**63 + 5 and pd.isna(df.phash.iloc[0])
     assert df.error.iloc[0] == "boom"
+
+
+def test_consolidating_again_replaces_the_dataset_and_refuses_foreign_parts(tmp_path: Path) -> None:
+    base = {"input": "t", "path": "/x", "status": "ok", "error": None}
+    target = tmp_path / "tables" / "hashes.parquet"
+    target.parent.mkdir()
+    target.write_bytes(b"a single-file table of an earlier version")
+    for shard in ("0000", "0001"):
+        tables.write_part("hashes", [{**base, "media_id": shard}], tmp_path / f"{shard}.parquet")
+    assert tables.consolidate("hashes", [tmp_path / "0000.parquet", tmp_path / "0001.parquet"], target) == 2
+    assert tables.consolidate("hashes", [tmp_path / "0001.parquet"], target) == 1
+    assert [p.name for p in target.iterdir()] == ["0001.parquet"]
+    tables.write_part("exif", [], tmp_path / "0002.parquet")
+    with pytest.raises(ValueError, match="forcerun hashes"):
+        tables.consolidate("hashes", [tmp_path / "0002.parquet"], target)
+    assert [p.name for p in target.iterdir()] == ["0001.parquet"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["hashes.parquet"]
 
 
 def test_load_names_the_known_tables(tmp_path: Path) -> None:

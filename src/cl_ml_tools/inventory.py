@@ -13,9 +13,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from .fileio import displayable, write_bytes_atomic, write_if_changed
@@ -59,10 +60,18 @@ def shard_names(n_shards: int) -> list[str]:
     return [f"{i:0{width}d}" for i in range(n_shards)]
 
 
-def _selected(relpath: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
-    if include and not any(fnmatch.fnmatchcase(relpath, p) for p in include):
-        return False
-    return not any(fnmatch.fnmatchcase(relpath, p) for p in exclude)
+class _Selector:
+    """The include/exclude globs compiled into one regular expression each: matching a million paths
+    pattern by pattern with ``fnmatch`` costs seconds."""
+
+    def __init__(self, include: Sequence[str], exclude: Sequence[str]):
+        self.include = re.compile("|".join(fnmatch.translate(p) for p in include)) if include else None
+        self.exclude = re.compile("|".join(fnmatch.translate(p) for p in exclude)) if exclude else None
+
+    def __call__(self, relpath: str) -> bool:
+        if self.include is not None and not self.include.match(relpath):
+            return False
+        return self.exclude is None or not self.exclude.match(relpath)
 
 
 def scan(
@@ -85,9 +94,12 @@ def scan(
 
 def _scan_root(name: str, root: Path, include: Sequence[str], exclude: Sequence[str]) -> Iterator[Entry]:
     root_str = str(root)
+    selected = _Selector(include, exclude)
     stack = [root_str]
     while stack:
         directory = stack.pop()
+        # Relative paths by string concatenation: os.path.relpath per file is a third of a million-file scan.
+        prefix = "" if directory == root_str else os.path.relpath(directory, root_str).replace(os.sep, "/") + "/"
         try:
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -99,14 +111,14 @@ def _scan_root(name: str, root: Path, include: Sequence[str], exclude: Sequence[
             yield Entry(media_id(name, rel), name, rel, directory, 0, 0, f"cannot list folder: {exc.strerror}")
             continue
         for de in entries:
-            rel = os.path.relpath(de.path, root_str).replace(os.sep, "/")
+            rel = prefix + de.name
             try:
                 if de.is_dir(follow_symlinks=False):
                     stack.append(de.path)
                     continue
                 if not (de.is_symlink() or de.is_file(follow_symlinks=False)):
                     continue  # sockets, fifos, devices: never media
-                if not _selected(rel, include, exclude):
+                if not selected(rel):
                     continue
                 error = _symlink_problem(de.path, root_str) if de.is_symlink() else None
                 st = os.stat(de.path) if error is None else os.lstat(de.path)
@@ -168,7 +180,8 @@ def read_layout(inventory_dir: Path) -> int:
 
 def _encode_entry(entry: Entry) -> str:
     # ensure_ascii keeps undecodable (surrogate-escaped) names representable and the bytes deterministic.
-    return json.dumps(asdict(entry), sort_keys=True, ensure_ascii=True)
+    # vars(), not dataclasses.asdict(): asdict deep-copies every field, seconds for a million entries.
+    return json.dumps(vars(entry), sort_keys=True, ensure_ascii=True)
 
 
 def write_shard_lists(entries: Iterable[Entry], inventory_dir: Path, n_shards: int) -> list[str]:

@@ -35,7 +35,7 @@ class SearchError(Exception):
 
 def _table(results: Path, name: str, columns: list[str]) -> pa.Table:
     path = results / "tables" / f"{name}.parquet"
-    if not path.is_file():
+    if not path.exists():
         raise SearchError(f"{path} does not exist: run the pipeline with `{name}` enabled first")
     table = pq.read_table(path, columns=columns)
     return table.filter(pc.equal(table.column("status"), STATUS_OK))
@@ -60,7 +60,7 @@ def _rank(results: Path, ids: list[str], scores: np.ndarray, top: int, exclude: 
     paths = dict(zip(files.column("media_id").to_pylist(), files.column("path").to_pylist(), strict=True))
     thumbs: dict[str, str] = {}
     thumbs_path = results / "tables" / "thumbnails.parquet"
-    if thumbs_path.is_file():
+    if thumbs_path.exists():
         t = _table(results, "thumbnails", ["media_id", "status", "role", "file"])
         for media_id, role, file in zip(*(t.column(c).to_pylist() for c in ("media_id", "role", "file")), strict=True):
             if role == "thumb":

@@ -1,14 +1,19 @@
 """Table schemas, per-shard parts, consolidation and loading.
 
 Every step writes ``results/parts/<step>/<shard>.parquet`` with the step's fixed Arrow schema (so a shard
-of nothing but errors still has the right columns) and a consolidation rule concatenates the parts into
-``results/tables/<step>.parquet``.
+of nothing but errors still has the right columns). A step's table, ``results/tables/<step>.parquet``, is a
+Parquet *dataset*: a directory holding one hard link per part, named by shard. ``pandas.read_parquet``,
+``pyarrow.parquet.read_table`` and :func:`load` read it like a single file, in shard order. Consolidating
+after one shard changed therefore relinks files instead of rewriting the table: concatenating a million rows
+of DINOv2 embeddings into one file took 35 s and 2 GB of writes, linking 1000 parts takes a fraction of a
+second (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -225,20 +230,38 @@ def read_part(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def consolidate(name: str, parts: Iterable[str | os.PathLike[str]], target: str | os.PathLike[str]) -> int:
-    """Concatenate the parts of one step into its table, in shard order; returns the row count."""
+    """Make ``target`` the dataset directory of the step's parts (hard links, or copies where the parts
+    live on another file system); returns the row count. The directory is built beside the target and
+    renamed into place, so readers never see half a table."""
     schema = SCHEMAS[name]
-    with atomic_path(target) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-        rows = 0
-        for part in sorted(map(str, parts)):
-            table = pq.read_table(part, schema=schema)
-            rows += table.num_rows
-            if table.num_rows:
-                writer.write_table(table)
+    target = Path(target)
+    building = target.with_name(f".{target.name}.building")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    rows = 0
+    for part in sorted(map(Path, parts)):
+        found = pq.read_schema(part)
+        if not found.equals(schema, check_metadata=False):
+            shutil.rmtree(building)
+            raise ValueError(
+                f"{part} does not have the {name} table's columns (written by another version?); "
+                f"delete it or rerun the step with `snakemake --forcerun {name}`"
+            )
+        rows += pq.read_metadata(part).num_rows
+        try:
+            os.link(part, building / part.name)
+        except OSError:
+            shutil.copyfile(part, building / part.name)
+    if target.is_dir():
+        shutil.rmtree(target)
+    elif target.exists():
+        target.unlink()  # a single-file table from an earlier version
+    os.replace(building, target)
     return rows
 
 
 def load(name: str, results: str | os.PathLike[str] = "results") -> pd.DataFrame:
-    """Read ``<results>/tables/<name>.parquet`` with pandas' nullable dtypes, so integer columns with
+    """Read the table ``<results>/tables/<name>.parquet`` with pandas' nullable dtypes, so integer columns with
     missing values (a hash of a file that failed) stay integers instead of turning into floats."""
     # Imported here, not at the top: every pipeline job imports this module, and pandas alone costs about
     # 0.3 s of interpreter start-up per job.

@@ -6,7 +6,7 @@ rule tables:
     input:
         lambda wildcards: [part(wildcards.step, shard) for shard in SHARDS],
     output:
-        RESULTS / "tables" / "{step}.parquet",
+        directory(RESULTS / "tables" / "{step}.parquet"),
     log:
         log_file("tables", "{step}"),
     threads: 1
