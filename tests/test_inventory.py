@@ -160,3 +160,16 @@ def test_excluded_links_stay_out_and_unlistable_folders_are_reported(tmp_path: P
     assert ".escape-but-hidden" not in errors
     assert errors["locked"] == "cannot list folder: Permission denied"
     assert errors["a.jpg"] is None
+
+
+def test_shard_list_lines_are_canonical_json() -> None:
+    """The hand-written encoder gives exactly json.dumps' bytes, so lists written by either stay identical."""
+    import json
+
+    from cl_ml_tools.inventory import Entry, _encode_entry
+
+    for entry in (
+        Entry("00ff", "in", "a/b.jpg", "/r/a/b.jpg", 12, 3, None),
+        Entry("00ff", 'in"x', 'quote " back\\slash\ttab\nnl é \udcff', "/r/ü", 0, 0, "cannot stat: Permission denied"),
+    ):
+        assert _encode_entry(entry) == json.dumps(entry._asdict(), sort_keys=True, ensure_ascii=True)

@@ -12,12 +12,13 @@ import fnmatch
 import hashlib
 import json
 import math
+import operator
 import os
 import re
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .fileio import displayable, write_bytes_atomic, write_if_changed
 
@@ -32,9 +33,9 @@ AUDIO_EXTENSIONS = frozenset(".mp3 .m4a .aac .wav .flac .ogg .opus".split())
 RAW_FORMATS = frozenset("dng cr2 cr3 nef arw orf rw2 raf pef srw".split())
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One regular file found under an input root, as written to a shard list."""
+class Entry(NamedTuple):
+    """One regular file found under an input root, as written to a shard list. A named tuple, not a frozen
+    dataclass: a million of them are built at every workflow parse, and this is three times cheaper."""
 
     media_id: str
     input: str
@@ -65,7 +66,8 @@ class _Selector:
     pattern by pattern with ``fnmatch`` costs seconds."""
 
     def __init__(self, include: Sequence[str], exclude: Sequence[str]):
-        self.include = re.compile("|".join(fnmatch.translate(p) for p in include)) if include else None
+        everything = not include or "*" in include
+        self.include = None if everything else re.compile("|".join(fnmatch.translate(p) for p in include))
         self.exclude = re.compile("|".join(fnmatch.translate(p) for p in exclude)) if exclude else None
 
     def __call__(self, relpath: str) -> bool:
@@ -102,7 +104,7 @@ def _scan_root(name: str, root: Path, include: Sequence[str], exclude: Sequence[
         prefix = "" if directory == root_str else os.path.relpath(directory, root_str).replace(os.sep, "/") + "/"
         try:
             with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                entries = list(it)  # unsorted: the shard lists are sorted when written
         except OSError as exc:
             if directory == root_str:
                 raise
@@ -178,10 +180,22 @@ def read_layout(inventory_dir: Path) -> int:
     return int(json.loads((inventory_dir / LAYOUT_FILE).read_text())["shards"])
 
 
+_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
 def _encode_entry(entry: Entry) -> str:
-    # ensure_ascii keeps undecodable (surrogate-escaped) names representable and the bytes deterministic.
-    # vars(), not dataclasses.asdict(): asdict deep-copies every field, seconds for a million entries.
-    return json.dumps(vars(entry), sort_keys=True, ensure_ascii=True)
+    """The bytes ``json.dumps(entry._asdict(), sort_keys=True, ensure_ascii=True)`` gives, written out by hand:
+    three times faster, which is seconds at a million files. ensure_ascii keeps undecodable
+    (surrogate-escaped) names representable and the bytes deterministic."""
+    error = "null" if entry.error is None else _quote(entry.error)
+    return (
+        f'{{"error": {error}, "input": {_quote(entry.input)}, "media_id": {_quote(entry.media_id)}, '
+        f'"mtime_ns": {entry.mtime_ns}, "path": {_quote(entry.path)}, "relpath": {_quote(entry.relpath)}, '
+        f'"size": {entry.size}}}'
+    )
+
+
+_ORDER = operator.attrgetter("input", "relpath")
 
 
 def write_shard_lists(entries: Iterable[Entry], inventory_dir: Path, n_shards: int) -> list[str]:
@@ -192,7 +206,7 @@ def write_shard_lists(entries: Iterable[Entry], inventory_dir: Path, n_shards: i
         buckets[shard_index(entry.media_id, n_shards)].append(entry)
     changed = []
     for name, bucket in zip(names, buckets, strict=True):
-        bucket.sort(key=lambda e: (e.input, e.relpath))
+        bucket.sort(key=_ORDER)
         data = "".join(_encode_entry(e) + "\n" for e in bucket).encode("ascii")
         if write_if_changed(inventory_dir / f"{name}.jsonl", data):
             changed.append(name)
