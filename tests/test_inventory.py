@@ -103,6 +103,8 @@ def test_shard_lists_are_rewritten_only_when_changed(tmp_path: Path) -> None:
     assert sorted(changed) == inventory.shard_names(4)
     before = {p.name: p.stat().st_mtime_ns for p in inv.glob("*.jsonl")}
     assert inventory.update_inventory({"in": root}, inv, ["*"], [], shard_size=1, shards=None) == (4, [])
+    sizes = {p.stem: len(p.read_text().splitlines()) for p in inv.glob("*.jsonl")}
+    assert inventory.largest_shard(inv) == max(sizes.values()) and sum(sizes.values()) == 4
     assert before == {p.name: p.stat().st_mtime_ns for p in inv.glob("*.jsonl")}
 
     (root / "new.jpg").write_bytes(b"\xff\xd8\xff")

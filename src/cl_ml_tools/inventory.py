@@ -23,6 +23,8 @@ from typing import NamedTuple
 from .fileio import displayable, write_bytes_atomic, write_if_changed
 
 LAYOUT_FILE = "layout.json"
+# Files per shard, written with the shard lists: rules size their cluster runtime from the largest shard.
+SIZES_FILE = "sizes.json"
 
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .png .gif .webp .heic .heif .avif .tif .tiff .bmp "
@@ -210,7 +212,18 @@ def write_shard_lists(entries: Iterable[Entry], inventory_dir: Path, n_shards: i
         data = "".join(_encode_entry(e) + "\n" for e in bucket).encode("ascii")
         if write_if_changed(inventory_dir / f"{name}.jsonl", data):
             changed.append(name)
+    sizes = {name: len(bucket) for name, bucket in zip(names, buckets, strict=True)}
+    write_if_changed(inventory_dir / SIZES_FILE, json.dumps(sizes, sort_keys=True).encode())
     return changed
+
+
+def largest_shard(inventory_dir: str | os.PathLike[str]) -> int:
+    """Files in the fullest shard (0 before the first scan)."""
+    try:
+        sizes = json.loads((Path(inventory_dir) / SIZES_FILE).read_text())
+    except FileNotFoundError:
+        return 0
+    return max(sizes.values(), default=0)
 
 
 def read_shard_list(path: str | os.PathLike[str]) -> list[Entry]:
