@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-from . import imaging
+from . import imaging, models
 from .fileio import atomic_path
 from .steps import MediaError, Row, StepSettings, map_files
 from .tables import KEYPOINTS, STATUS_OK, base_row
@@ -81,6 +82,9 @@ class Detector:
         self._local = threading.local()
         self._all: list[FaceDetector] = []
         self._lock = threading.Lock()
+        # MediaPipe imports matplotlib, which caches a font list in ~/.cache; keep it in our model cache
+        # instead, so that a run writes nothing outside results/ and that cache. Before any MediaPipe import.
+        os.environ.setdefault("MPLCONFIGDIR", str(models.cache_dir() / "matplotlib"))
 
     def _graph(self) -> FaceDetector:
         graph = getattr(self._local, "graph", None)
