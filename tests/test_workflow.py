@@ -311,30 +311,54 @@ def comparable(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def test_killed_run_resumes_to_the_same_tables(tmp_path: Path) -> None:
-    shutil.copytree(SAMPLE, tmp_path / "archive")
-    write_config(tmp_path, {"photos": "archive"}, results="killed", sharding={"shards": 4, "shard_size": 1000})
+KILL_SHARDING = {"shards": 4, "shard_size": 1000}
+# Where a run is SIGKILLed: as soon as this appears under its results directory.
+KILL_POINTS = {
+    "consolidation": "tables/*.parquet",
+    "thumbnails": "parts/thumbnails/*.parquet",
+    "faces": "parts/faces/*.parquet",
+    "dino": "parts/dino/*.parquet",
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The sample archive and the results of one run that nobody killed."""
+    work = tmp_path_factory.mktemp("uninterrupted")
+    shutil.copytree(SAMPLE, work / "archive")
+    write_config(work, {"photos": str(work / "archive")}, sharding=KILL_SHARDING)
+    snakemake(work)
+    return work / "archive", work / "results"
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_killed_run_resumes_to_the_same_tables(tmp_path: Path, uninterrupted, point: str) -> None:
+    archive, reference = uninterrupted
+    write_config(tmp_path, {"photos": str(archive)}, sharding=KILL_SHARDING)
+    results = tmp_path / "results"
     proc = subprocess.Popen(
         [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--cores", "2"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    parts = tmp_path / "killed" / "parts"
-    while time.monotonic() < deadline and len(list(parts.glob("thumbnails/*.parquet"))) < 1:
-        time.sleep(0.05)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not list(results.glob(KILL_POINTS[point])):
+        time.sleep(0.02)
+    # Jobs that have finished: Snakemake writes a job's benchmark record when it ends, and marks the job
+    # complete just after; the kill comes a moment later, so those marks are in.
+    finished = {p: p.stat().st_mtime_ns for p in (results / "benchmarks").rglob("*.tsv")}
+    time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (tmp_path / "killed" / "tables" / "hls.parquet").exists(), "kill came too late to test resuming"
+    assert finished, "nothing had finished: the kill point is too early to test that work is kept"
+    assert not (results / "tables" / "duplicates.parquet").exists(), "kill came too late to test resuming"
     # A hard kill leaves Snakemake's directory lock behind; --unlock is the documented way back.
     snakemake(tmp_path, "--unlock")
     snakemake(tmp_path)
-    leftovers = [p for p in (tmp_path / "killed").rglob("*") if ".tmp" in p.name]
-    assert leftovers == []
-    write_config(tmp_path, {"photos": "archive"}, results="straight", sharding={"shards": 4, "shard_size": 1000})
-    snakemake(tmp_path)
+    assert [p for p in results.rglob("*") if ".tmp" in p.name or p.name.endswith(".building")] == []
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished, "finished jobs were run again"
     for step in TABLES:
-        a = comparable(tables.load(step, tmp_path / "killed"))
-        b = comparable(tables.load(step, tmp_path / "straight"))
+        a = comparable(tables.load(step, results))
+        b = comparable(tables.load(step, reference))
         pd.testing.assert_frame_equal(a, b, obj=step)
 
 
