@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SAMPLE, make_audio_only, make_video
+from PIL import Image
 
 from cl_ml_tools import inventory
 
@@ -175,3 +176,29 @@ def test_shard_list_lines_are_canonical_json() -> None:
         Entry("00ff", 'in"x', 'quote " back\\slash\ttab\nnl é \udcff', "/r/ü", 0, 0, "cannot stat: Permission denied"),
     ):
         assert _encode_entry(entry) == json.dumps(entry._asdict(), sort_keys=True, ensure_ascii=True)
+
+
+def test_a_file_that_vanishes_after_the_scan_gets_error_rows(tmp_path: Path) -> None:
+    """Listed by the inventory (at workflow parse), deleted before its shard's jobs run."""
+    from cl_ml_tools import exif, hashes, thumbnails
+
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("kept.png", "gone.png"):
+        Image.new("RGB", (32, 24), (40, 80, 120)).save(root / name)
+    entries = list(inventory.scan({"in": root}))
+    (root / "gone.png").unlink()
+    files = inventory.files_rows(entries, "0000")
+    by_name = {Path(r["path"]).name: r for r in files}
+    assert by_name["kept.png"]["status"] == "ok"
+    assert by_name["gone.png"]["status"] == "error" and "No such file" in by_name["gone.png"]["error"]
+    steps = {
+        "hashes": hashes.hash_shard(files, hashes.Settings()),
+        "exif": exif.exif_shard(files),
+        "thumbnails": thumbnails.thumbnail_shard(files, tmp_path / "thumbs", thumbnails.Settings()),
+    }
+    for step, rows in steps.items():
+        gone = [r for r in rows if Path(r["path"]).name == "gone.png"]
+        kept = [r for r in rows if Path(r["path"]).name == "kept.png"]
+        assert len(gone) == 1 and gone[0]["status"] == "error" and "No such file" in gone[0]["error"], (step, gone)
+        assert kept and all(r["status"] == "ok" for r in kept), step
