@@ -11,24 +11,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import models, tokenizer
-from .embeddings import l2_normalise
 
 TEXT_MODEL = "mobileclip_s2_text"
 TOKENIZER_FILE = "tokenizer.json"
 
 
-class TextEncoder:
+class TextEncoder(models.OnnxModel):
     """The text tower: CLIP BPE ids (77 per text) → L2-normalised 512-d embeddings."""
 
     def __init__(self, resolved: models.Resolved, threads: int = 1):
-        self.resolved = resolved
         self.tokenizer = tokenizer.load(resolved.paths[TOKENIZER_FILE])
-        self.session = models.onnx_session(resolved, threads)
-        models.check_io(self.session, resolved.spec)
-        self.input = self.session.get_inputs()[0].name
-        self.output = self.session.get_outputs()[0].name
+        super().__init__(resolved, threads)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        ids = tokenizer.encode(self.tokenizer, texts)
-        (out,) = self.session.run([self.output], {self.input: ids})
-        return l2_normalise(np.asarray(out, dtype=np.float32))
+        return self.embed_inputs(tokenizer.encode(self.tokenizer, texts))

@@ -79,30 +79,23 @@ PREPROCESS = {
 }
 
 
-def l2_normalise(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-class ImageEncoder:
-    """An ONNX image tower. Tensor names come from the session and shapes are checked against the registry;
-    the embedding is the session's one output of rank 2 (DINOv2 also returns every token, rank 3)."""
+class ImageEncoder(models.OnnxModel):
+    """An ONNX image tower with its model's preprocessing. The embedding is the session's one output of rank 2
+    (DINOv2 also returns every token, rank 3)."""
 
     def __init__(self, resolved: models.Resolved, preprocess: Preprocess, threads: int = 1):
-        self.resolved = resolved
         self.preprocess = preprocess
-        self.session = models.onnx_session(resolved, threads)
-        models.check_io(self.session, resolved.spec)
-        self.input = self.session.get_inputs()[0].name
+        super().__init__(resolved, threads)
+
+    def _output_name(self) -> str:
         pooled = [o.name for o in self.session.get_outputs() if len(o.shape) == 2]
         if len(pooled) != 1:
-            raise models.ModelError(f"model {resolved.id}: expected one pooled (rank-2) output, found {pooled}")
-        self.output = pooled[0]
+            raise models.ModelError(f"model {self.resolved.id}: expected one pooled (rank-2) output, found {pooled}")
+        return pooled[0]
 
     def embed_batch(self, batch: np.ndarray) -> np.ndarray:
         """L2-normalised embeddings of preprocessed images (N, 3, H, W)."""
-        (out,) = self.session.run([self.output], {self.input: batch})
-        return l2_normalise(np.asarray(out, dtype=np.float32))
+        return self.embed_inputs(batch)
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.embed_batch(np.stack([self.preprocess(im) for im in images]))
@@ -175,7 +168,7 @@ def embed_shard(thumbnails: Sequence[Mapping[str, Any]], encoder: ImageEncoder, 
                 if frame["timestamp_s"] is not None:  # only video frames have a time
                     by_video.setdefault(frame["media_id"], []).append((frame, vector))
     for embedded in by_video.values():
-        mean = l2_normalise(np.mean([v for _, v in embedded], axis=0))
+        mean = models.l2_normalise(np.mean([v for _, v in embedded], axis=0))
         rows.append(_row(embedded[0][0], VIDEO_MEAN_FRAME, None, mean, encoder))
     return sorted(rows, key=lambda r: (r["media_id"], -2 if r["frame_index"] is None else r["frame_index"]))
 

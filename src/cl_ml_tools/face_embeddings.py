@@ -29,25 +29,12 @@ def preprocess(crops: np.ndarray) -> np.ndarray:
     return ((crops.astype(np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2).copy()
 
 
-def l2_normalise(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-class ArcFace:
-    """An ArcFace network: tensor names come from the session, shapes are checked against the registry."""
-
-    def __init__(self, resolved: models.Resolved, threads: int = 1):
-        self.resolved = resolved
-        self.session = models.onnx_session(resolved, threads)
-        models.check_io(self.session, resolved.spec)
-        self.input = self.session.get_inputs()[0].name
-        self.output = self.session.get_outputs()[0].name
+class ArcFace(models.OnnxModel):
+    """An ArcFace network (tensor names from the session, shapes checked against the registry)."""
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """L2-normalised float32 embeddings of (N, 112, 112, 3) RGB uint8 crops."""
-        (out,) = self.session.run([self.output], {self.input: preprocess(crops)})
-        return l2_normalise(np.asarray(out, dtype=np.float32).reshape(len(crops), -1))
+        return self.embed_inputs(preprocess(crops))
 
 
 def _face_key(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
+import numpy as np
+
 from . import __version__
 from .fileio import write_bytes_atomic
 
@@ -349,12 +351,17 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> bool:
     return True
 
 
-def _stamped_sha(path: Path, st: os.stat_result) -> str | None:
-    stamp = _read_json(_stamp_path(path))
-    if stamp is None or {k: stamp.get(k) for k in ("size", "mtime_ns", "ino")} != _stat_key(st):
+def _remembered_sha(stamp: Mapping[str, Any] | None, st: os.stat_result) -> str | None:
+    """The sha256 a stamp records, if the stamp describes the file as ``st`` finds it now."""
+    key = _stat_key(st)
+    if stamp is None or {k: stamp.get(k) for k in key} != key:
         return None
     sha = stamp.get("sha256")
     return sha if isinstance(sha, str) else None
+
+
+def _stamped_sha(path: Path, st: os.stat_result) -> str | None:
+    return _remembered_sha(_read_json(_stamp_path(path)), st)
 
 
 def _write_stamp(path: Path, sha: str) -> None:
@@ -377,16 +384,13 @@ def _override_sha(path: Path, fresh: bool = False) -> str:
     resolved = str(path.resolve())
     stamp_file = cache_dir() / "overrides" / (hashlib.sha256(resolved.encode()).hexdigest()[:32] + ".json")
     stamp = _read_json(stamp_file)
-    key = _stat_key(st)
-    if not fresh and stamp and stamp.get("path") == resolved and {k: stamp.get(k) for k in key} == key:
-        sha = stamp.get("sha256")
-        if isinstance(sha, str):
-            return sha
+    if not fresh and stamp and stamp.get("path") == resolved and (sha := _remembered_sha(stamp, st)):
+        return sha
     try:
         sha = _sha256_file(path)
     except OSError as exc:
         raise ModelError(f"cannot read model file {path}: {exc.strerror or exc}") from None
-    _write_json(stamp_file, {**key, "path": resolved, "sha256": sha})
+    _write_json(stamp_file, {**_stat_key(st), "path": resolved, "sha256": sha})
     return sha
 
 
@@ -965,3 +969,29 @@ def check_io(session: Any, spec: ModelSpec) -> None:
             )
     if problems:
         raise ModelError(f"model {spec.id} does not have the inputs and outputs it should:\n" + "\n".join(problems))
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32), so that cosine similarity is a dot product."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class OnnxModel:
+    """The base of every ONNX embedding network: a CPU session, its tensors checked against the registry's
+    spec, tensor names read from the session. ``embed_inputs`` runs a prepared batch and returns
+    L2-normalised rows. Subclasses prepare the input and may pick another output (``_output_name``)."""
+
+    def __init__(self, resolved: Resolved, threads: int = 1):
+        self.resolved = resolved
+        self.session = onnx_session(resolved, threads)
+        check_io(self.session, resolved.spec)
+        self.input = self.session.get_inputs()[0].name
+        self.output = self._output_name()
+
+    def _output_name(self) -> str:
+        return self.session.get_outputs()[0].name
+
+    def embed_inputs(self, batch: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run([self.output], {self.input: batch})
+        return l2_normalise(np.asarray(out, dtype=np.float32).reshape(len(batch), -1))

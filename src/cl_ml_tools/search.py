@@ -50,21 +50,31 @@ def _embeddings(results: Path, step: str) -> tuple[list[str], np.ndarray, list[s
     return table.column("media_id").to_pylist(), matrix.reshape(-1, dim), tags
 
 
-def _rank(results: Path, ids: list[str], scores: np.ndarray, top: int, exclude: str | None = None) -> list[Hit]:
+def _files(results: Path) -> pa.Table:
+    return _table(results, "files", ["media_id", "status", "path"])
+
+
+def _column_by_id(table: pa.Table, media_ids: list[str], column: str) -> dict[str, str]:
+    """``column`` of the rows of ``table`` whose media_id is one of ``media_ids``, filtered in Arrow: the
+    tables have a row (or several) per file of the archive, the hits are a handful."""
+    picked = table.filter(pc.is_in(table.column("media_id"), pa.array(media_ids, pa.string())))
+    return dict(zip(picked.column("media_id").to_pylist(), picked.column(column).to_pylist(), strict=True))
+
+
+def _rank(
+    results: Path, ids: list[str], scores: np.ndarray, top: int, files: pa.Table, exclude: str | None = None
+) -> list[Hit]:
     best: dict[str, float] = {}
     for media_id, score in zip(ids, scores.tolist(), strict=True):
         if media_id != exclude and score > best.get(media_id, -2.0):
             best[media_id] = score
     ranked = sorted(best.items(), key=lambda kv: -kv[1])[:top]
-    files = _table(results, "files", ["media_id", "status", "path"])
-    paths = dict(zip(files.column("media_id").to_pylist(), files.column("path").to_pylist(), strict=True))
+    hits = [m for m, _ in ranked]
+    paths = _column_by_id(files, hits, "path")
     thumbs: dict[str, str] = {}
-    thumbs_path = results / "tables" / "thumbnails.parquet"
-    if thumbs_path.exists():
+    if (results / "tables" / "thumbnails.parquet").exists():
         t = _table(results, "thumbnails", ["media_id", "status", "role", "file"])
-        for media_id, role, file in zip(*(t.column(c).to_pylist() for c in ("media_id", "role", "file")), strict=True):
-            if role == "thumb":
-                thumbs[media_id] = file
+        thumbs = _column_by_id(t.filter(pc.equal(t.column("role"), "thumb")), hits, "file")
     return [Hit(m, paths.get(m, "?"), s, thumbs.get(m)) for m, s in ranked]
 
 
@@ -75,7 +85,7 @@ def by_text(
     results = Path(results)
     ids, matrix, _ = _embeddings(results, "clip")
     text = TextEncoder(models.fetch(TEXT_MODEL, overrides)).embed([query])[0]
-    return _rank(results, ids, matrix @ text, top)
+    return _rank(results, ids, matrix @ text, top, _files(results))
 
 
 def by_example(
@@ -90,7 +100,7 @@ def by_example(
     archive, else the file's embedding computed now (images only)."""
     results = Path(results)
     ids, matrix, tags = _embeddings(results, "dino")
-    files = _table(results, "files", ["media_id", "status", "path"])
+    files = _files(results)
     wanted = str(Path(path).resolve())
     mask = pc.equal(files.column("path"), wanted)
     known = files.filter(mask).column("media_id").to_pylist()
@@ -99,8 +109,8 @@ def by_example(
         rows = [i for i, m in enumerate(ids) if m == media_id]
         if not rows:
             raise SearchError(f"{path} is in the archive but has no DINOv2 embedding (see the dino table's errors)")
-        query = embeddings.l2_normalise(matrix[rows].mean(axis=0))
-        return _rank(results, ids, matrix @ query, top, exclude=media_id)
+        query = models.l2_normalise(matrix[rows].mean(axis=0))
+        return _rank(results, ids, matrix @ query, top, files, exclude=media_id)
     resolved = models.fetch(model, overrides)
     if tags and resolved.tag not in tags:
         raise SearchError(
@@ -111,4 +121,4 @@ def by_example(
     # The archive's embeddings were made from previews; go through the same size first.
     image = imaging.to_srgb(imaging.orient(imaging.fit(opened.image, preview_size), opened.orientation))
     query = embeddings.encoder("dino", resolved).embed([image])[0]
-    return _rank(results, ids, matrix @ query, top)
+    return _rank(results, ids, matrix @ query, top, files)
