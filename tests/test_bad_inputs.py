@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SAMPLE, make_photo, snakemake, write_config
+from conftest import SAMPLE, ffmpeg, make_audio_only, make_photo, snakemake, write_config
 from PIL import Image
 from test_thumbnails import bomb_png
 from test_workflow import TABLES, comparable
@@ -31,7 +31,8 @@ GOOD = {
 }
 # Valid files of unusual shapes: they must come out ok, not as errors.
 VALID_ODDITIES = {"pixel.png", "strip.png", "cmyk.jpg", "deep.png", "palette.png", "grey.jpg", "many frames.gif",
-                  "orientation 9.jpg", "x" * 246 + ".jpg"}  # fmt: skip
+                  "orientation 9.jpg", "x" * 246 + ".jpg", "bogus duration.mp4", "rotated 90.mp4",
+                  "rotated -90.mp4"}  # fmt: skip
 # Shards fixed, so that adding the bad files moves no good file to another shard.
 SHARDING = {"shards": 2, "shard_size": 1000}
 
@@ -43,6 +44,33 @@ def jpeg_declaring(path: Path, width: int, height: int) -> Path:
     data = bytearray(buf.getvalue())
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def mp4_box(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", 8 + len(payload)) + kind + payload
+
+
+def mp4_without_streams(path: Path) -> Path:
+    """A well-formed MP4: file type and a movie header, but not a single track."""
+    identity = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    mvhd = b"\0" * 4 + struct.pack(">IIIIIH", 0, 0, 1000, 0, 0x10000, 0x100) + b"\0" * 10 + identity
+    mvhd += b"\0" * 24 + struct.pack(">I", 1)
+    ftyp = mp4_box(b"ftyp", b"isom" + struct.pack(">I", 512) + b"isomiso2mp41")
+    path.write_bytes(ftyp + mp4_box(b"moov", mp4_box(b"mvhd", mvhd)))
+    return path
+
+
+def mp4_with_bogus_duration(source: Path, path: Path) -> Path:
+    """``source`` with the movie, track and media headers claiming 4 294 967 s (49 days)."""
+    data = bytearray(source.read_bytes())
+    for kind, offset in ((b"mvhd", 20), (b"mdhd", 20), (b"tkhd", 24)):  # version-0 duration field
+        at = data.find(kind)
+        while at >= 0:
+            assert data[at + 4] == 0, "version-1 header"
+            data[at + offset : at + offset + 4] = struct.pack(">I", 0xFFFFFFF0)
+            at = data.find(kind, at + 4)
     path.write_bytes(bytes(data))
     return path
 
@@ -60,6 +88,12 @@ def bad_corpus(folder: Path) -> None:
     (folder / "page.jpg").write_text("<!doctype html><html><body>404 Not Found</body></html>\n")
     (folder / "random.mp4").write_bytes(np.random.default_rng(0).bytes(50_000))
     bomb_png(folder / "bomb.png", 50_000, 50_000)
+    make_audio_only(folder / "only audio.mp4")
+    mp4_without_streams(folder / "no streams.mp4")
+    mp4_with_bogus_duration(SAMPLE / GOOD["clip.mp4"], folder / "bogus duration.mp4")
+    for degrees in (90, -90):  # stored in the display matrix; ffprobe reports them with these signs
+        clip = str(SAMPLE / GOOD["clip.mp4"])
+        ffmpeg("-i", clip, "-c", "copy", "-metadata:s:v:0", f"rotate={degrees}", str(folder / f"rotated {degrees}.mp4"))
     jpeg_declaring(folder / "bomb.jpg", 50_000, 50_000)
     exif_broken = (SAMPLE / GOOD["astronaut.jpg"]).read_bytes()
     app1 = exif_broken.index(b"Exif\x00\x00")
@@ -142,3 +176,32 @@ def test_memory_stays_bounded(runs) -> None:
     assert len(peaks) >= 9 * 2
     print("peak RSS per job (MB):", dict(sorted(peaks.items())))
     assert max(peaks.values()) < 2500, peaks
+
+
+def test_odd_videos(runs) -> None:
+    """No streams or only audio: errors that say so. A container claiming 49 days: the real 4 s are
+    rendered. Rotations of +90 and -90 degrees: upright portrait frames, each the other turned by 180."""
+    _, _, dirty = runs
+
+    def by_name(step: str) -> pd.DataFrame:
+        df = tables.load(step, dirty)
+        return df.assign(name=df.path.map(lambda p: Path(p).name))
+
+    thumbs, hls = by_name("thumbnails"), by_name("hls")
+    for step in (thumbs, hls):
+        for name, streams in (("no streams.mp4", "none"), ("only audio.mp4", "audio")):
+            (message,) = step[step.name == name].error
+            assert message == f"no video stream (streams found: {streams})"
+    bogus = hls[hls.name == "bogus duration.mp4"].iloc[0]
+    assert bogus.status == "ok" and bogus.duration_s == pytest.approx(4.0, abs=0.1)
+    previews = thumbs[(thumbs.name == "bogus duration.mp4") & (thumbs.role == "preview")]
+    assert previews.timestamp_s.max() < 4.0
+    posters = {}
+    for name in ("rotated 90.mp4", "rotated -90.mp4"):
+        poster = thumbs[(thumbs.name == name) & (thumbs.role == "poster")].iloc[0]
+        assert (poster.source_width, poster.source_height) == (240, 320)
+        with Image.open(poster.file) as im:
+            posters[name] = np.asarray(im.convert("L"), dtype=np.float32)
+    turned = np.rot90(posters["rotated 90.mp4"], 2)
+    assert np.abs(turned - posters["rotated -90.mp4"]).mean() < 8
+    assert np.abs(posters["rotated 90.mp4"] - posters["rotated -90.mp4"]).mean() > 20
