@@ -16,10 +16,12 @@ include: "workflow/rules/face_embeddings.smk"
 include: "workflow/rules/dino.smk"
 include: "workflow/rules/clip.smk"
 include: "workflow/rules/duplicates.smk"
+include: "workflow/rules/people.smk"
+include: "workflow/rules/report.smk"
 include: "workflow/rules/tables.smk"
 
 
 rule all:
     input:
-        all_tables(),
+        all_targets(),
     default_target: True

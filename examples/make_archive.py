@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pillow_heif
+from matplotlib import cbook
 from PIL import Image
 from skimage import data
 
@@ -67,10 +68,31 @@ def main() -> None:
     # ffmpeg 5.1 no longer writes a rotate tag; exiftool sets the track's display matrix.
     run("exiftool", "-q", "-overwrite_original", "-Rotation=90", str(ARCHIVE / "videos" / "portrait.mov"))
 
+    reunion(astronaut)
+
     # Bad input that must become error rows, not crashes.
     good = photo.read_bytes()
     (ARCHIVE / "misc" / "truncated.jpg").write_bytes(good[: len(good) * 2 // 5])
     (ARCHIVE / "misc" / "notes.txt").write_text("Not a photo. The pipeline lists it in `files` as kind=other.\n")
+
+
+def reunion(astronaut: Image.Image) -> None:
+    """Two people for the people step and its examples: Grace Hopper's portrait (US Navy, public domain; it
+    ships with matplotlib) alone, and both women side by side in one picture."""
+    folder = ARCHIVE / "2023 reunion"
+    folder.mkdir()
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        hopper = Image.open(f).convert("RGB")
+    hopper.save(folder / "hopper.jpg", quality=90)
+    together = Image.new("RGB", (1100, 620), (236, 232, 224))
+    together.paste(hopper.resize((440, 516)), (40, 52))
+    together.paste(astronaut.crop((60, 0, 460, 400)).resize((480, 480)), (580, 70))
+    together.save(folder / "together.jpg", quality=90)
+    tags = ["-Make=NIKON CORPORATION", "-Model=NIKON D750", "-OffsetTimeOriginal=-04:00"]
+    tags.append("-Software=cl_ml_tools sample")
+    for name, when in (("hopper.jpg", "2023:05:20 10:15:00"), ("together.jpg", "2023:05:20 16:42:31")):
+        run("exiftool", "-q", "-overwrite_original", *tags, f"-DateTimeOriginal={when}", f"-CreateDate={when}",
+            str(folder / name))  # fmt: skip
 
 
 if __name__ == "__main__":

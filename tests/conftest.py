@@ -38,6 +38,20 @@ def test_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return files
 
 
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pipeline on the sample archive plus a byte copy of the astronaut photo (HLS off, to save time;
+    people.max_distance suited to the stand-in ArcFace), shared by the report and analysis tests."""
+    import shutil
+
+    work = tmp_path_factory.mktemp("sample")
+    shutil.copytree(SAMPLE, work / "archive")
+    shutil.copy(SAMPLE / "2021 holiday" / "astronaut.jpg", work / "archive" / "astronaut copy.jpg")
+    write_config(work, {"photos": "archive"}, hls={"enabled": False}, people={"max_distance": 0.35})
+    snakemake(work)
+    return work
+
+
 def ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True)
 

@@ -135,8 +135,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 def test_good_rows_are_identical_with_and_without_bad_files(runs) -> None:
     _, clean, dirty = runs
     for name in TABLES:
-        if name == "duplicates":
-            continue  # groups may rightly gain bad files' byte copies; checked by their own test
+        if name in ("duplicates", "people"):
+            continue  # groups may rightly gain bad files' byte copies (and faces); checked by their own tests
         a = comparable(tables.load(name, clean))
         b = comparable(tables.load(name, dirty))
         b = b[b.media_id.isin(set(a.media_id))].reset_index(drop=True)

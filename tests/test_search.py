@@ -21,7 +21,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(SAMPLE / "2021 holiday", work / "archive")
     shutil.copytree(SAMPLE / "videos", work / "archive" / "videos")
     write_config(work, {"photos": "archive"}, hls={"enabled": False}, faces={"enabled": False},
-                 face_embeddings={"enabled": False})  # fmt: skip
+                 face_embeddings={"enabled": False}, people={"enabled": False})  # fmt: skip
     snakemake(work)
     return work / "results"
 

@@ -11,8 +11,10 @@ import pytest
 from cl_ml_tools import fileio, tables
 
 
-def test_every_table_shares_the_common_columns() -> None:
+def test_every_table_of_files_shares_the_common_columns() -> None:
     for name, schema in tables.SCHEMAS.items():
+        if name == "people":  # a row per person, not per file
+            continue
         assert schema.names[:5] == ["media_id", "input", "path", "status", "error"], name
 
 

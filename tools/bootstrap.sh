@@ -2,7 +2,7 @@
 # Set-up shared by `make run` and `make test`: system tools (ffmpeg/ffprobe >= 4.4, exiftool) and the
 # project's virtual environment in .venv. Safe to run again; it only installs what is missing.
 #   tools/bootstrap.sh          runtime dependencies
-#   tools/bootstrap.sh dev      plus the test tools (pytest, ruff, imagehash)
+#   tools/bootstrap.sh dev      plus the test tools (pytest, ruff, imagehash, selenium, Chromium)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-}"
@@ -20,6 +20,11 @@ ffmpeg_ok() {
 ffmpeg_ok || need_apt+=(ffmpeg)
 command -v exiftool >/dev/null || need_apt+=(libimage-exiftool-perl)
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if [ "$extra" = dev ]; then
+  # The report test opens report.html in headless Chromium through its WebDriver.
+  command -v chromium >/dev/null || need_apt+=(chromium)
+  command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import embeddings, imaging, models
+from . import embeddings, imaging, models, tables
 from .clip import TEXT_MODEL, TextEncoder
 from .tables import STATUS_OK
 
@@ -43,11 +43,9 @@ def _table(results: Path, name: str, columns: list[str]) -> pa.Table:
 
 def _embeddings(results: Path, step: str) -> tuple[list[str], np.ndarray, list[str]]:
     """media_id per row, the (rows, dim) matrix, and the model tag of the rows."""
-    table = _table(results, step, ["media_id", "status", "embedding", "model"])
-    matrix = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    dim = table.schema.field("embedding").type.list_size
-    tags = sorted(set(table.column("model").to_pylist()))
-    return table.column("media_id").to_pylist(), matrix.reshape(-1, dim), tags
+    _table(results, step, ["status"])  # says how to make the table when it is missing
+    rows, matrix = tables.load_embeddings(step, results)
+    return rows.media_id.tolist(), matrix, sorted(rows.model.unique().tolist())
 
 
 def _files(results: Path) -> pa.Table:

@@ -17,9 +17,11 @@ import shutil
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .fileio import atomic_path, displayable
@@ -54,6 +56,7 @@ HLS_VARIANT = pa.struct(
 )
 
 FACE_KEY = [pa.field("frame_index", pa.int32()), pa.field("face_index", pa.int32())]
+FACE = pa.struct([("media_id", pa.string()), ("frame_index", pa.int32()), ("face_index", pa.int32())])
 KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear_tragion", "left_ear_tragion")
 """BlazeFace's keypoints in MediaPipe's order. "Right" is the person's right, on the left of the picture."""
 EMBEDDING_DIM = {"face_embeddings": 512, "dino": 384, "clip": 512}
@@ -180,9 +183,26 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("cosine", pa.float32()),
         ]
     ),
+    # One row per person; the representative face is named by the key columns, its file and its crop.
+    "people": pa.schema(
+        [
+            pa.field("person_id", pa.int64(), nullable=False),
+            pa.field("size", pa.int32()),
+            pa.field("photos", pa.int32()),
+            pa.field("faces", pa.list_(FACE)),
+            pa.field("media_id", pa.string()),
+            *FACE_KEY,
+            pa.field("path", pa.string()),
+            pa.field("crop", pa.string()),
+            pa.field("quality", pa.float32()),
+        ]
+    ),
 }
 
 TABLES = tuple(SCHEMAS)
+# Columns with a handful of distinct values: pandas categories (less memory, faster groupby, and their
+# values listed by ``.cat.categories``).
+CATEGORIES = ("input", "status", "kind", "format", "role", "make", "model", "lens", "mime", "crop_source")
 
 
 def base_row(file_row: Mapping[str, Any]) -> dict[str, Any]:
@@ -215,7 +235,7 @@ def write_parquet(table: pa.Table, target: str | os.PathLike[str]) -> None:
 def write_part(name: str, rows: Sequence[Mapping[str, Any]], target: str | os.PathLike[str]) -> None:
     table = to_arrow(name, rows)
     write_parquet(table, target)
-    counts = Counter(table.column("status").to_pylist())
+    counts = Counter(table.column("status").to_pylist()) if "status" in table.column_names else {}
     log.info("%s: %d rows (%s) -> %s", name, table.num_rows, ", ".join(f"{n} {s}" for s, n in counts.items()), target)
 
 
@@ -260,14 +280,68 @@ def consolidate(name: str, parts: Iterable[str | os.PathLike[str]], target: str 
     return rows
 
 
-def load(name: str, results: str | os.PathLike[str] = "results") -> pd.DataFrame:
-    """Read the table ``<results>/tables/<name>.parquet`` with pandas' nullable dtypes, so integer columns with
-    missing values (a hash of a file that failed) stay integers instead of turning into floats."""
+def _path(name: str, results: str | os.PathLike[str]) -> Path:
+    if name not in SCHEMAS:
+        raise KeyError(f"unknown table {name!r}; known tables: {', '.join(TABLES)}")
+    return Path(results) / "tables" / f"{name}.parquet"
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    """pandas' nullable dtypes (integer columns with missing values, such as the hash of a file that failed,
+    stay integers instead of turning into floats), timestamps as ``datetime64``, :data:`CATEGORIES` as
+    categories."""
     # Imported here, not at the top: every pipeline job imports this module, and pandas alone costs about
     # 0.3 s of interpreter start-up per job.
     import pandas as pd
 
-    if name not in SCHEMAS:
-        raise KeyError(f"unknown table {name!r}; known tables: {', '.join(TABLES)}")
-    path = Path(results) / "tables" / f"{name}.parquet"
-    return pd.read_parquet(path, dtype_backend="numpy_nullable")
+    nullable = {
+        pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+        pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(), pa.uint16(): pd.UInt16Dtype(),
+        pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype(), pa.bool_(): pd.BooleanDtype(),
+        pa.float32(): pd.Float32Dtype(), pa.float64(): pd.Float64Dtype(), pa.string(): pd.StringDtype(),
+    }  # fmt: skip
+    df = table.to_pandas(types_mapper=nullable.get)
+    for column in CATEGORIES:
+        if column in df.columns:
+            df[column] = df[column].astype("category")
+    return df
+
+
+def load(name: str, results: str | os.PathLike[str] = "results", columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The table ``<results>/tables/<name>.parquet`` as a DataFrame with proper dtypes (see :func:`_frame`).
+    Embeddings stay a column of arrays; :func:`load_embeddings` gives them as one matrix."""
+    return _frame(pq.read_table(_path(name, results), columns=columns))
+
+
+class Embeddings(NamedTuple):
+    rows: pd.DataFrame
+    """The table's ok rows without the embedding column (media_id, frame_index, ...), index 0..n−1."""
+    matrix: np.ndarray
+    """float32 (n, dim), row i the embedding of ``rows.iloc[i]``; unit length, so ``matrix @ v`` is cosine."""
+
+
+def load_embeddings(name: str, results: str | os.PathLike[str] = "results") -> Embeddings:
+    """The ok rows of an embedding table (``dino``, ``clip``, ``face_embeddings``) and their embeddings as
+    one 2-D array, built from the Arrow buffer without a Python object per row."""
+    table = pq.read_table(_path(name, results))
+    if "embedding" not in table.column_names:
+        raise KeyError(f"table {name!r} has no embedding column")
+    table = table.filter(pc.equal(table.column("status"), STATUS_OK))
+    dim = table.schema.field("embedding").type.list_size
+    matrix = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return Embeddings(_frame(table.drop_columns(["embedding", "status", "error"])), matrix)
+
+
+def people_faces(results: str | os.PathLike[str] = "results") -> pd.DataFrame:
+    """The ``people`` table one row per face: ``person_id``, ``media_id``, ``frame_index``, ``face_index``."""
+    table = pq.read_table(_path("people", results), columns=["person_id", "faces"])
+    faces = table.column("faces").combine_chunks()
+    person = pc.list_parent_indices(faces)
+    flat = faces.flatten()
+    out = pa.table(
+        {
+            "person_id": pc.take(table.column("person_id"), person),
+            **{field.name: flat.field(field.name) for field in FACE},
+        }
+    )
+    return _frame(out)

@@ -3,7 +3,8 @@ from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
-from cl_ml_tools import inventory, models
+from cl_ml_tools import inventory, models, people
+from cl_ml_tools.report import PAGES as REPORT_PAGES
 
 min_version("9.0")
 
@@ -15,7 +16,7 @@ INVENTORY = RESULTS / "inventory"
 # Steps run per shard (a part each, then consolidated into a table), and steps over the whole archive that
 # read the consolidated tables.
 STEPS = ("files", "hashes", "exif", "thumbnails", "hls", "faces", "face_embeddings", "dino", "clip")
-GLOBAL_STEPS = ("duplicates",)
+GLOBAL_STEPS = ("duplicates", "people")
 ENABLED = [s for s in STEPS + GLOBAL_STEPS if s == "files" or config[s]["enabled"]]
 # Steps that read another step's output, and the step they read.
 NEEDS = {
@@ -24,6 +25,7 @@ NEEDS = {
     "dino": "thumbnails",
     "clip": "thumbnails",
     "duplicates": "hashes",
+    "people": "face_embeddings",
 }
 for _step, _needed in NEEDS.items():
     if _step in ENABLED and _needed not in ENABLED:
@@ -77,8 +79,11 @@ def benchmark_file(step):
     return RESULTS / "benchmarks" / step / "{shard}.tsv"
 
 
-def all_tables():
-    return [RESULTS / "tables" / f"{step}.parquet" for step in ENABLED]
+def all_targets():
+    """Every table, and the report's pages when the report is enabled."""
+    tables = [RESULTS / "tables" / f"{step}.parquet" for step in ENABLED]
+    pages = [RESULTS / "report" / name for name in REPORT_PAGES] if config["report"]["enabled"] else []
+    return tables + pages
 
 
 def shard_runtime(seconds_per_file):

@@ -1,0 +1,142 @@
+"""The report: ``snakemake --report report.html`` on a run of the sample archive, opened in headless
+Chromium (Debian's ``chromium`` and ``chromium-driver``) the way a person would: each result category
+clicked, each page opened, and every picture on it decoded."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import REPO, snakemake
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from cl_ml_tools import tables
+
+pytestmark = pytest.mark.e2e
+
+CATEGORIES = {
+    "1. Archive": "results/report/overview.svg",
+    "2. Gallery": "results/report/gallery.html",
+    "3. People": "results/report/people.html",
+    "4. Duplicates": "results/report/duplicates.html",
+    "5. Errors": "results/report/errors.html",
+}
+# Where the screenshots in docs/ come from: CL_ML_TOOLS_SCREENSHOTS=docs pytest tests/test_report.py
+SCREENSHOTS = os.environ.get("CL_ML_TOOLS_SCREENSHOTS")
+
+
+@pytest.fixture(scope="module")
+def report(sample_run: Path) -> Path:
+    snakemake(sample_run, "--report", "report.html")
+    return sample_run
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    yield driver
+    driver.quit()
+
+
+IMAGES = """
+const images = Array.from(document.images);
+return [images.length, images.filter(i => i.complete && i.naturalWidth > 0).length,
+        images.filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt)];
+"""
+
+
+def open_result(browser, report: Path, category: str) -> None:
+    """Back to the report's start, the category in the menu, then the eye button of its one result."""
+    browser.switch_to.default_content()
+    browser.get((report / "report.html").as_uri())
+    WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.XPATH, f"//*[text()='{category}']"))
+    browser.find_element(By.XPATH, f"//*[text()='{category}']").click()
+    name = CATEGORIES[category]
+    WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.XPATH, f"//*[text()='{name}']"))
+    browser.find_element(By.XPATH, f"//*[text()='{name}']/following::a[1]").click()
+
+
+def page_images(browser) -> tuple[int, int, list[str]]:
+    """Images of the result shown in the report's iframe: total, decoded, and the alt texts of broken ones."""
+    frame = WebDriverWait(browser, 20).until(lambda d: d.find_element(By.TAG_NAME, "iframe"))
+    browser.switch_to.frame(frame)
+    WebDriverWait(browser, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    return tuple(browser.execute_script(IMAGES))
+
+
+def screenshot(browser, name: str) -> None:
+    if SCREENSHOTS:
+        browser.switch_to.default_content()
+        browser.save_screenshot(str(REPO / SCREENSHOTS / name))
+
+
+def test_report_lists_every_category(report: Path, browser) -> None:
+    browser.get((report / "report.html").as_uri())
+    WebDriverWait(browser, 20).until(lambda d: "RESULTS" in d.find_element(By.TAG_NAME, "body").text)
+    text = browser.find_element(By.TAG_NAME, "body").text
+    for category in CATEGORIES:
+        assert category in text
+
+
+def test_overview_plot_renders(report: Path, browser) -> None:
+    open_result(browser, report, "1. Archive")
+    widest = """return Math.max(...Array.from(document.querySelectorAll("img[src^='data:image/svg']"))
+                                   .map(i => i.complete ? i.naturalWidth : 0))"""
+    WebDriverWait(browser, 20).until(lambda d: d.execute_script(widest) > 600)  # the report's logo is 58 px
+    screenshot(browser, "report-overview.png")
+
+
+def test_gallery_shows_a_decoded_thumbnail_of_every_photo_and_video(report: Path, browser) -> None:
+    files = tables.load("files", report / "results")
+    thumbs = tables.load("thumbnails", report / "results")
+    media = files[(files.status == "ok") & files.kind.isin(["image", "video"])]
+    with_thumb = set(thumbs[(thumbs.status == "ok") & (thumbs.role == "thumb")].media_id)
+    open_result(browser, report, "2. Gallery")
+    total, decoded, broken = page_images(browser)
+    assert broken == []
+    assert total == decoded == len(set(media.media_id) & with_thumb) >= 8
+    # Files without a thumbnail (the truncated JPEG) are named, not shown as broken pictures.
+    assert "misc/truncated.jpg" in browser.find_element(By.TAG_NAME, "body").text
+    screenshot(browser, "report-gallery.png")
+
+
+def test_people_page_has_a_row_of_crops_per_person(report: Path, browser) -> None:
+    people = tables.load("people", report / "results")
+    assert len(people) >= 2  # the astronaut (three files) and Grace Hopper (two)
+    open_result(browser, report, "3. People")
+    total, decoded, broken = page_images(browser)
+    assert broken == [] and total == decoded == sum(min(12, n) for n in people["size"])
+    rows = browser.find_elements(By.CSS_SELECTOR, ".row")
+    assert len(rows) == len(people)
+    assert rows[0].text.startswith(f"Person {people.person_id.iloc[0]}")
+    screenshot(browser, "report-people.png")
+
+
+def test_duplicates_are_side_by_side(report: Path, browser) -> None:
+    duplicates = tables.load("duplicates", report / "results")
+    open_result(browser, report, "4. Duplicates")
+    total, decoded, broken = page_images(browser)
+    assert broken == [] and total == decoded == len(duplicates) >= 2
+    assert "astronaut copy.jpg" in browser.find_element(By.TAG_NAME, "body").text
+
+
+def test_errors_are_listed_with_their_messages(report: Path, browser) -> None:
+    errors = sum(
+        int((tables.load(step, report / "results").status == "error").sum())
+        for step in tables.TABLES
+        if step not in ("people", "hls")
+    )
+    open_result(browser, report, "5. Errors")
+    page_images(browser)
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr")
+    assert len(rows) == errors + 1 and errors > 0
+    assert "truncated" in browser.find_element(By.TAG_NAME, "body").text

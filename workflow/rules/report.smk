@@ -1,0 +1,33 @@
+# Pages for `snakemake --report report.html`: made from the consolidated tables, so the report shows the
+# whole archive. Captions and the report's front page are under workflow/report/.
+report: "../report/workflow.rst"
+
+
+rule report:
+    input:
+        **{step: RESULTS / "tables" / f"{step}.parquet" for step in ENABLED},
+    output:
+        overview=report(
+            RESULTS / "report" / "overview.svg", caption="../report/overview.rst", category="1. Archive"
+        ),
+        gallery=report(
+            RESULTS / "report" / "gallery.html", caption="../report/gallery.rst", category="2. Gallery"
+        ),
+        people=report(RESULTS / "report" / "people.html", caption="../report/people.rst", category="3. People"),
+        duplicates=report(
+            RESULTS / "report" / "duplicates.html", caption="../report/duplicates.rst", category="4. Duplicates"
+        ),
+        errors=report(RESULTS / "report" / "errors.html", caption="../report/errors.rst", category="5. Errors"),
+    log:
+        log_file("report", "report"),
+    params:
+        settings=config["report"],
+        results=RESULTS,
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/report.py"
