@@ -2,8 +2,8 @@
 
 Clustering is scikit-learn's DBSCAN on the L2-normalised ArcFace embeddings: two faces are neighbours when
 their cosine distance is at most ``max_distance`` (computed as the Euclidean distance of unit vectors,
-|a − b|² = 2 − 2·cos, so DBSCAN answers radius queries from a tree instead of an n × n matrix), and a person
-is a connected group of faces each with at least ``min_faces`` − 1 neighbours. DBSCAN rather than HDBSCAN:
+|a − b|² = 2 − 2·cos, which scikit-learn computes in bounded chunks with BLAS), and a person is a connected
+group of faces each with at least ``min_faces`` − 1 neighbours. DBSCAN rather than HDBSCAN:
 on well-separated identities HDBSCAN either finds nothing in an archive of one person or, allowed a single
 cluster, merges everyone (tests/test_people.py has such identities); DBSCAN's one threshold is also the
 one users know from Immich (``max_distance``). Only faces of at least ``min_quality`` seed clusters: blurred,
