@@ -12,6 +12,10 @@ For each step and batch size, best of ``--rounds``:
   crop, batching with the next batch decoded during inference, onnxruntime with ``--threads`` threads, L2
   norm, rows) — img/s, and CPU seconds per image.
 - reference: the same onnxruntime session on an already preprocessed batch, model only — img/s.
+
+``--int8`` also measures int8 copies made from the given files with onnxruntime's dynamic quantisation
+(``quantize_dynamic``, int8 weights), the recipe of the ``*_quantized.onnx`` files the registry's int8
+variants download, and prints their cosine to the fp32 embeddings of the same previews.
 """
 
 from __future__ import annotations
@@ -42,6 +46,14 @@ def measure(encoder: embeddings.ImageEncoder, thumbs: list[dict], batch: int, ro
     return ours, cpu_per_image, bare
 
 
+def quantized(path: Path, work: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    target = work / f"{path.stem}_int8.onnx"
+    quantize_dynamic(str(path), str(target), weight_type=QuantType.QInt8)
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dino", type=Path, required=True, help="a dinov2_small-shaped ONNX file")
@@ -50,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", default="8,32", help="comma-separated batch sizes")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--int8", action="store_true", help="also int8 copies (dynamic quantisation)")
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench_embeddings_"))
@@ -57,12 +70,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"corpus: {len(thumbs)} previews 1024x768; threads {args.threads}")
     print("| step | batch | ours img/s | ours CPU s / img | network only img/s | ours / network |")
     print("|---|---:|---:|---:|---:|---:|")
-    for step, path in (("dino", args.dino), ("clip", args.clip)):
+    variants = [("dino", args.dino, ""), ("clip", args.clip, "")]
+    if args.int8:
+        variants += [(step, quantized(path, work), " int8") for step, path, _ in variants]
+    fp32: dict[str, np.ndarray] = {}
+    for step, path, label in variants:
         resolved = models.locate(MODEL_IDS[step], {MODEL_IDS[step]: path})
         encoder = embeddings.encoder(step, resolved, args.threads)
         for batch in (int(b) for b in args.batches.split(",")):
             ours, cpu_per_image, bare = measure(encoder, thumbs, batch, args.rounds)
-            print(f"| {step} | {batch} | {ours:.1f} | {cpu_per_image:.3f} | {bare:.1f} | {ours / bare:.2f} |")
+            print(f"| {step}{label} | {batch} | {ours:.1f} | {cpu_per_image:.3f} | {bare:.1f} | {ours / bare:.2f} |")
+        vectors = np.stack([r["embedding"] for r in embeddings.embed_shard(thumbs, encoder, 8)])
+        if label:
+            cosine = (vectors * fp32[step]).sum(axis=1)
+            print(f"|   {step} int8 vs fp32 cosine: mean {cosine.mean():.4f}, min {cosine.min():.4f} | | | | | |")
+        else:
+            fp32[step] = vectors
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -1,8 +1,12 @@
-"""Generate a deterministic benchmark corpus: 12 MP JPEG photos with camera EXIF, plus a few short videos.
+"""Generate a deterministic benchmark corpus: 12 MP JPEG photos with camera EXIF and faces, a few HEICs and
+short videos.
 
-    python benchmarks/make_corpus.py --out /tmp/bench_corpus --photos 200 --videos 3
+    python benchmarks/make_corpus.py --out /tmp/bench_corpus --photos 200 --heics 10 --videos 3
 
-Layout: ``DIR/photos/photo_0000.jpg ...`` and ``DIR/videos/clip_000.mp4 ...``. Every photo depends only on
+Layout: ``DIR/photos/photo_0000.jpg ...``, ``DIR/heic/photo_0000.heic ...`` (the first ``--heics`` photos
+re-encoded as HEIC, EXIF kept) and ``DIR/videos/clip_000.mp4 ...``. A ``--faces`` share of the photos
+(default 0.5) gets one to three real faces pasted in at 150-900 px (the sample archive's astronaut and
+Grace Hopper, both public domain), so the face steps have work of a realistic size. Every photo depends only on
 ``--seed`` and its own index, so the corpus is identical whatever the number of worker processes.
 
 The photos are upscaled scikit-image sample pictures (random 4:3 crop, flip, colour jitter) with sensor-like
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -59,6 +64,7 @@ class Job:
     seed: int
     out: Path
     quality: int
+    faces: float
 
 
 _sources: list[np.ndarray] = []
@@ -155,17 +161,58 @@ def make_pixels(rng: np.random.Generator) -> np.ndarray:
     return pixels.astype(np.uint8)
 
 
+_faces: list[Image.Image] = []
+
+
+def _load_faces() -> None:
+    from matplotlib import cbook
+    from skimage import data
+
+    _faces.append(Image.fromarray(data.astronaut()).crop((140, 20, 300, 220)))
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        _faces.append(Image.open(f).convert("RGB").crop((150, 90, 390, 390)))
+
+
+def _load_all() -> None:
+    _load_sources()
+    _load_faces()
+
+
+def paste_faces(pixels: np.ndarray, rng: np.random.Generator) -> None:
+    """One to three head-and-shoulders crops pasted at random sizes and places (in place)."""
+    for _ in range(int(rng.integers(1, 4))):
+        face = _faces[rng.integers(len(_faces))]
+        height = int(rng.integers(150, 900))
+        width = height * face.width // face.height
+        x, y = int(rng.integers(0, WIDTH - width)), int(rng.integers(0, HEIGHT - height))
+        pixels[y : y + height, x : x + width] = np.asarray(face.resize((width, height), Image.Resampling.BICUBIC))
+
+
 def make_photo(job: Job) -> int:
     """Write one photo; returns its size in bytes."""
     rng = np.random.default_rng([job.seed, job.index])
     orientation = int(ORIENTATIONS[rng.integers(len(ORIENTATIONS))])
     exif = make_exif(rng, orientation)
     pixels = make_pixels(rng)
+    if rng.random() < job.faces:
+        paste_faces(pixels, rng)
     target = job.out / f"photo_{job.index:04d}.jpg"
     tmp = target.with_suffix(".tmp.jpg")
     Image.fromarray(pixels).save(tmp, "JPEG", quality=job.quality, exif=exif.tobytes())
     os.replace(tmp, target)
     return target.stat().st_size
+
+
+def make_heic(job: tuple[Path, Path]) -> None:
+    """The JPEG re-encoded as HEIC (as a phone stores it), EXIF carried over."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    source, folder = job
+    with Image.open(source) as image:
+        target = folder / f"{source.stem}.heic"
+        image.save(target.with_suffix(".tmp.heic"), quality=60, exif=image.info.get("exif"))
+    os.replace(target.with_suffix(".tmp.heic"), target)
 
 
 def make_video(path: Path, index: int, seed: int, seconds: float) -> None:
@@ -192,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="corpus directory (created)")
     parser.add_argument("--photos", type=int, default=200, help="number of 12 MP photos (default 200)")
+    parser.add_argument("--faces", type=float, default=0.5, help="share of photos with faces (default 0.5)")
+    parser.add_argument("--heics", type=int, default=0, help="HEIC copies of the first photos (default 0)")
     parser.add_argument("--videos", type=int, default=3, help="number of short videos (default 3)")
     parser.add_argument("--video-seconds", type=float, default=4.0, help="length of each video (default 4)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the photos (default 90)")
@@ -209,15 +258,22 @@ def main(argv: list[str] | None = None) -> int:
             stale.unlink()
 
     start = time.perf_counter()
-    jobs = [Job(i, args.seed, photos_dir, args.quality) for i in range(args.photos)]
+    jobs = [Job(i, args.seed, photos_dir, args.quality, args.faces) for i in range(args.photos)]
     total = 0
     # chunksize 1: photos cost about the same, and small chunks keep both cores busy to the end.
-    with Pool(processes=max(1, args.jobs), initializer=_load_sources) as pool:
+    with Pool(processes=max(1, args.jobs), initializer=_load_all) as pool:
         for done, size in enumerate(pool.imap_unordered(make_photo, jobs, chunksize=1), start=1):
             total += size
             if done % 25 == 0 or done == len(jobs):
                 print(f"photos: {done}/{len(jobs)} ({total / 1e6:.0f} MB)", file=sys.stderr, flush=True)
     photo_s = time.perf_counter() - start
+
+    heic_dir = args.out / "heic"
+    shutil.rmtree(heic_dir, ignore_errors=True)
+    if args.heics:
+        heic_dir.mkdir()
+        with Pool(processes=max(1, args.jobs)) as pool:
+            pool.map(make_heic, [(photos_dir / f"photo_{i:04d}.jpg", heic_dir) for i in range(args.heics)])
 
     for i in range(args.videos):
         make_video(videos_dir / f"clip_{i:03d}.mp4", i, args.seed, args.video_seconds)

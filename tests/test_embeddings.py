@@ -143,3 +143,11 @@ def test_shard_rows_video_means_and_errors(tmp_path: Path, towers) -> None:
     single = encoder.embed([Image.open(thumbs[0]["file"])])[0]
     np.testing.assert_allclose(by[("img", 0)]["embedding"], single, atol=1e-5)
     assert {r["model"] for r in rows if r["status"] == "ok"} == {encoder.resolved.tag}
+
+
+def test_decoding_ahead_on_several_threads_changes_nothing(tmp_path: Path, towers) -> None:
+    thumbs = [preview(tmp_path, f"m{i:02d}", 0, i) for i in range(11)]
+    one = embeddings.embed_shard(thumbs, towers["clip"], batch_size=3)
+    four = embeddings.embed_shard(thumbs, towers["clip"], batch_size=3, decoders=4)
+    assert [r["media_id"] for r in four] == [r["media_id"] for r in one]
+    np.testing.assert_array_equal(np.stack([r["embedding"] for r in four]), np.stack([r["embedding"] for r in one]))

@@ -562,6 +562,72 @@ def test_onnx_session_and_check_io(cache: Path, tmp_path: Path, monkeypatch) -> 
     models.check_io(session, dataclasses.replace(spec, inputs=(TensorSpec("x", (4, 3, 8, 8)),)))
 
 
+def test_optimised_graph_is_cached_and_gives_the_same_results(cache: Path, tmp_path: Path, monkeypatch) -> None:
+    register(monkeypatch, "tiny", ModelFile("tiny.onnx", "http://127.0.0.1:9/tiny.onnx", None, None))
+    resolved = models.locate("tiny", {"tiny": tiny_onnx(tmp_path / "tiny.onnx", ["batch", 3, 8, 8], ["batch", 192])})
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    first = models.onnx_session(resolved)
+    (cached,) = (cache / "optimized").iterdir()
+    assert cached.name.startswith(f"tiny-{resolved.sha256[:16]}-ort")
+    mtime = cached.stat().st_mtime_ns
+    second = models.onnx_session(resolved)  # from the cached file, not written again
+    assert cached.stat().st_mtime_ns == mtime
+    name = first.get_inputs()[0].name
+    np.testing.assert_array_equal(first.run(None, {name: x})[0], second.run(None, {name: x})[0])
+
+
+def test_an_unwritable_cache_only_costs_the_optimisation(tmp_path: Path, monkeypatch) -> None:
+    register(monkeypatch, "tiny", ModelFile("tiny.onnx", "http://127.0.0.1:9/tiny.onnx", None, None))
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache directory should be")
+    monkeypatch.setenv(models.CACHE_ENV, str(blocker))
+    resolved = models.locate("tiny", {"tiny": tiny_onnx(tmp_path / "tiny.onnx", ["batch", 3, 8, 8], ["batch", 192])})
+    session = models.onnx_session(resolved)
+    x = np.ones((1, 3, 8, 8), np.float32)
+    assert session.run(None, {session.get_inputs()[0].name: x})[0].shape == (1, 192)
+
+
+def test_execution_providers_and_the_cpu_fallback(caplog) -> None:
+    assert models.execution_providers("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CPUExecutionProvider"
+    ]
+    assert models.execution_providers("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    with caplog.at_level(logging.WARNING, logger="cl_ml_tools"):
+        assert models.execution_providers("cuda", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert "no CUDA provider" in caplog.text and "onnxruntime-gpu" in caplog.text
+    with pytest.raises(ModelError, match="unknown device 'tpu'"):
+        models.execution_providers("tpu", ["CPUExecutionProvider"])
+
+
+def test_cuda_on_a_machine_without_it_runs_on_the_cpu_with_the_same_results(tmp_path: Path, caplog) -> None:
+    """This onnxruntime is the CPU build: asking for CUDA must warn and still give the CPU's numbers
+    through the same io-binding code path."""
+    from standins import dinov2
+
+    from cl_ml_tools import embeddings
+
+    resolved = models.locate("dinov2_small", {"dinov2_small": dinov2(tmp_path / "dino.onnx")})
+    batch = np.random.default_rng(0).normal(size=(3, 3, 224, 224)).astype(np.float32)
+    with caplog.at_level(logging.WARNING, logger="cl_ml_tools"):
+        gpu = embeddings.encoder("dino", resolved, device="cuda")
+    assert gpu.device == "cpu" and "no CUDA provider" in caplog.text
+    cpu = embeddings.encoder("dino", resolved)
+    np.testing.assert_allclose(gpu.embed_batch(batch), cpu.embed_batch(batch), atol=1e-6)
+
+
+def test_runtime_from_config() -> None:
+    assert models.runtime_from_config({}) == models.Runtime("cpu", 256)
+    runtime = models.runtime_from_config({"models": {"device": "cuda", "gpu_batch_size": 512, "dinov2_small": {}}})
+    assert runtime == models.Runtime("cuda", 512) and runtime.batch(8) == 512 and models.Runtime().batch(8) == 8
+    with pytest.raises(ModelError, match="must be one of cpu, cuda"):
+        models.runtime_from_config({"models": {"device": "gpu"}})
+    overrides = models.overrides_from_config({"models": {"device": "cuda", "dinov2_small": {"path": "/m/d.onnx"}}})
+    assert overrides == {"dinov2_small": Path("/m/d.onnx")}
+
+
 def test_onnx_session_of_a_broken_file_is_a_model_error(cache: Path, tmp_path: Path, monkeypatch) -> None:
     register(monkeypatch, "tiny", ModelFile("tiny.onnx", "http://127.0.0.1:9/tiny.onnx", None, None))
     junk = tmp_path / "junk.onnx"
@@ -583,7 +649,9 @@ def test_registry_is_complete_and_documented() -> None:
         "arcface_w600k_mbf",
         "arcface_w600k_r50",
         "dinov2_small",
+        "dinov2_small_int8",
         "mobileclip_s2_image",
+        "mobileclip_s2_image_int8",
         "mobileclip_s2_text",
     }
     doc = (REPO / "docs" / "models.md").read_text()

@@ -19,9 +19,9 @@ TOKENIZER_FILE = "tokenizer.json"
 class TextEncoder(models.OnnxModel):
     """The text tower: CLIP BPE ids (77 per text) → L2-normalised 512-d embeddings."""
 
-    def __init__(self, resolved: models.Resolved, threads: int = 1):
+    def __init__(self, resolved: models.Resolved, threads: int = 1, device: str = "cpu"):
         self.tokenizer = tokenizer.load(resolved.paths[TOKENIZER_FILE])
-        super().__init__(resolved, threads)
+        super().__init__(resolved, threads, device)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.embed_inputs(tokenizer.encode(self.tokenizer, texts))

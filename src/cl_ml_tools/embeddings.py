@@ -11,8 +11,9 @@ whole shard, and writes one L2-normalised vector per frame, plus one mean-pooled
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from . import models, tables
-from .steps import Row, StepSettings, describe
+from .steps import Row, StepSettings, describe, work
 from .tables import STATUS_OK, base_row, error_row
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,9 @@ class ImageEncoder(models.OnnxModel):
     """An ONNX image tower with its model's preprocessing. The embedding is the session's one output of rank 2
     (DINOv2 also returns every token, rank 3)."""
 
-    def __init__(self, resolved: models.Resolved, preprocess: Preprocess, threads: int = 1):
+    def __init__(self, resolved: models.Resolved, preprocess: Preprocess, threads: int = 1, device: str = "cpu"):
         self.preprocess = preprocess
-        super().__init__(resolved, threads)
+        super().__init__(resolved, threads, device)
 
     def _output_name(self) -> str:
         pooled = [o.name for o in self.session.get_outputs() if len(o.shape) == 2]
@@ -115,10 +116,10 @@ def _load(frame: Mapping[str, Any], preprocess: Preprocess) -> np.ndarray:
 
 
 def _prepared(
-    frames: Sequence[Mapping[str, Any]], preprocess: Preprocess, batch_size: int, pool: ThreadPoolExecutor
+    frames: Sequence[Mapping[str, Any]], preprocess: Preprocess, batch_size: int, pool: ThreadPoolExecutor, ahead: int
 ) -> Iterator[tuple[list[Mapping[str, Any]], list[np.ndarray], list[Row]]]:
-    """Batches of decoded, preprocessed frames; the next batch is decoded on ``pool`` while the caller runs
-    the network on this one (onnxruntime and Pillow both release the GIL)."""
+    """Batches of decoded, preprocessed frames; ``ahead`` next batches are decoded on ``pool`` while the
+    caller runs the network on this one (onnxruntime and Pillow both release the GIL)."""
 
     def prepare(chunk: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[np.ndarray], list[Row]]:
         ok, arrays, failed = [], [], []
@@ -132,11 +133,11 @@ def _prepared(
         return ok, arrays, failed
 
     chunks = [frames[i : i + batch_size] for i in range(0, len(frames), batch_size)]
-    pending: Future | None = pool.submit(prepare, chunks[0]) if chunks else None
+    pending = deque(pool.submit(prepare, chunk) for chunk in chunks[:ahead])
     for i in range(len(chunks)):
-        assert pending is not None
-        current = pending.result()
-        pending = pool.submit(prepare, chunks[i + 1]) if i + 1 < len(chunks) else None
+        current = pending.popleft().result()
+        if i + ahead < len(chunks):
+            pending.append(pool.submit(prepare, chunks[i + ahead]))
         yield current
 
 
@@ -144,9 +145,12 @@ def _frame_error(frame: Mapping[str, Any], message: str) -> Row:
     return {**error_row(frame, message), "frame_index": frame.get("frame_index"), "timestamp_s": None}
 
 
-def embed_shard(thumbnails: Sequence[Mapping[str, Any]], encoder: ImageEncoder, batch_size: int) -> list[Row]:
+def embed_shard(
+    thumbnails: Sequence[Mapping[str, Any]], encoder: ImageEncoder, batch_size: int, decoders: int = 1
+) -> list[Row]:
     """One row per preview frame of the shard, one mean row per video, and an error row per file whose
-    thumbnails failed."""
+    thumbnails failed. ``decoders`` threads prepare batches ahead: on a CPU one is enough (preparing a batch
+    costs a fraction of running it), a GPU needs every core decoding to be kept busy."""
     rows: list[Row] = []
     frames = []
     for row in thumbnails:
@@ -156,9 +160,9 @@ def embed_shard(thumbnails: Sequence[Mapping[str, Any]], encoder: ImageEncoder, 
             frames.append(row)
     frames.sort(key=lambda f: (f["media_id"], f["frame_index"]))
     by_video: dict[str, list[tuple[Mapping[str, Any], np.ndarray]]] = {}
-    # One decoding thread beside onnxruntime's: preparing a batch costs a fraction of running it.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        for ok, arrays, failed in _prepared(frames, encoder.preprocess, max(1, batch_size), pool):
+    decoders = max(1, decoders)
+    with ThreadPoolExecutor(max_workers=decoders) as pool:
+        for ok, arrays, failed in _prepared(frames, encoder.preprocess, max(1, batch_size), pool, decoders):
             rows += failed
             if not ok:
                 continue
@@ -173,18 +177,25 @@ def embed_shard(thumbnails: Sequence[Mapping[str, Any]], encoder: ImageEncoder, 
     return sorted(rows, key=lambda r: (r["media_id"], -2 if r["frame_index"] is None else r["frame_index"]))
 
 
-def encoder(step: str, resolved: models.Resolved, threads: int = 1) -> ImageEncoder:
+def encoder(step: str, resolved: models.Resolved, threads: int = 1, device: str = "cpu") -> ImageEncoder:
     """The image tower of ``step`` (``dino`` or ``clip``) with that model's preprocessing."""
-    return ImageEncoder(resolved, PREPROCESS[step], threads)
+    return ImageEncoder(resolved, PREPROCESS[step], threads, device)
 
 
 def embed_part(
-    step: str, thumbnails_part: str, model_record: str, config: Mapping[str, Any], threads: int = 1
-) -> list[Row]:
-    """What the step's Snakemake job does: the shard's thumbnails part and the model record in, rows out."""
-    settings = Settings.from_config(config)
-    image_encoder = encoder(step, models.read_record(model_record), threads)
-    return embed_shard(tables.read_part(thumbnails_part), image_encoder, settings.batch_size)
+    step: str, thumbnails_part: str, model_record: str, target: str, config: Mapping[str, Any], threads: int
+) -> None:
+    """What the step's Snakemake job does: load the model, then (the job's work proper, see ``steps.work``)
+    embed the shard's preview frames and write the part. ``config`` is the workflow's config: the step's
+    section and ``models`` (device, GPU batch)."""
+    settings = Settings.from_config(config[step])
+    runtime = models.runtime_from_config(config)
+    image_encoder = encoder(step, models.read_record(model_record), threads, runtime.device)
+    decoders = threads if image_encoder.device != "cpu" else 1
+    with work():
+        thumbnails = tables.read_part(thumbnails_part)
+        rows = embed_shard(thumbnails, image_encoder, runtime.batch(settings.batch_size), decoders)
+        tables.write_part(step, rows, target)
 
 
 def _row(

@@ -52,6 +52,7 @@ class Settings(StepSettings):
     min_overlap: int = 32
     nms_iou: float = 0.3
     crop_quality: int = 95
+    crop_from_original: bool = True
     max_pixels: int = imaging.DEFAULT_MAX_PIXELS
 
 
@@ -244,9 +245,12 @@ class _Original:
             opened = imaging.open_image(self.file_row["path"], self.file_row["format"] or "", self.settings.max_pixels)
             image = opened.image
             if image.format == "JPEG":
-                # draft() wants the stored (unrotated) size; a rotated orientation swaps the axes.
+                # draft() wants the stored (unrotated) size; a rotated orientation swaps the axes. At most
+                # half the stored size: the hashes step already decodes every original once at full size,
+                # and a second full decode per photo with a small face costs more than the sharper crop is
+                # worth (the face is then scaled up 1.5-2x instead of 3-4x from the preview).
                 w, h = size if opened.orientation in (1, 2, 3, 4) else size[::-1]
-                image.draft("RGB", (w, h))
+                image.draft("RGB", (min(w, opened.size[0] // 2), min(h, opened.size[1] // 2)))
             image.load()
             self._image = imaging.to_srgb(imaging.orient(image, opened.orientation))
         return self._image
@@ -322,7 +326,8 @@ def faces_of_file(
     if not previews:
         raise MediaError(f"no preview frame to search for faces: the thumbnails step failed ({thumbnail_error})")
     # Only still images are re-read: a video frame at full size would cost a seek and decode per frame.
-    original = _Original(file_row, settings) if file_row["kind"] == "image" else None
+    wanted = file_row["kind"] == "image" and settings.crop_from_original
+    original = _Original(file_row, settings) if wanted else None
     rows: list[Row] = []
     for preview in sorted(previews, key=lambda p: p["frame_index"]):
         rows += faces_of_frame(detector, preview, original, out_dir, settings)

@@ -23,15 +23,15 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import __version__
-from .fileio import write_bytes_atomic
+from .fileio import atomic_path, write_bytes_atomic
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -243,6 +243,35 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 
+def _int8(model_id: str, name: str, url: str) -> ModelSpec:
+    """The int8-quantised export published beside an fp32 one (same tensors; weights quantised, activations
+    quantised on the fly). Not pinned: its sha256 is recorded in lock.json on first download."""
+    base = REGISTRY[model_id]
+    return replace(
+        base,
+        id=f"{model_id}_int8",
+        files=(ModelFile(name=name, url=url, sha256=None, size=None),),
+        description=f"{base.description}; int8 weights (smaller and faster on CPUs, embeddings slightly off fp32)",
+    )
+
+
+REGISTRY.update(
+    (spec.id, spec)
+    for spec in (
+        _int8(
+            "dinov2_small",
+            "model_quantized.onnx",
+            "https://huggingface.co/Xenova/dinov2-small/resolve/main/onnx/model_quantized.onnx",
+        ),
+        _int8(
+            "mobileclip_s2_image",
+            "vision_model_quantized.onnx",
+            f"{_XENOVA_MOBILECLIP}/onnx/vision_model_quantized.onnx",
+        ),
+    )
+)
+
+
 class ModelError(Exception):
     """A model that cannot be found, downloaded, verified or loaded. The message is complete and meant for a
     person: it never wraps a library traceback."""
@@ -299,12 +328,36 @@ def _describe_file(spec: ModelSpec, f: ModelFile, sha: str | None, size: int | N
     return where
 
 
+DEVICES = ("cpu", "cuda")
+RUNTIME_KEYS = ("device", "gpu_batch_size")
+"""Keys of config ``models`` that are not model ids: where the ONNX models run, and their batch on a GPU."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: str = "cpu"
+    gpu_batch_size: int = 256
+
+    def batch(self, cpu_batch: int) -> int:
+        """Images per onnxruntime call: the step's CPU batch, or a GPU's larger one (a GPU is starved by 8)."""
+        return cpu_batch if self.device == "cpu" else max(cpu_batch, self.gpu_batch_size)
+
+
+def runtime_from_config(config: Mapping[str, Any]) -> Runtime:
+    section = config.get("models") or {}
+    runtime = Runtime(**{k: section[k] for k in RUNTIME_KEYS if k in section})
+    if runtime.device not in DEVICES:
+        raise ModelError(f"config 'models.device' must be one of {', '.join(DEVICES)}, not {runtime.device!r}")
+    return runtime
+
+
 def overrides_from_config(config: Mapping[str, Any]) -> dict[str, Path]:
     """``config["models"]`` as ``{id: Path}``. Relative paths stay relative to the working directory, as
     every other path in the workflow config."""
     section = config.get("models") or {}
     if not isinstance(section, Mapping):
         raise ModelError(f"config 'models' must be a mapping of model id to {{path: ...}}, not {section!r}")
+    section = {k: v for k, v in section.items() if k not in RUNTIME_KEYS}
     unknown = sorted(str(k) for k in section if k not in REGISTRY)
     if unknown:
         raise ModelError(
@@ -869,9 +922,14 @@ def read_record(path: str | os.PathLike[str]) -> Resolved:
 # --------------------------------------------------------------------------------------------------- ONNX Runtime
 
 
-def onnx_session(resolved: Resolved, threads: int = 1) -> onnxruntime.InferenceSession:
-    """A CPU ONNX Runtime session for the model: ``threads`` intra-op threads and one inter-op thread, so
-    parallelism stays under the Snakemake rule's ``threads``."""
+def onnx_session(resolved: Resolved, threads: int = 1, device: str = "cpu") -> onnxruntime.InferenceSession:
+    """An ONNX Runtime session for the model: ``threads`` intra-op threads and one inter-op thread, so that
+    parallelism stays under the Snakemake rule's ``threads``; on ``device="cuda"`` the CUDA provider with
+    the CPU behind it (for operators CUDA lacks), or the CPU alone with a warning where CUDA is missing.
+
+    The graph is loaded from the optimised copy in the cache (:func:`optimized_graph`) when there is one:
+    each job then skips ONNX Runtime's graph rewrites, which cost 0.1-0.2 s per load of DINOv2 or
+    MobileCLIP-S2 (docs/performance.md)."""
     if resolved.spec.runtime != "onnxruntime":
         raise ModelError(f"model {resolved.id} runs on {resolved.spec.runtime}, not ONNX Runtime")
     try:
@@ -881,17 +939,73 @@ def onnx_session(resolved: Resolved, threads: int = 1) -> onnxruntime.InferenceS
             f"model {resolved.id} needs ONNX Runtime, which is not installed (pip install onnxruntime)"
         ) from None
     _notice(resolved.spec)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = max(1, int(threads))
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: optimiser remarks about unused initialisers are noise here
+    providers = execution_providers(device, onnxruntime.get_available_providers())
     try:
-        graph = without_prelu(resolved.path.read_bytes())
-        return onnxruntime.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
+        # The cached graph is optimised for the CPU provider; a GPU session optimises its own at load.
+        graph = (
+            optimized_graph(resolved, onnxruntime)
+            if providers == ["CPUExecutionProvider"]
+            else (without_prelu(resolved.path.read_bytes()))
+        )
+        session = onnxruntime.InferenceSession(graph, sess_options=_options(onnxruntime, threads), providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph/... errors
         lines = str(exc).strip().splitlines()
         detail = lines[0] if lines else type(exc).__name__
         raise ModelError(f"model {resolved.id}: ONNX Runtime cannot load {resolved.path}: {detail}") from None
+    if providers[0] != "CPUExecutionProvider" and session.get_providers()[0] != providers[0]:
+        log.warning(
+            "model %s: the CUDA provider could not start (CUDA or cuDNN libraries missing?); running on the CPU",
+            resolved.id,
+        )
+    return session
+
+
+def _options(onnxruntime: Any, threads: int) -> Any:
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = max(1, int(threads))
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: optimiser remarks about unused initialisers are noise here
+    return options
+
+
+def execution_providers(device: str, available: Sequence[str]) -> list[str]:
+    """ONNX Runtime providers for ``device``, from those this onnxruntime build has."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device != "cuda":
+        raise ModelError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    log.warning(
+        "models.device is cuda, but this onnxruntime has no CUDA provider (it has %s); running on the CPU. "
+        "For the GPU: pip uninstall -y onnxruntime && pip install -e '.[gpu]' (onnxruntime-gpu)",
+        ", ".join(available),
+    )
+    return ["CPUExecutionProvider"]
+
+
+def optimized_graph(resolved: Resolved, onnxruntime: Any) -> bytes | str:
+    """The model's graph after ONNX Runtime's portable ("extended") optimisations and the PRelu rewrite,
+    saved once in the cache under ``optimized/`` (keyed by the model's sha256 and the onnxruntime version)
+    and read from there by every later CPU session. Layout-specific rewrites (which depend on the CPU's
+    instruction set) are left to each session. Where the cache cannot be written, the graph is optimised in
+    memory."""
+    name = f"{resolved.id}-{resolved.sha256[:16]}-ort{onnxruntime.__version__}.onnx"
+    cached = cache_dir() / "optimized" / name
+    if cached.is_file():
+        return str(cached)
+    graph = without_prelu(resolved.path.read_bytes())
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cached) as tmp:
+            options = _options(onnxruntime, 1)
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+            options.optimized_model_filepath = str(tmp)
+            onnxruntime.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
+    except OSError as exc:
+        log.info("model %s: optimised graph not cached (%s)", resolved.id, exc)
+        return graph
+    return str(cached)
 
 
 def without_prelu(data: bytes) -> bytes:
@@ -978,13 +1092,14 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
 
 
 class OnnxModel:
-    """The base of every ONNX embedding network: a CPU session, its tensors checked against the registry's
-    spec, tensor names read from the session. ``embed_inputs`` runs a prepared batch and returns
-    L2-normalised rows. Subclasses prepare the input and may pick another output (``_output_name``)."""
+    """The base of every ONNX embedding network: a session on the CPU or a GPU, its tensors checked against
+    the registry's spec, tensor names read from the session. ``embed_inputs`` runs a prepared batch and
+    returns L2-normalised rows. Subclasses prepare the input and may pick another output (``_output_name``)."""
 
-    def __init__(self, resolved: Resolved, threads: int = 1):
+    def __init__(self, resolved: Resolved, threads: int = 1, device: str = "cpu"):
         self.resolved = resolved
-        self.session = onnx_session(resolved, threads)
+        self.session = onnx_session(resolved, threads, device)
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         check_io(self.session, resolved.spec)
         self.input = self.session.get_inputs()[0].name
         self.output = self._output_name()
@@ -993,5 +1108,11 @@ class OnnxModel:
         return self.session.get_outputs()[0].name
 
     def embed_inputs(self, batch: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run([self.output], {self.input: batch})
+        # Bound outputs: only the one output used is copied back from the device; DINOv2's every-token
+        # output (N x 257 x 384) would otherwise cross the PCIe bus for nothing.
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.input, np.ascontiguousarray(batch))
+        binding.bind_output(self.output, self.device)
+        self.session.run_with_iobinding(binding)
+        (out,) = binding.copy_outputs_to_cpu()
         return l2_normalise(np.asarray(out, dtype=np.float32).reshape(len(batch), -1))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .fileio import atomic_path
+from .fileio import atomic_path, write_bytes_atomic
 from .steps import StepSettings
 
 if TYPE_CHECKING:
@@ -202,3 +202,24 @@ def _bars(ax: Axes, title: str, counts: pd.Series) -> None:
     ax.bar_label(ax.containers[0], padding=2)
     ax.margins(x=0.15)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def write_pages(loaded: Mapping[str, pd.DataFrame], targets: Mapping[str, str], settings: Settings) -> None:
+    """Every page of :data:`PAGES` from the consolidated tables in ``loaded`` (by step; the steps that are
+    off are missing), to ``targets`` (by page name without suffix)."""
+    files = loaded["files"]
+    thumbs = thumbs_by_media(loaded["thumbnails"]) if "thumbnails" in loaded else {}
+    overview_figure(files, loaded.get("exif"), targets["overview"])
+    off = "<p>The {} step is not enabled.</p>"
+    pages = {
+        "gallery": gallery_page(files, thumbs, settings),
+        "people": people_page(loaded["people"], loaded["faces"], settings)
+        if "people" in loaded
+        else page("People", off.format("people")),
+        "duplicates": duplicates_page(loaded["duplicates"], files, thumbs, settings)
+        if "duplicates" in loaded
+        else page("Duplicates", off.format("duplicates")),
+        "errors": errors_page(((step, df) for step, df in loaded.items() if "status" in df), settings),
+    }
+    for name, text in pages.items():
+        write_bytes_atomic(targets[name], text.encode())

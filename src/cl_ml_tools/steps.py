@@ -6,9 +6,11 @@ exiftool) releases the GIL; they also keep one interpreter and its imports per j
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Self
 
@@ -40,6 +42,15 @@ def log_to(path: str) -> None:
     logging.basicConfig(
         filename=path, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
+
+
+@contextlib.contextmanager
+def work() -> Iterator[None]:
+    """Mark a job's own work in its log: what the job is for, after the interpreter started, the imports ran
+    and the models loaded. benchmarks/bench_pipeline.py reads these lines to tell overhead from work."""
+    start, cpu = time.time(), time.process_time()
+    yield
+    log.info("work: start=%.3f end=%.3f cpu=%.3f", start, time.time(), time.process_time() - cpu)
 
 
 class MediaError(Exception):

@@ -74,9 +74,9 @@ def log_file(step, name="{shard}"):
     return RESULTS / "logs" / step / f"{name}.log"
 
 
-def benchmark_file(step):
+def benchmark_file(step, name="{shard}"):
     """Snakemake's per-job record of wall time, CPU time and peak memory (see benchmarks/)."""
-    return RESULTS / "benchmarks" / step / "{shard}.tsv"
+    return RESULTS / "benchmarks" / step / f"{name}.tsv"
 
 
 def all_targets():

@@ -8,6 +8,8 @@ rule duplicates:
         RESULTS / "tables" / "duplicates.parquet",
     log:
         log_file("duplicates", "duplicates"),
+    benchmark:
+        benchmark_file("duplicates", "duplicates")
     params:
         settings=config["duplicates"],
     threads: 1

@@ -7,6 +7,8 @@ rule people:
         RESULTS / "tables" / "people.parquet",
     log:
         log_file("people", "people"),
+    benchmark:
+        benchmark_file("people", "people")
     params:
         settings=config["people"],
         ids=RESULTS / "people" / people.IDS_FILE,

@@ -20,6 +20,8 @@ rule report:
         errors=report(RESULTS / "report" / "errors.html", caption="../report/errors.rst", category="5. Errors"),
     log:
         log_file("report", "report"),
+    benchmark:
+        benchmark_file("report", "report")
     params:
         settings=config["report"],
         results=RESULTS,

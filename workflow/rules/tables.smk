@@ -9,6 +9,8 @@ rule tables:
         directory(RESULTS / "tables" / "{step}.parquet"),
     log:
         log_file("tables", "{step}"),
+    benchmark:
+        benchmark_file("tables", "{step}")
     threads: 1
     resources:
         mem_mb=2000,

@@ -1,6 +1,5 @@
-from cl_ml_tools import embeddings, steps, tables
+from cl_ml_tools import embeddings, steps
 
 steps.log_to(snakemake.log[0])
 inputs = snakemake.input
-rows = embeddings.embed_part("clip", inputs.thumbnails, inputs.model, snakemake.params.settings, snakemake.threads)
-tables.write_part("clip", rows, snakemake.output[0])
+embeddings.embed_part("clip", inputs.thumbnails, inputs.model, snakemake.output[0], snakemake.config, snakemake.threads)

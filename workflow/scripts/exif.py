@@ -1,5 +1,6 @@
 from cl_ml_tools import exif, steps, tables
 
 steps.log_to(snakemake.log[0])
-files = tables.read_part(snakemake.input.files)
-tables.write_part("exif", exif.exif_shard(files, processes=snakemake.threads), snakemake.output[0])
+with steps.work():
+    files = tables.read_part(snakemake.input.files)
+    tables.write_part("exif", exif.exif_shard(files, processes=snakemake.threads), snakemake.output[0])

@@ -1,8 +1,9 @@
 from cl_ml_tools import hashes, steps, tables
 
 steps.log_to(snakemake.log[0])
-files = tables.read_part(snakemake.input.files)
-thumbnails = tables.read_part(snakemake.input.thumbnails) if snakemake.input.thumbnails else []
-settings = hashes.Settings.from_config(snakemake.params.settings)
-rows = hashes.hash_shard(files, settings, thumbnails, threads=snakemake.threads)
-tables.write_part("hashes", rows, snakemake.output[0])
+with steps.work():
+    files = tables.read_part(snakemake.input.files)
+    thumbnails = tables.read_part(snakemake.input.thumbnails) if snakemake.input.thumbnails else []
+    settings = hashes.Settings.from_config(snakemake.params.settings)
+    rows = hashes.hash_shard(files, settings, thumbnails, threads=snakemake.threads)
+    tables.write_part("hashes", rows, snakemake.output[0])
