@@ -14,8 +14,8 @@ For each step and batch size, best of ``--rounds``:
 - reference: the same onnxruntime session on an already preprocessed batch, model only — img/s.
 
 ``--int8`` also measures int8 copies made from the given files with onnxruntime's dynamic quantisation
-(``quantize_dynamic``, int8 weights), the recipe of the ``*_quantized.onnx`` files the registry's int8
-variants download, and prints their cosine to the fp32 embeddings of the same previews.
+(``quantize_dynamic``, int8 weights), the recipe of the ``model_quantized.onnx`` file the registry's
+``dinov2_small_int8`` downloads, and prints their cosine to the fp32 embeddings of the same previews.
 """
 
 from __future__ import annotations

@@ -255,21 +255,12 @@ def _int8(model_id: str, name: str, url: str) -> ModelSpec:
     )
 
 
-REGISTRY.update(
-    (spec.id, spec)
-    for spec in (
-        _int8(
-            "dinov2_small",
-            "model_quantized.onnx",
-            "https://huggingface.co/Xenova/dinov2-small/resolve/main/onnx/model_quantized.onnx",
-        ),
-        _int8(
-            "mobileclip_s2_image",
-            "vision_model_quantized.onnx",
-            f"{_XENOVA_MOBILECLIP}/onnx/vision_model_quantized.onnx",
-        ),
-    )
+REGISTRY["dinov2_small_int8"] = _int8(
+    "dinov2_small",
+    "model_quantized.onnx",
+    "https://huggingface.co/Xenova/dinov2-small/resolve/main/onnx/model_quantized.onnx",
 )
+# No MobileCLIP-S2 int8: its convolutions quantised run ~9x slower on ONNX Runtime's CPU (docs/models.md).
 
 
 class ModelError(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import resource
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,9 +49,15 @@ def log_to(path: str) -> None:
 def work() -> Iterator[None]:
     """Mark a job's own work in its log: what the job is for, after the interpreter started, the imports ran
     and the models loaded. benchmarks/bench_pipeline.py reads these lines to tell overhead from work."""
-    start, cpu = time.time(), time.process_time()
+    start, cpu = time.time(), _cpu_seconds()
     yield
-    log.info("work: start=%.3f end=%.3f cpu=%.3f", start, time.time(), time.process_time() - cpu)
+    log.info("work: start=%.3f end=%.3f cpu=%.3f", start, time.time(), _cpu_seconds() - cpu)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process's threads and of the children it waited for (exiftool, ffmpeg)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 class MediaError(Exception):
