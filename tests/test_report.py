@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, snakemake
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -54,21 +55,40 @@ return [images.length, images.filter(i => i.complete && i.naturalWidth > 0).leng
 """
 
 
+WIDEST_SVG = """return Math.max(0, ...Array.from(document.querySelectorAll("img[src^='data:image/svg']"))
+                                     .map(i => i.complete ? i.naturalWidth : 0))"""
+
+
+def click_until(browser, xpath: str, shown, what: str):
+    """Click the element at ``xpath`` until ``shown(browser)`` holds: the report is a React app, and a click
+    that lands while it re-renders does nothing (seen once on a loaded CI machine)."""
+    for _ in range(5):
+        try:
+            WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.XPATH, xpath))
+            browser.find_element(By.XPATH, xpath).click()
+            return WebDriverWait(browser, 5).until(shown)
+        except (TimeoutException, StaleElementReferenceException):
+            continue
+    raise AssertionError(f"clicking {xpath} never showed {what}")
+
+
 def open_result(browser, report: Path, category: str) -> None:
     """Back to the report's start, the category in the menu, then the eye button of its one result."""
     browser.switch_to.default_content()
     browser.get((report / "report.html").as_uri())
-    WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.XPATH, f"//*[text()='{category}']"))
-    browser.find_element(By.XPATH, f"//*[text()='{category}']").click()
     name = CATEGORIES[category]
-    WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.XPATH, f"//*[text()='{name}']"))
-    browser.find_element(By.XPATH, f"//*[text()='{name}']/following::a[1]").click()
+    listed = f"//*[text()='{name}']"
+    click_until(browser, f"//*[text()='{category}']", lambda d: d.find_elements(By.XPATH, listed), name)
+    if name.endswith(".svg"):  # shown as an <img>; the report's own logo is a 58-px SVG image too
+        shown = lambda d: d.execute_script(WIDEST_SVG) > 600  # noqa: E731
+    else:
+        shown = lambda d: d.find_elements(By.TAG_NAME, "iframe")  # noqa: E731
+    click_until(browser, f"{listed}/following::a[1]", shown, f"the content of {name}")
 
 
 def page_images(browser) -> tuple[int, int, list[str]]:
     """Images of the result shown in the report's iframe: total, decoded, and the alt texts of broken ones."""
-    frame = WebDriverWait(browser, 20).until(lambda d: d.find_element(By.TAG_NAME, "iframe"))
-    browser.switch_to.frame(frame)
+    browser.switch_to.frame(browser.find_element(By.TAG_NAME, "iframe"))
     WebDriverWait(browser, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
     return tuple(browser.execute_script(IMAGES))
 
@@ -89,9 +109,7 @@ def test_report_lists_every_category(report: Path, browser) -> None:
 
 def test_overview_plot_renders(report: Path, browser) -> None:
     open_result(browser, report, "1. Archive")
-    widest = """return Math.max(...Array.from(document.querySelectorAll("img[src^='data:image/svg']"))
-                                   .map(i => i.complete ? i.naturalWidth : 0))"""
-    WebDriverWait(browser, 20).until(lambda d: d.execute_script(widest) > 600)  # the report's logo is 58 px
+    assert browser.execute_script(WIDEST_SVG) > 600
     screenshot(browser, "report-overview.png")
 
 

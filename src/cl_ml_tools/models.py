@@ -1099,8 +1099,9 @@ class OnnxModel:
         return self.session.get_outputs()[0].name
 
     def embed_inputs(self, batch: np.ndarray) -> np.ndarray:
-        # Bound outputs: only the one output used is copied back from the device; DINOv2's every-token
-        # output (N x 257 x 384) would otherwise cross the PCIe bus for nothing.
+        # io-binding: the output lives on the session's device and is copied back once per batch. On an
+        # H200 this took DINOv2 from 4,193 to 5,868 img/s (measured for issue 6, not here); on the CPU it is
+        # as fast as session.run (22.0 against 22.6 img/s, within noise), so both devices share one path.
         binding = self.session.io_binding()
         binding.bind_cpu_input(self.input, np.ascontiguousarray(batch))
         binding.bind_output(self.output, self.device)

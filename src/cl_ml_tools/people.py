@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from .fileio import atomic_path
 from .models import l2_normalise
 from .steps import StepSettings
-from .tables import STATUS_OK
+from .tables import STATUS_OK, embedding_matrix
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,7 @@ def read_faces(faces: str | os.PathLike[str], face_embeddings: str | os.PathLike
     # Arrow cannot carry a fixed-size list through a join: join the keys with a row number, then take.
     rows = emb.select(key).append_column("row", pa.array(np.arange(emb.num_rows)))
     joined = rows.join(det, key, join_type="inner").sort_by([(k, "ascending") for k in key])
-    dim = emb.schema.field("embedding").type.list_size
-    matrix = emb.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    matrix = embedding_matrix(emb)
     return Faces(
         keys=[FaceKey(*k) for k in zip(*(joined.column(c).to_pylist() for c in key), strict=True)],
         matrix=l2_normalise(matrix[joined.column("row").to_numpy()].astype(np.float32)),

@@ -327,9 +327,13 @@ def load_embeddings(name: str, results: str | os.PathLike[str] = "results") -> E
     if "embedding" not in table.column_names:
         raise KeyError(f"table {name!r} has no embedding column")
     table = table.filter(pc.equal(table.column("status"), STATUS_OK))
+    return Embeddings(_frame(table.drop_columns(["embedding", "status", "error"])), embedding_matrix(table))
+
+
+def embedding_matrix(table: pa.Table) -> np.ndarray:
+    """The ``embedding`` column (fixed-size lists of float32) as an (n, dim) array, from the Arrow buffer."""
     dim = table.schema.field("embedding").type.list_size
-    matrix = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-    return Embeddings(_frame(table.drop_columns(["embedding", "status", "error"])), matrix)
+    return table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
 
 
 def people_faces(results: str | os.PathLike[str] = "results") -> pd.DataFrame:
