@@ -3,6 +3,11 @@
 report: "../report/workflow.rst"
 
 
+# A second of pandas and matplotlib over the consolidated tables: on a cluster it runs where Snakemake runs.
+localrules:
+    report,
+
+
 rule report:
     input:
         **{step: RESULTS / "tables" / f"{step}.parquet" for step in ENABLED},
