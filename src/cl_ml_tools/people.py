@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from .fileio import atomic_path
 from .models import l2_normalise
 from .steps import StepSettings
-from .tables import STATUS_OK, embedding_matrix
+from .tables import FACE, STATUS_OK, embedding_matrix
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def read_faces(faces: str | os.PathLike[str], face_embeddings: str | os.PathLike
     matrix = embedding_matrix(emb)
     return Faces(
         keys=[FaceKey(*k) for k in zip(*(joined.column(c).to_pylist() for c in key), strict=True)],
-        matrix=l2_normalise(matrix[joined.column("row").to_numpy()].astype(np.float32)),
+        matrix=l2_normalise(matrix[joined.column("row").to_numpy()]),
         quality=joined.column("quality").to_numpy(zero_copy_only=False).astype(np.float32),
         path=joined.column("path").to_pylist(),
         crop=joined.column("crop").to_pylist(),
@@ -167,10 +167,7 @@ def write_ids(path: str | os.PathLike[str], people: Sequence[Mapping[str, Any]],
             for c in FaceKey._fields:
                 columns[c].append(face[c])
             columns["person_id"].append(person["person_id"])
-    schema = pa.schema(
-        [("media_id", pa.string()), ("frame_index", pa.int32()), ("face_index", pa.int32()), ("person_id", pa.int64())],
-        metadata={"next_id": str(next_id)},
-    )
+    schema = pa.schema([*FACE, ("person_id", pa.int64())], metadata={"next_id": str(next_id)})
     with atomic_path(path) as tmp:
         pq.write_table(pa.table(columns, schema=schema), tmp)
 

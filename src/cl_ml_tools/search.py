@@ -33,17 +33,21 @@ class SearchError(Exception):
     """Something missing for a search (a table not computed, a file not in the archive), worded for a person."""
 
 
-def _table(results: Path, name: str, columns: list[str]) -> pa.Table:
+def _existing(results: Path, name: str) -> Path:
     path = results / "tables" / f"{name}.parquet"
     if not path.exists():
         raise SearchError(f"{path} does not exist: run the pipeline with `{name}` enabled first")
-    table = pq.read_table(path, columns=columns)
+    return path
+
+
+def _table(results: Path, name: str, columns: list[str]) -> pa.Table:
+    table = pq.read_table(_existing(results, name), columns=columns)
     return table.filter(pc.equal(table.column("status"), STATUS_OK))
 
 
 def _embeddings(results: Path, step: str) -> tuple[list[str], np.ndarray, list[str]]:
     """media_id per row, the (rows, dim) matrix, and the model tag of the rows."""
-    _table(results, step, ["status"])  # says how to make the table when it is missing
+    _existing(results, step)  # says how to make the table when it is missing
     rows, matrix = tables.load_embeddings(step, results)
     return rows.media_id.tolist(), matrix, sorted(rows.model.unique().tolist())
 
