@@ -13,6 +13,9 @@ For each step and batch size, best of ``--rounds``:
   norm, rows) — img/s, and CPU seconds per image.
 - reference: the same onnxruntime session on an already preprocessed batch, model only — img/s.
 
+``--device cuda`` runs both on onnxruntime-gpu's CUDA provider, with ``--decoders`` threads (default
+``--threads``) decoding previews ahead; ``benchmarks/gpu.sh`` runs it on a device machine.
+
 ``--int8`` also measures int8 copies made from the given files with onnxruntime's dynamic quantisation
 (``quantize_dynamic``, int8 weights), the recipe of the ``model_quantized.onnx`` file the registry's
 ``dinov2_small_int8`` downloads, and prints their cosine to the fp32 embeddings of the same previews.
@@ -35,10 +38,12 @@ from cl_ml_tools import embeddings, models
 MODEL_IDS = {"dino": "dinov2_small", "clip": "mobileclip_s2_image"}
 
 
-def measure(encoder: embeddings.ImageEncoder, thumbs: list[dict], batch: int, rounds: int) -> tuple[float, ...]:
+def measure(
+    encoder: embeddings.ImageEncoder, thumbs: list[dict], batch: int, rounds: int, decoders: int = 1
+) -> tuple[float, ...]:
     """(ours img/s, ours CPU s per image, network-only img/s)."""
     cpu = time.process_time()
-    ours = best_rate(lambda: embeddings.embed_shard(thumbs, encoder, batch), len(thumbs), rounds)
+    ours = best_rate(lambda: embeddings.embed_shard(thumbs, encoder, batch, decoders), len(thumbs), rounds)
     cpu_per_image = (time.process_time() - cpu) / (len(thumbs) * rounds)
     x = np.stack([encoder.preprocess(Image.open(t["file"])) for t in thumbs[:batch]])
     n = len(thumbs) // batch
@@ -63,11 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--int8", action="store_true", help="also int8 copies (dynamic quantisation)")
+    ap.add_argument("--device", choices=models.DEVICES, default="cpu", help="models.device (cuda: onnxruntime-gpu)")
+    ap.add_argument("--decoders", type=int, help="threads decoding ahead (default: 1 on cpu, --threads on cuda)")
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench_embeddings_"))
     _, thumbs, _ = make_corpus(work / "previews", args.images)
-    print(f"corpus: {len(thumbs)} previews 1024x768; threads {args.threads}")
+    decoders = args.decoders or (args.threads if args.device == "cuda" else 1)
+    print(f"corpus: {len(thumbs)} previews 1024x768; threads {args.threads}; {args.device}, {decoders} decoder(s)")
     print("| step | batch | ours img/s | ours CPU s / img | network only img/s | ours / network |")
     print("|---|---:|---:|---:|---:|---:|")
     variants = [("dino", args.dino, ""), ("clip", args.clip, "")]
@@ -76,9 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     fp32: dict[str, np.ndarray] = {}
     for step, path, label in variants:
         resolved = models.locate(MODEL_IDS[step], {MODEL_IDS[step]: path})
-        encoder = embeddings.encoder(step, resolved, args.threads)
+        encoder = embeddings.encoder(step, resolved, args.threads, args.device)
+        if encoder.device != args.device:
+            print(f"{step}: running on {encoder.device}, not {args.device} (see the warning above)")
         for batch in (int(b) for b in args.batches.split(",")):
-            ours, cpu_per_image, bare = measure(encoder, thumbs, batch, args.rounds)
+            ours, cpu_per_image, bare = measure(encoder, thumbs, batch, args.rounds, decoders)
             print(f"| {step}{label} | {batch} | {ours:.1f} | {cpu_per_image:.3f} | {bare:.1f} | {ours / bare:.2f} |")
         vectors = np.stack([r["embedding"] for r in embeddings.embed_shard(thumbs, encoder, 8)])
         if label:

@@ -83,6 +83,33 @@ def test_preprocessing_resamples_with_the_models_filter(step: str, filter_, othe
 
 
 @pytest.mark.parametrize("step", ["dino", "clip"])
+def test_a_jpeg_preview_is_decoded_at_half_size_for_the_same_input(tmp_path: Path, step: str) -> None:
+    """A 1024 × 768 JPEG preview reaches the resize at 512 × 384 (DCT scaling), and the network's input
+    is then within a few grey levels of the one a full decode gives."""
+    xs, ys = np.meshgrid(np.linspace(0, 1, 1024), np.linspace(0, 1, 768))
+    pixels = np.dstack([255 * xs, 255 * ys, 127 + 120 * np.sin(40 * xs) * np.cos(25 * ys)]).astype(np.uint8)
+    path = tmp_path / "preview.jpg"
+    Image.fromarray(pixels).save(path, quality=85)
+    pre = embeddings.PREPROCESS[step]
+    seen = []
+
+    class Recorder:
+        resize = pre.resize
+
+        def __call__(self, image: Image.Image) -> np.ndarray:
+            seen.append(image.size)
+            return pre(image)
+
+    x = embeddings.load(path, Recorder())  # type: ignore[arg-type]
+    assert seen == [(512, 384)]
+    with Image.open(path) as full:
+        reference = pre(full)
+    scale = 255 * (np.asarray(pre.std, np.float32)[:, None, None] if pre.std else 1)
+    difference = np.abs(x - reference) * scale
+    assert x.shape == reference.shape and difference.mean() < 1.0 and difference.max() < 8
+
+
+@pytest.mark.parametrize("step", ["dino", "clip"])
 def test_batch_of_one_equals_batch_of_n(towers, step: str) -> None:
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (300 + 10 * i, 400, 3), dtype=np.uint8)) for i in range(5)]
