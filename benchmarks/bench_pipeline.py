@@ -32,6 +32,7 @@ import argparse
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from bench_steps import warm_cache
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = re.compile(r"work: start=([0-9.]+) end=([0-9.]+) cpu=([0-9.]+)")
@@ -51,14 +53,6 @@ def config(corpus: Path, models: dict[str, Path]) -> dict[str, Any]:
     cfg["results"] = "results"
     cfg["models"] = {model_id: {"path": str(path)} for model_id, path in models.items()}
     return cfg
-
-
-def warm(corpus: Path) -> int:
-    total = 0
-    for path in corpus.rglob("*"):
-        if path.is_file():
-            total += len(path.read_bytes())
-    return total
 
 
 def union_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -123,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "dinov2_small": args.dino,
         "mobileclip_s2_image": args.clip,
     }
-    subprocess.run(["rm", "-rf", "--", str(args.work)], check=True)
+    shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     cfg = config(args.corpus.resolve(), models)
     if args.dino_int8:
@@ -134,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg["models"]["dinov2_small_int8"] = {"path": str(args.work / "dino_int8.onnx")}
         del cfg["models"]["dinov2_small"]
     (args.work / "config.yaml").write_text(yaml.safe_dump(cfg))
-    corpus_bytes = warm(args.corpus)
+    corpus_bytes, _ = warm_cache(sorted(p for p in args.corpus.rglob("*") if p.is_file()))
 
     start, cpu0 = time.time(), _children_cpu()
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", str(args.cores)]

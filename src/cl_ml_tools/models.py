@@ -936,7 +936,7 @@ def onnx_session(resolved: Resolved, threads: int = 1, device: str = "cpu") -> o
         graph = (
             optimized_graph(resolved, onnxruntime)
             if providers == ["CPUExecutionProvider"]
-            else (without_prelu(resolved.path.read_bytes()))
+            else without_prelu(resolved.path.read_bytes())
         )
         session = onnxruntime.InferenceSession(graph, sess_options=_options(onnxruntime, threads), providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph/... errors

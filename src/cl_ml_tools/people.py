@@ -72,7 +72,7 @@ class Faces:
 def read_faces(faces: str | os.PathLike[str], face_embeddings: str | os.PathLike[str]) -> Faces:
     """Join the ok rows of the two consolidated tables on the face key, in key order (so the clustering,
     and the ids it leads to, do not depend on shard order)."""
-    key = ["media_id", "frame_index", "face_index"]
+    key = list(FaceKey._fields)
     emb = pq.read_table(face_embeddings, columns=[*key, "status", "embedding"])
     emb = emb.filter(pc.equal(emb.column("status"), STATUS_OK))
     det = pq.read_table(faces, columns=[*key, "status", "path", "quality", "crop"])
