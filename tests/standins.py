@@ -79,14 +79,15 @@ def _save(graph: onnx.GraphProto, path: Path) -> Path:
     return path
 
 
-def arcface(path: Path, *, seed: int = 0, output_name: str = "516", dim: int = 512) -> Path:
+def arcface(path: Path, *, seed: int = 0, output_name: str = "516", dim: int = 512, dense_scale: float = 0.05) -> Path:
     """An ArcFace-shaped network: input ``input.1`` (N, 3, 112, 112) → output (N, ``dim``).
 
     A strided convolution, ReLU and a dense layer: deterministic, and different faces give different
-    vectors, so the tests can tell crops apart and compare batch sizes."""
+    vectors, so the tests can tell crops apart and compare batch sizes. ``dense_scale=0`` makes a network
+    that answers zero to everything."""
     rng = np.random.default_rng(seed)
     conv_w = rng.normal(0, 0.2, (8, 3, 8, 8)).astype(np.float32)
-    dense_w = rng.normal(0, 0.05, (8 * 14 * 14, dim)).astype(np.float32)
+    dense_w = rng.normal(0, dense_scale, (8 * 14 * 14, dim)).astype(np.float32)
     nodes = [
         helper.make_node("Conv", ["input.1", "conv_w"], ["c"], strides=[8, 8]),
         helper.make_node("Relu", ["c"], ["r"]),
@@ -148,10 +149,11 @@ def dinov2(path: Path, *, seed: int = 0, pooled_name: str = "pooler_output") -> 
     return _save(graph, path)
 
 
-def mobileclip_image(path: Path, *, seed: int = 0, dim: int = 512) -> Path:
+def mobileclip_image(path: Path, *, seed: int = 0, dim: int = 512, bias: float = 0.1) -> Path:
     """A MobileCLIP-S2-image-shaped network: ``pixel_values`` (N, 3, 256, 256) → ``image_embeds`` (N, dim)."""
     nodes = [
-        # The bias keeps a black frame (all zeros in [0, 1] pixels) from giving a zero vector.
+        # The bias keeps a black frame (all zeros in [0, 1] pixels) from giving a zero vector; bias=0 makes
+        # a network that does, as a random-weight export can.
         helper.make_node("Conv", ["pixel_values", "patch_w", "patch_b"], ["p"], strides=[16, 16]),
         helper.make_node("Relu", ["p"], ["r"]),
         helper.make_node("GlobalAveragePool", ["r"], ["g"]),
@@ -165,7 +167,7 @@ def mobileclip_image(path: Path, *, seed: int = 0, dim: int = 512) -> Path:
         [helper.make_tensor_value_info("image_embeds", TensorProto.FLOAT, ["N", dim])],
         initializer=[
             _random((64, 3, 16, 16), 0.05, seed, "patch_w"),
-            numpy_helper.from_array(np.full(64, 0.1, np.float32), "patch_b"),
+            numpy_helper.from_array(np.full(64, bias, np.float32), "patch_b"),
             _random((64, dim), 0.1, seed + 1, "proj"),
         ],
     )

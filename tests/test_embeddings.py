@@ -178,3 +178,30 @@ def test_decoding_ahead_on_several_threads_changes_nothing(tmp_path: Path, tower
     four = embeddings.embed_shard(thumbs, towers["clip"], batch_size=3, decoders=4)
     assert [r["media_id"] for r in four] == [r["media_id"] for r in one]
     np.testing.assert_array_equal(np.stack([r["embedding"] for r in four]), np.stack([r["embedding"] for r in one]))
+
+
+def test_an_all_zero_embedding_is_an_error_row(tmp_path: Path) -> None:
+    """A black frame through a tower without bias comes out as zeros: that frame is an error row (never an ok
+    row no query can match), and a video's mean is taken over its other frames."""
+    path = mobileclip_image(tmp_path / "unbiased.onnx", bias=0.0)
+    encoder = embeddings.encoder("clip", models.locate("mobileclip_s2_image", {"mobileclip_s2_image": path}))
+    thumbs = [preview(tmp_path, "img", 0, 1), *(preview(tmp_path, "vid", i, 10 + i, timestamp=i) for i in range(3))]
+    black = tmp_path / "black.jpg"
+    Image.new("RGB", (320, 240)).save(black)
+    thumbs += [{**preview(tmp_path, "dark", 0, 2), "file": str(black)}, {**thumbs[2], "file": str(black)}]
+    del thumbs[2]
+    rows = embeddings.embed_shard(thumbs, encoder, batch_size=4)
+    by = {(r["media_id"], r["frame_index"]): r for r in rows}
+    assert [(r["media_id"], r["frame_index"], r["status"]) for r in rows] == [
+        ("dark", 0, "error"),
+        ("img", 0, "ok"),
+        ("vid", -1, "ok"),
+        ("vid", 0, "ok"),
+        ("vid", 1, "error"),
+        ("vid", 2, "ok"),
+    ]
+    assert by[("dark", 0)]["error"] == "mobileclip_s2_image returned an all-zero embedding for this input"
+    assert by[("dark", 0)].get("embedding") is None and by[("vid", 1)]["timestamp_s"] == 1
+    mean = by[("vid", 0)]["embedding"] + by[("vid", 2)]["embedding"]
+    np.testing.assert_allclose(by[("vid", -1)]["embedding"], mean / np.linalg.norm(mean), atol=1e-6)
+    assert all(np.linalg.norm(r["embedding"]) > 0.99 for r in rows if r["status"] == "ok")

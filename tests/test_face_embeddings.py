@@ -83,3 +83,16 @@ def test_shard_rows_keep_errors_and_lost_crops(tmp_path: Path, model: face_embed
     assert all(r["status"] == "ok" and r["model"] == model.resolved.tag for r in ok)
     expected = model.embed(np.stack([np.asarray(Image.open(p)) for p in paths]))
     np.testing.assert_allclose(np.stack([r["embedding"] for r in ok]), expected, atol=1e-5)
+
+
+def test_an_all_zero_embedding_is_an_error_row(tmp_path: Path) -> None:
+    resolved = models.locate("arcface_w600k_mbf", {"arcface_w600k_mbf": arcface(tmp_path / "zero.onnx", dense_scale=0)})
+    path = tmp_path / "0.jpg"
+    Image.fromarray(crops(1)[0]).save(path)
+    rows = face_embeddings.face_embeddings_shard(
+        [face_row("a", str(path))], face_embeddings.ArcFace(resolved), face_embeddings.Settings()
+    )
+    assert [(r["status"], r["error"], r["frame_index"], r["face_index"]) for r in rows] == [
+        ("error", "arcface_w600k_mbf returned an all-zero embedding for this input", 0, 0)
+    ]
+    assert rows[0].get("embedding") is None

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import stat
 import threading
@@ -449,9 +450,8 @@ def test_identity_of_a_pinned_model_touches_no_file(monkeypatch, tmp_path: Path)
         for target, name in ((os, "stat"), (os, "lstat"), (os, "open"), (os, "scandir"), (builtins, "open")):
             m.setattr(target, name, refuse)
         m.setattr(io, "open", refuse)
-        # mobileclip_s2_text has no pin: its identity is read from lock.json, so it is left out here.
-        pins = {i: models.identity(i) for i, spec in models.REGISTRY.items() if spec.files[0].sha256}
-    assert len(pins) == 6
+        pins = {i: models.identity(i) for i in models.REGISTRY}
+    assert len(pins) == 8
     assert pins["arcface_w600k_r50"] == "4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43"
     assert pins["blaze_face_short_range"] == models.REGISTRY["blaze_face_short_range"].files[0].sha256
     assert not (tmp_path / "never").exists()
@@ -662,6 +662,18 @@ def test_registry_is_complete_and_documented() -> None:
             assert f.sha256 is None or (len(f.sha256) == 64 and f.sha256 in doc)
         if spec.notice:
             assert "non-commercial" in spec.notice or "licence" in spec.notice
+
+
+def test_every_registry_file_is_pinned_at_a_fixed_revision() -> None:
+    """Each file has its sha256 and size, and a Hugging Face URL names a commit (40 hex digits), not a branch
+    whose contents can change."""
+    hub = re.compile(r"^https://huggingface\.co/[\w.-]+/[\w.-]+/resolve/[0-9a-f]{40}/")
+    for spec in models.REGISTRY.values():
+        for f in spec.files:
+            assert f.sha256 and len(f.sha256) == 64 and f.size, (spec.id, f.name)
+            assert "huggingface.co" not in f.url or hub.match(f.url), f.url
+    text = models.REGISTRY["mobileclip_s2_text"].files
+    assert text[0].sha256 == "ff82e945c6c652c51df687e10f102a8e43c87d37c9108ff692468be3732f3710"
 
 
 # --------------------------------------------------------------------------------------------------- CLI

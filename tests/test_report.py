@@ -158,3 +158,22 @@ def test_errors_are_listed_with_their_messages(report: Path, browser) -> None:
     rows = browser.find_elements(By.CSS_SELECTOR, "tr")
     assert len(rows) == errors + 1 and errors > 0
     assert "truncated" in browser.find_element(By.TAG_NAME, "body").text
+
+
+def test_report_command_works_in_the_environment_make_run_builds(sample_run: Path, tmp_path: Path) -> None:
+    """The README's report command after `make run`: a virtual environment built by tools/bootstrap.sh
+    without the test tools (as `make run` builds .venv) has what `snakemake --report` needs (pygments)."""
+    import subprocess
+
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")} | {"VENV": str(venv)}
+    subprocess.run([str(REPO / "tools" / "bootstrap.sh")], env=env, check=True, capture_output=True, timeout=900)
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import pytest"], capture_output=True, check=False)
+    assert probe.returncode != 0, "the environment holds the test tools: it is not the one `make run` builds"
+    out = tmp_path / "report.html"
+    proc = subprocess.run(
+        [str(venv / "bin" / "snakemake"), "-s", str(REPO / "Snakefile"), "--report", str(out)],
+        cwd=sample_run, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size > 100_000 and "cl_ml_tools" in out.read_text(errors="replace")

@@ -10,7 +10,7 @@ import pytest
 from conftest import SAMPLE, snakemake, write_config
 from PIL import Image
 
-from cl_ml_tools import cli, clip, models, search, tables
+from cl_ml_tools import cli, clip, embeddings, models, search, tables
 
 pytestmark = pytest.mark.e2e
 
@@ -77,3 +77,25 @@ def test_like_refuses_a_different_model(results: Path, tmp_path: Path) -> None:
 def test_search_without_tables_says_what_to_run(tmp_path: Path) -> None:
     with pytest.raises(search.SearchError, match="clip"):
         search.by_text(tmp_path, "anything")
+
+
+def test_like_embeds_an_outside_file_with_the_tables_model(tmp_path: Path, test_models) -> None:
+    """A dino table made with ``dino.model: dinov2_small_int8`` (the stand-in under that id): an image from
+    outside the archive is embedded with that model, not the fp32 default, which is not even available."""
+    int8 = {"dinov2_small_int8": test_models["dinov2_small"]}
+    rng = np.random.default_rng(3)
+    files = []
+    for i in range(3):
+        photo = tmp_path / f"p{i}.jpg"
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).resize((640, 480)).save(photo)
+        files.append({"media_id": f"m{i}", "input": "t", "path": str(photo), "status": "ok", "error": None})
+    previews = [{**f, "role": "preview", "frame_index": 0, "timestamp_s": None, "file": f["path"]} for f in files]
+    encoder = embeddings.encoder("dino", models.locate("dinov2_small_int8", int8))
+    results = tmp_path / "results"
+    for name, rows in (("files", files), ("dino", embeddings.embed_shard(previews, encoder, batch_size=8))):
+        (results / "tables").mkdir(parents=True, exist_ok=True)
+        tables.write_parquet(tables.to_arrow(name, rows), results / "tables" / f"{name}.parquet")
+    outside = tmp_path / "outside.jpg"
+    Image.open(files[1]["path"]).resize((500, 375)).save(outside, quality=85)
+    hits = search.by_example(results, outside, top=3, overrides=int8)
+    assert hits[0].path == files[1]["path"] and hits[0].score > 0.95

@@ -255,3 +255,21 @@ def test_not_a_clip_tokenizer(tmp_path: Path) -> None:
     Tokenizer(BPE({"a": 0, "b": 1}, [])).save(str(path))
     with pytest.raises(ValueError, match="not a CLIP tokenizer"):
         tokenizer.load(path)
+
+
+def test_pad_id_is_zero(built: Tokenizer, test_models: dict[str, Path]) -> None:
+    """open_clip pads with 0 and MobileCLIP-S2's text tower, which has no padding mask, was trained on that:
+    the pads are part of what it embeds. The stand-in tower averages every position, so it shows the same
+    dependence: padding with another id moves the embedding."""
+    import onnxruntime
+
+    assert tokenizer.PAD_ID == 0
+    ids = tokenizer.encode(built, ["a dog on a beach"])
+    end = int(np.flatnonzero(ids[0] == END_ID)[0])
+    assert ids[0, end + 1 :].tolist() == [0] * (CONTEXT_LENGTH - end - 1)
+    session = onnxruntime.InferenceSession(test_models["mobileclip_s2_text"] / "text_model.onnx")
+    other = ids.copy()
+    other[0, end + 1 :] = END_ID
+    (zero_padded,) = session.run(None, {"input_ids": ids})
+    (end_padded,) = session.run(None, {"input_ids": other})
+    assert not np.allclose(zero_padded, end_padded, atol=1e-3)

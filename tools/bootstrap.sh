@@ -3,10 +3,12 @@
 # project's virtual environment in .venv. Safe to run again; it only installs what is missing.
 #   tools/bootstrap.sh          runtime dependencies
 #   tools/bootstrap.sh dev      plus the test tools (pytest, ruff, imagehash, selenium, Chromium)
+# VENV names another environment folder (the tests build one the way `make run` does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-}"
 PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
 
 need_apt=()
 ffmpeg_ok() {
@@ -38,12 +40,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
 fi
-stamp=".venv/.installed${extra:+-$extra}"
+stamp="$VENV/.installed${extra:+-$extra}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".${extra:+[$extra]}"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e ".${extra:+[$extra]}"
   touch "$stamp"
 fi

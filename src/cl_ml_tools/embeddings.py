@@ -174,8 +174,10 @@ def embed_shard(
                 continue
             vectors = encoder.embed_batch(np.stack(arrays))
             for frame, vector in zip(ok, vectors, strict=True):
-                rows.append(_row(frame, frame["frame_index"], frame["timestamp_s"], vector, encoder))
-                if frame["timestamp_s"] is not None:  # only video frames have a time
+                row = _row(frame, frame["frame_index"], frame["timestamp_s"], vector, encoder)
+                rows.append(row)
+                # Only video frames have a time; a frame without a usable embedding stays out of the mean.
+                if frame["timestamp_s"] is not None and row["status"] == STATUS_OK:
                     by_video.setdefault(frame["media_id"], []).append((frame, vector))
     for embedded in by_video.values():
         mean = models.l2_normalise(np.mean([v for _, v in embedded], axis=0))
@@ -207,6 +209,9 @@ def embed_part(
 def _row(
     frame: Mapping[str, Any], index: int, timestamp: float | None, vector: np.ndarray, encoder: ImageEncoder
 ) -> Row:
+    problem = models.embedding_problem(vector, encoder.resolved.id)
+    if problem:
+        return {**error_row(frame, problem), "frame_index": index, "timestamp_s": timestamp}
     return {
         **base_row(frame),
         "frame_index": index,

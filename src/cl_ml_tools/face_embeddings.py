@@ -76,5 +76,8 @@ def face_embeddings_shard(faces: Sequence[Mapping[str, Any]], model: ArcFace, se
             continue
         vectors = model.embed(np.stack(crops))
         for face, vector in zip(ok, vectors, strict=True):
-            rows.append({**base_row(face), **_face_key(face), "embedding": vector, "model": model.resolved.tag})
+            if problem := models.embedding_problem(vector, model.resolved.id):
+                rows.append({**error_row(face, problem), **_face_key(face)})
+            else:
+                rows.append({**base_row(face), **_face_key(face), "embedding": vector, "model": model.resolved.tag})
     return sorted(rows, key=lambda r: (r["media_id"], r.get("frame_index") or 0, r.get("face_index") or 0))

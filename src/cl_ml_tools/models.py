@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import json
 import logging
+import math
 import os
 import stat
 import sys
@@ -98,7 +99,11 @@ _MOBILECLIP_NOTICE = (
     "MobileCLIP weights are released under Apple's ML research licence (apple/ml-mobileclip); "
     "read its terms before any use beyond research."
 )
-_XENOVA_MOBILECLIP = "https://huggingface.co/Xenova/mobileclip_s2/resolve/main"
+# Hugging Face files at a fixed commit of their repository, never at `main`: a new upload there would otherwise
+# change what a URL serves (and fail its sha256 pin) under a run's feet. Each commit was checked to hold the
+# pinned files (docs/models.md, "Where the pins come from").
+_XENOVA_DINOV2 = "https://huggingface.co/Xenova/dinov2-small/resolve/c2bb04a51fab207c420665f1946016107bffc701"
+_XENOVA_MOBILECLIP = "https://huggingface.co/Xenova/mobileclip_s2/resolve/80568acdfbd3e3b8b5e94a7feb07095a00d622bf"
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.id: spec
@@ -187,13 +192,13 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             id="dinov2_small",
-            version="Xenova main",
+            version="Xenova c2bb04a",
             files=(
                 ModelFile(
                     name="model.onnx",
-                    url="https://huggingface.co/Xenova/dinov2-small/resolve/main/onnx/model.onnx",
+                    url=f"{_XENOVA_DINOV2}/onnx/model.onnx",
                     sha256="83141175ec78b4ff9a2bb58a4c7c264ba0054d1c2e122e5a8114b79a8d4179ea",
-                    size=None,
+                    size=88459888,
                 ),
             ),
             licence=_APACHE,
@@ -205,7 +210,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             id="mobileclip_s2_image",
-            version="Xenova main",
+            version="Xenova 80568ac",
             files=(
                 ModelFile(
                     name="vision_model.onnx",
@@ -224,12 +229,20 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             id="mobileclip_s2_text",
-            version="Xenova main",
+            version="Xenova 80568ac",
             files=(
                 ModelFile(
-                    name="text_model.onnx", url=f"{_XENOVA_MOBILECLIP}/onnx/text_model.onnx", sha256=None, size=None
+                    name="text_model.onnx",
+                    url=f"{_XENOVA_MOBILECLIP}/onnx/text_model.onnx",
+                    sha256="ff82e945c6c652c51df687e10f102a8e43c87d37c9108ff692468be3732f3710",
+                    size=253894023,
                 ),
-                ModelFile(name="tokenizer.json", url=f"{_XENOVA_MOBILECLIP}/tokenizer.json", sha256=None, size=None),
+                ModelFile(
+                    name="tokenizer.json",
+                    url=f"{_XENOVA_MOBILECLIP}/tokenizer.json",
+                    sha256="72ed5c96db5729294468543e4bc75fce14ca63f58e37300290189ba1c1e52b85",
+                    size=2224081,
+                ),
             ),
             licence=_MOBILECLIP_LICENCE,
             source="https://huggingface.co/apple/MobileCLIP-S2",
@@ -243,22 +256,26 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 
-def _int8(model_id: str, name: str, url: str) -> ModelSpec:
+def _int8(model_id: str, file: ModelFile) -> ModelSpec:
     """The int8-quantised export published beside an fp32 one (same tensors; weights quantised, activations
-    quantised on the fly). Not pinned: its sha256 is recorded in lock.json on first download."""
+    quantised on the fly)."""
     base = REGISTRY[model_id]
     return replace(
         base,
         id=f"{model_id}_int8",
-        files=(ModelFile(name=name, url=url, sha256=None, size=None),),
+        files=(file,),
         description=f"{base.description}; int8 weights (smaller and faster on CPUs, embeddings slightly off fp32)",
     )
 
 
 REGISTRY["dinov2_small_int8"] = _int8(
     "dinov2_small",
-    "model_quantized.onnx",
-    "https://huggingface.co/Xenova/dinov2-small/resolve/main/onnx/model_quantized.onnx",
+    ModelFile(
+        name="model_quantized.onnx",
+        url=f"{_XENOVA_DINOV2}/onnx/model_quantized.onnx",
+        sha256="3afdc8bc63b50558d6e5770f5b799bb82455c2311183a2de43803f343a29d917",
+        size=24451943,
+    ),
 )
 # No MobileCLIP-S2 int8: its convolutions quantised run ~9x slower on ONNX Runtime's CPU (docs/models.md).
 
@@ -1080,6 +1097,18 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (float32), so that cosine similarity is a dot product."""
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def embedding_problem(vector: np.ndarray, model_id: str) -> str | None:
+    """Why an embedding from ``l2_normalise`` cannot be stored as an ok row, or None. A zero output (a black
+    frame through a network that maps it to nothing) stays zero there, and a cosine with it is 0 for every
+    query: stored as ok, it would be a file that silently never matches."""
+    norm = float(np.linalg.norm(vector))
+    if not math.isfinite(norm):
+        return f"{model_id} returned non-finite values (NaN or infinity) for this input"
+    if norm < 0.5:  # a unit vector or nothing: l2_normalise leaves only an all-zero output short of 1
+        return f"{model_id} returned an all-zero embedding for this input"
+    return None
 
 
 class OnnxModel:

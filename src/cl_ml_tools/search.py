@@ -95,11 +95,11 @@ def by_example(
     path: str | os.PathLike[str],
     top: int = 20,
     overrides: Mapping[str, Path] | None = None,
-    model: str = "dinov2_small",
     preview_size: int = 1024,
 ) -> list[Hit]:
     """Files whose DINOv2 embedding is closest to that of ``path``: its stored rows when the file is in the
-    archive, else the file's embedding computed now (images only)."""
+    archive, else the file's embedding computed now (images only) with the model the table was made with
+    (``dino.model``: fp32 or int8)."""
     results = Path(results)
     ids, matrix, tags = _embeddings(results, "dino")
     files = _files(results)
@@ -113,8 +113,13 @@ def by_example(
             raise SearchError(f"{path} is in the archive but has no DINOv2 embedding (see the dino table's errors)")
         query = models.l2_normalise(matrix[rows].mean(axis=0))
         return _rank(results, ids, matrix @ query, top, files, exclude=media_id)
-    resolved = models.fetch(model, overrides)
-    if tags and resolved.tag not in tags:
+    if not tags:
+        return []  # no embedded file to compare with
+    model_ids = sorted({tag.partition("@")[0] for tag in tags})
+    if len(model_ids) > 1:
+        raise SearchError(f"the dino table mixes embeddings of {', '.join(model_ids)}: rerun the dino step")
+    resolved = models.fetch(model_ids[0], overrides)
+    if resolved.tag not in tags:
         raise SearchError(
             f"the dino table was made with {', '.join(tags)}, not {resolved.tag}: embeddings of different "
             "models cannot be compared"

@@ -28,8 +28,10 @@ START_ID = 49406
 END_ID = 49407
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
-# open_clip's padding. The text tower pools at argmax(ids), i.e. at the end token, so the pad id only has to be
-# smaller than END_ID.
+# open_clip's padding, and what MobileCLIP-S2's text tower was trained with. That tower has no padding mask (and
+# no causal one: MobileCLIP's text config sets causal_masking false), so every one of the 77 positions, pads
+# included, is attended to before it pools at the end token: another pad id gives another embedding, and
+# the text would no longer land in the space of the image embeddings. Pinned by test_pad_id_is_zero.
 PAD_ID = 0
 # open_clip: SimpleTokenizer reads lines[1 : 49152 - 256 - 2 + 1] of the vocabulary file (line 0 is a header).
 _MERGES = 49152 - 256 - 2
