@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     fp32: dict[str, np.ndarray] = {}
     for step, path, label in variants:
         resolved = models.locate(MODEL_IDS[step], {MODEL_IDS[step]: path})
-        encoder = embeddings.encoder(step, resolved, args.threads, args.device)
+        encoder = embeddings.ImageEncoder(resolved, args.threads, args.device)
         if encoder.device != args.device:
             print(f"{step}: running on {encoder.device}, not {args.device} (see the warning above)")
         for batch in (int(b) for b in args.batches.split(",")):

@@ -45,7 +45,7 @@ def test_every_step_decodes_the_original_at_full_size_at_most_once(tmp_path: Pat
     )
     assert any(row["crop_source"] == "original" for row in found)  # the small face was cut from the original
     dino = models.locate("dinov2_small", {"dinov2_small": dinov2(tmp_path / "dino.onnx")})
-    embeddings.embed_shard(thumbs, embeddings.encoder("dino", dino), batch_size=8)
+    embeddings.embed_shard(thumbs, embeddings.ImageEncoder(dino), batch_size=8)
 
     of_original = [size for name, size in decodes if name == str(photo)]
     assert of_original.count((WIDTH, HEIGHT)) == 1, of_original

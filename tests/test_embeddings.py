@@ -17,7 +17,7 @@ def towers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, embeddings.Ima
     folder = tmp_path_factory.mktemp("towers")
     dino = models.locate("dinov2_small", {"dinov2_small": dinov2(folder / "dino.onnx")})
     clip = models.locate("mobileclip_s2_image", {"mobileclip_s2_image": mobileclip_image(folder / "clip.onnx")})
-    return {"dino": embeddings.encoder("dino", dino, 2), "clip": embeddings.encoder("clip", clip, 2)}
+    return {"dino": embeddings.ImageEncoder(dino, 2), "clip": embeddings.ImageEncoder(clip, 2)}
 
 
 def test_shortest_edge_resize_truncates_like_transformers() -> None:
@@ -42,7 +42,7 @@ def test_centre_crop_offsets_round_down() -> None:
 
 def test_dino_preprocessing_is_imagenet_normalised_nchw() -> None:
     image = Image.new("RGB", (640, 480), (255, 0, 128))
-    x = embeddings.PREPROCESS["dino"](image)
+    x = embeddings.preprocessing("dinov2_small")(image)
     assert x.shape == (3, 224, 224) and x.dtype == np.float32
     expected = [(1.0 - 0.485) / 0.229, (0.0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
     np.testing.assert_allclose(x[:, 100, 100], expected, rtol=1e-5)
@@ -50,47 +50,47 @@ def test_dino_preprocessing_is_imagenet_normalised_nchw() -> None:
 
 def test_clip_preprocessing_is_unit_range_without_mean() -> None:
     image = Image.new("RGB", (256, 512), (255, 0, 51))
-    x = embeddings.PREPROCESS["clip"](image)
+    x = embeddings.preprocessing("mobileclip_s2_image")(image)
     assert x.shape == (3, 256, 256)
     np.testing.assert_allclose(x[:, 10, 10], [1.0, 0.0, 0.2], rtol=1e-6)
 
 
 @pytest.mark.parametrize(
-    ("step", "filter_", "other"),
+    ("model_id", "filter_", "other"),
     [
-        ("dino", Image.Resampling.BICUBIC, Image.Resampling.BILINEAR),
-        ("clip", Image.Resampling.BILINEAR, Image.Resampling.BICUBIC),
+        ("dinov2_small", Image.Resampling.BICUBIC, Image.Resampling.BILINEAR),
+        ("mobileclip_s2_image", Image.Resampling.BILINEAR, Image.Resampling.BICUBIC),
     ],
 )
-def test_preprocessing_resamples_with_the_models_filter(step: str, filter_, other) -> None:
+def test_preprocessing_resamples_with_the_models_filter(model_id: str, filter_, other) -> None:
     """Sharp edges resized 1000 → 256 px: the result is Pillow's resize with the model's filter (bicubic for
     DINOv2, bilinear for MobileCLIP), and measurably not the other filter's."""
     pixels = np.zeros((1000, 1000, 3), np.uint8)
     pixels[:, 497:] = 255
     pixels[::7] = 90
     image = Image.fromarray(pixels)
-    pre = embeddings.PREPROCESS[step]
+    pre = embeddings.preprocessing(model_id)
     x = pre(image)
-    if pre.mean is not None:
-        x = x * np.asarray(pre.std, np.float32)[:, None, None] + np.asarray(pre.mean, np.float32)[:, None, None]
+    recipe = pre.recipe
+    x = x * np.asarray(recipe.std, np.float32)[:, None, None] + np.asarray(recipe.mean, np.float32)[:, None, None]
 
     def expected(resample: Image.Resampling) -> np.ndarray:
-        crop = embeddings.center_crop(image.resize((256, 256), resample), pre.crop)
+        crop = embeddings.center_crop(image.resize((256, 256), resample), recipe.crop)
         return np.asarray(crop, np.float32).transpose(2, 0, 1) / 255
 
     np.testing.assert_allclose(x, expected(filter_), atol=1e-5)
     assert np.abs(x - expected(other)).max() > 0.02
 
 
-@pytest.mark.parametrize("step", ["dino", "clip"])
-def test_a_jpeg_preview_is_decoded_at_half_size_for_the_same_input(tmp_path: Path, step: str) -> None:
+@pytest.mark.parametrize("model_id", ["dinov2_small", "mobileclip_s2_image"])
+def test_a_jpeg_preview_is_decoded_at_half_size_for_the_same_input(tmp_path: Path, model_id: str) -> None:
     """A 1024 × 768 JPEG preview reaches the resize at 512 × 384 (DCT scaling), and the network's input
     is then within a few grey levels of the one a full decode gives."""
     xs, ys = np.meshgrid(np.linspace(0, 1, 1024), np.linspace(0, 1, 768))
     pixels = np.dstack([255 * xs, 255 * ys, 127 + 120 * np.sin(40 * xs) * np.cos(25 * ys)]).astype(np.uint8)
     path = tmp_path / "preview.jpg"
     Image.fromarray(pixels).save(path, quality=85)
-    pre = embeddings.PREPROCESS[step]
+    pre = embeddings.preprocessing(model_id)
     seen = []
 
     class Recorder:
@@ -104,7 +104,7 @@ def test_a_jpeg_preview_is_decoded_at_half_size_for_the_same_input(tmp_path: Pat
     assert seen == [(512, 384)]
     with Image.open(path) as full:
         reference = pre(full)
-    scale = 255 * (np.asarray(pre.std, np.float32)[:, None, None] if pre.std else 1)
+    scale = 255 * np.asarray(pre.recipe.std, np.float32)[:, None, None]
     difference = np.abs(x - reference) * scale
     assert x.shape == reference.shape and difference.mean() < 1.0 and difference.max() < 8
 
@@ -123,14 +123,14 @@ def test_batch_of_one_equals_batch_of_n(towers, step: str) -> None:
 
 def test_dino_reads_the_pooled_output_whatever_its_name(tmp_path: Path) -> None:
     path = dinov2(tmp_path / "renamed.onnx", pooled_name="cls_after_norm")
-    encoder = embeddings.encoder("dino", models.locate("dinov2_small", {"dinov2_small": path}))
+    encoder = embeddings.ImageEncoder(models.locate("dinov2_small", {"dinov2_small": path}))
     assert encoder.output == "cls_after_norm"
 
 
 def test_a_tower_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
     path = mobileclip_image(tmp_path / "small.onnx", dim=256)
     with pytest.raises(models.ModelError, match="512"):
-        embeddings.encoder("clip", models.locate("mobileclip_s2_image", {"mobileclip_s2_image": path}))
+        embeddings.ImageEncoder(models.locate("mobileclip_s2_image", {"mobileclip_s2_image": path}))
 
 
 def preview(tmp_path: Path, media_id: str, frame: int, seed: int, timestamp: float | None = None) -> dict:
@@ -184,7 +184,7 @@ def test_an_all_zero_embedding_is_an_error_row(tmp_path: Path) -> None:
     """A black frame through a tower without bias comes out as zeros: that frame is an error row (never an ok
     row no query can match), and a video's mean is taken over its other frames."""
     path = mobileclip_image(tmp_path / "unbiased.onnx", bias=0.0)
-    encoder = embeddings.encoder("clip", models.locate("mobileclip_s2_image", {"mobileclip_s2_image": path}))
+    encoder = embeddings.ImageEncoder(models.locate("mobileclip_s2_image", {"mobileclip_s2_image": path}))
     thumbs = [preview(tmp_path, "img", 0, 1), *(preview(tmp_path, "vid", i, 10 + i, timestamp=i) for i in range(3))]
     black = tmp_path / "black.jpg"
     Image.new("RGB", (320, 240)).save(black)

@@ -26,7 +26,7 @@ def test_preprocess_is_insightface_normalisation_in_nchw() -> None:
     batch = np.zeros((2, 112, 112, 3), np.uint8)
     batch[0, 5, 7] = (0, 255, 51)
     batch[1] = 255
-    x = face_embeddings.preprocess(batch)
+    x = face_embeddings.preprocess(batch, models.REGISTRY["arcface_w600k_mbf"].image_input)
     assert x.shape == (2, 3, 112, 112) and x.dtype == np.float32 and x.flags.c_contiguous
     # Channel planes in RGB order: the pixel at row 5, column 7 of the first crop.
     assert x[0, :, 5, 7].tolist() == pytest.approx([-1.0, 1.0, (51 - 127.5) / 127.5])

@@ -74,7 +74,7 @@ def server() -> Iterator[Server]:
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "cache"
     monkeypatch.setenv(models.CACHE_ENV, str(path))
-    monkeypatch.setattr(models, "_noticed", set())
+    monkeypatch.setattr(models.registry, "_noticed", set())
     return path
 
 
@@ -162,8 +162,8 @@ def test_locate_trusts_the_stamp_and_verify_ignores_it(server: Server, cache: Pa
     register(monkeypatch, "m", served(server, "/net.onnx", data))
     models.fetch("m", progress=False)
     hashed: list[Path] = []
-    real = models._sha256_file
-    monkeypatch.setattr(models, "_sha256_file", lambda p: hashed.append(p) or real(p))
+    real = models.cache._sha256_file
+    monkeypatch.setattr(models.cache, "_sha256_file", lambda p: hashed.append(p) or real(p))
 
     for _ in range(3):
         assert models.locate("m").sha256 == sha(data)
@@ -461,8 +461,8 @@ def test_identity_of_an_override_is_hashed_once(cache: Path, tmp_path: Path, mon
     own = tmp_path / "mine.onnx"
     own.write_bytes(b"some weights")
     hashed: list[Path] = []
-    real = models._sha256_file
-    monkeypatch.setattr(models, "_sha256_file", lambda p: hashed.append(p) or real(p))
+    real = models.cache._sha256_file
+    monkeypatch.setattr(models.cache, "_sha256_file", lambda p: hashed.append(p) or real(p))
     for _ in range(3):
         assert models.identity("dinov2_small", {"dinov2_small": own}) == sha(b"some weights")
     assert hashed == [own]
@@ -612,9 +612,9 @@ def test_cuda_on_a_machine_without_it_runs_on_the_cpu_with_the_same_results(tmp_
     resolved = models.locate("dinov2_small", {"dinov2_small": dinov2(tmp_path / "dino.onnx")})
     batch = np.random.default_rng(0).normal(size=(3, 3, 224, 224)).astype(np.float32)
     with caplog.at_level(logging.WARNING, logger="cl_ml_tools"):
-        gpu = embeddings.encoder("dino", resolved, device="cuda")
+        gpu = embeddings.ImageEncoder(resolved, device="cuda")
     assert gpu.device == "cpu" and "no CUDA provider" in caplog.text
-    cpu = embeddings.encoder("dino", resolved)
+    cpu = embeddings.ImageEncoder(resolved)
     np.testing.assert_allclose(gpu.embed_batch(batch), cpu.embed_batch(batch), atol=1e-6)
 
 
@@ -654,12 +654,10 @@ def test_registry_is_complete_and_documented() -> None:
         "mobileclip_s2_text",
     }
     doc = (REPO / "docs" / "models.md").read_text()
+    assert models.registry.markdown_tables() in doc, "docs/models.md: paste `python -m cl_ml_tools.models` output"
     for model_id, spec in models.REGISTRY.items():
         assert spec.id == model_id and spec.runtime in {"mediapipe", "onnxruntime"} and spec.files
-        assert f"`{model_id}`" in doc
-        for f in spec.files:
-            assert f.name in doc and f.url.startswith("https://")
-            assert f.sha256 is None or (len(f.sha256) == 64 and f.sha256 in doc)
+        assert all(f.url.startswith("https://") for f in spec.files)
         if spec.notice:
             assert "non-commercial" in spec.notice or "licence" in spec.notice
 
@@ -682,7 +680,8 @@ def test_every_registry_file_is_pinned_at_a_fixed_revision() -> None:
 @pytest.fixture
 def two_models(server: Server, cache: Path, tmp_path: Path, monkeypatch) -> dict[str, bytes]:
     """A registry of two served models, so commands without ids never reach the real hubs."""
-    monkeypatch.setattr(models, "REGISTRY", {})
+    for model_id in list(models.REGISTRY):  # emptied in place: every module of the package holds this dict
+        monkeypatch.delitem(models.REGISTRY, model_id)
     monkeypatch.chdir(tmp_path)
     data = {"alpha": payload(1000, seed=11), "beta": payload(2000, seed=12)}
     for model_id, body in data.items():
@@ -750,7 +749,7 @@ def test_cli_config_overrides(two_models, tmp_path: Path, capsys) -> None:
 
 def test_offline_switch_fails_at_once_with_the_same_message(cache: Path, monkeypatch) -> None:
     monkeypatch.setenv(models.OFFLINE_ENV, "1")
-    monkeypatch.setattr(models.urllib.request, "urlopen", lambda *a, **k: pytest.fail("tried the network"))
+    monkeypatch.setattr(models.download.urllib.request, "urlopen", lambda *a, **k: pytest.fail("tried the network"))
     with pytest.raises(ModelError) as err:
         models.fetch("face_detection_full_range_sparse", progress=False)
     spec = models.REGISTRY["face_detection_full_range_sparse"]

@@ -29,7 +29,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_text_search_ranks_by_cosine_with_the_text_tower(results: Path, test_models, capsys) -> None:
     over = {"mobileclip_s2_text": test_models["mobileclip_s2_text"]}
     hits = search.by_text(results, "a cat on a sofa", top=3, overrides=over)
-    text = clip.TextEncoder(models.locate(clip.TEXT_MODEL, over)).embed(["a cat on a sofa"])[0]
+    text = clip.TextEncoder(models.locate("mobileclip_s2_text", over)).embed(["a cat on a sofa"])[0]
     table = tables.load("clip", results)
     files = tables.load("files", results).set_index("media_id").path
     best = (
@@ -90,7 +90,7 @@ def test_like_embeds_an_outside_file_with_the_tables_model(tmp_path: Path, test_
         Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).resize((640, 480)).save(photo)
         files.append({"media_id": f"m{i}", "input": "t", "path": str(photo), "status": "ok", "error": None})
     previews = [{**f, "role": "preview", "frame_index": 0, "timestamp_s": None, "file": f["path"]} for f in files]
-    encoder = embeddings.encoder("dino", models.locate("dinov2_small_int8", int8))
+    encoder = embeddings.ImageEncoder(models.locate("dinov2_small_int8", int8))
     results = tmp_path / "results"
     for name, rows in (("files", files), ("dino", embeddings.embed_shard(previews, encoder, batch_size=8))):
         (results / "tables").mkdir(parents=True, exist_ok=True)

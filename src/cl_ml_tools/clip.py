@@ -12,7 +12,6 @@ import numpy as np
 
 from . import models, tokenizer
 
-TEXT_MODEL = "mobileclip_s2_text"
 TOKENIZER_FILE = "tokenizer.json"
 
 

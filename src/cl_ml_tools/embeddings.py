@@ -28,27 +28,33 @@ from .tables import STATUS_OK, base_row, error_row
 log = logging.getLogger(__name__)
 
 VIDEO_MEAN_FRAME = -1
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Hugging Face's image-processor recipe: shortest edge to ``resize`` px, centre crop ``crop``×``crop``,
-    ×1/255, then (optionally) ``(x − mean) / std``; RGB, channels first."""
+    """A registry entry's :class:`~cl_ml_tools.models.ImageInput` applied to a PIL image: the (N, 3, H, W)
+    rows the network takes."""
 
-    resize: int
-    resample: Image.Resampling
-    crop: int
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    recipe: models.ImageInput
+
+    @property
+    def resize(self) -> int:
+        return self.recipe.resize
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        image = center_crop(resize_shortest_edge(image.convert("RGB"), self.resize, self.resample), self.crop)
+        r = self.recipe
+        resample = Image.Resampling[r.resample.upper()]
+        image = center_crop(resize_shortest_edge(image.convert("RGB"), r.resize, resample), r.crop)
         x = np.asarray(image, dtype=np.float32) * (1.0 / 255.0)
-        if self.mean is not None and self.std is not None:
-            x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return x.transpose(2, 0, 1)
+        return ((x - np.asarray(r.mean, np.float32)) / np.asarray(r.std, np.float32)).transpose(2, 0, 1)
+
+
+def preprocessing(model_id: str) -> Preprocess:
+    """How ``model_id``'s registry entry prepares an image."""
+    recipe = models.spec_of(model_id).image_input
+    if recipe is None:
+        raise models.ModelError(f"model {model_id} takes no image input")
+    return Preprocess(recipe)
 
 
 def resize_shortest_edge(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
@@ -71,29 +77,12 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-PREPROCESS = {
-    # Xenova/dinov2-small's preprocessor_config.json: shortest edge 256 (bicubic), centre crop 224, ImageNet
-    # mean/std. The embedding is `pooler_output`, the class token after the final layer norm.
-    "dino": Preprocess(resize=256, resample=Image.Resampling.BICUBIC, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    # Xenova/mobileclip_s2's: shortest edge 256 (bilinear), centre crop 256, ×1/255 and no mean/std
-    # (MobileCLIP was trained on [0, 1] pixels). The embedding is `image_embeds`.
-    "clip": Preprocess(resize=256, resample=Image.Resampling.BILINEAR, crop=256),
-}
-
-
 class ImageEncoder(models.OnnxModel):
-    """An ONNX image tower with its model's preprocessing. The embedding is the session's one output of rank 2
-    (DINOv2 also returns every token, rank 3)."""
+    """An ONNX image tower with its registry entry's preprocessing."""
 
-    def __init__(self, resolved: models.Resolved, preprocess: Preprocess, threads: int = 1, device: str = "cpu"):
-        self.preprocess = preprocess
+    def __init__(self, resolved: models.Resolved, threads: int = 1, device: str = "cpu"):
+        self.preprocess = preprocessing(resolved.id)
         super().__init__(resolved, threads, device)
-
-    def _output_name(self) -> str:
-        pooled = [o.name for o in self.session.get_outputs() if len(o.shape) == 2]
-        if len(pooled) != 1:
-            raise models.ModelError(f"model {self.resolved.id}: expected one pooled (rank-2) output, found {pooled}")
-        return pooled[0]
 
     def embed_batch(self, batch: np.ndarray) -> np.ndarray:
         """L2-normalised embeddings of preprocessed images (N, 3, H, W)."""
@@ -185,11 +174,6 @@ def embed_shard(
     return sorted(rows, key=lambda r: (r["media_id"], -2 if r["frame_index"] is None else r["frame_index"]))
 
 
-def encoder(step: str, resolved: models.Resolved, threads: int = 1, device: str = "cpu") -> ImageEncoder:
-    """The image tower of ``step`` (``dino`` or ``clip``) with that model's preprocessing."""
-    return ImageEncoder(resolved, PREPROCESS[step], threads, device)
-
-
 def embed_part(
     step: str, thumbnails_part: str, model_record: str, target: str, config: Mapping[str, Any], threads: int
 ) -> None:
@@ -198,7 +182,7 @@ def embed_part(
     section and ``models`` (device, GPU batch)."""
     settings = Settings.from_config(config[step])
     runtime = models.runtime_from_config(config)
-    image_encoder = encoder(step, models.read_record(model_record), threads, runtime.device)
+    image_encoder = ImageEncoder(models.read_record(model_record), threads, runtime.device)
     decoders = threads if image_encoder.device != "cpu" else 1
     with work():
         thumbnails = tables.read_part(thumbnails_part)

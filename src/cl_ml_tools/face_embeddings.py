@@ -24,9 +24,15 @@ class Settings(StepSettings):
     batch_size: int = 64
 
 
-def preprocess(crops: np.ndarray) -> np.ndarray:
-    """(N, 112, 112, 3) RGB uint8 → (N, 3, 112, 112) float32 in [-1, 1], InsightFace's (x − 127.5) / 127.5."""
-    return ((crops.astype(np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2).copy()
+def preprocess(crops: np.ndarray, recipe: models.ImageInput) -> np.ndarray:
+    """(N, 112, 112, 3) RGB uint8 aligned crops → (N, 3, 112, 112) float32, ×1/255 then (x − mean) / std
+    (for ArcFace, InsightFace's (x − 127.5) / 127.5: [-1, 1])."""
+    scaled = crops.astype(np.float32) * (1.0 / 255.0)
+    return (
+        ((scaled - np.asarray(recipe.mean, np.float32)) / np.asarray(recipe.std, np.float32))
+        .transpose(0, 3, 1, 2)
+        .copy()
+    )
 
 
 class ArcFace(models.OnnxModel):
@@ -34,7 +40,9 @@ class ArcFace(models.OnnxModel):
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """L2-normalised float32 embeddings of (N, 112, 112, 3) RGB uint8 crops."""
-        return self.embed_inputs(preprocess(crops))
+        recipe = self.resolved.spec.image_input
+        assert recipe is not None, f"{self.resolved.id} has no image input in the registry"
+        return self.embed_inputs(preprocess(crops, recipe))
 
 
 def _face_key(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import embeddings, imaging, models, tables
-from .clip import TEXT_MODEL, TextEncoder
+from .clip import TextEncoder
 from .tables import STATUS_OK
 
 
@@ -52,6 +52,14 @@ def _embeddings(results: Path, step: str) -> tuple[list[str], np.ndarray, list[s
     return rows.media_id.tolist(), matrix, sorted(rows.model.unique().tolist())
 
 
+def _table_model(step: str, tags: list[str]) -> models.ModelSpec:
+    """The registry entry of the model a table's rows were made with (their ``model`` tags)."""
+    model_ids = sorted({tag.partition("@")[0] for tag in tags})
+    if len(model_ids) > 1:
+        raise SearchError(f"the {step} table mixes embeddings of {', '.join(model_ids)}: rerun the {step} step")
+    return models.spec_of(model_ids[0])
+
+
 def _files(results: Path) -> pa.Table:
     return _table(results, "files", ["media_id", "status", "path"])
 
@@ -83,10 +91,16 @@ def _rank(
 def by_text(
     results: str | os.PathLike[str], query: str, top: int = 20, overrides: Mapping[str, Path] | None = None
 ) -> list[Hit]:
-    """Files whose MobileCLIP image embedding is closest to the text's."""
+    """Files whose MobileCLIP image embedding is closest to the text's, embedded by the text tower of the
+    image tower the clip table was made with."""
     results = Path(results)
-    ids, matrix, _ = _embeddings(results, "clip")
-    text = TextEncoder(models.fetch(TEXT_MODEL, overrides)).embed([query])[0]
+    ids, matrix, tags = _embeddings(results, "clip")
+    if not tags:
+        return []  # no embedded file to compare with
+    image_tower = _table_model("clip", tags)
+    if image_tower.text_tower is None:
+        raise SearchError(f"{image_tower.id} has no text tower: the clip table cannot be searched by text")
+    text = TextEncoder(models.fetch(image_tower.text_tower, overrides)).embed([query])[0]
     return _rank(results, ids, matrix @ text, top, _files(results))
 
 
@@ -115,10 +129,7 @@ def by_example(
         return _rank(results, ids, matrix @ query, top, files, exclude=media_id)
     if not tags:
         return []  # no embedded file to compare with
-    model_ids = sorted({tag.partition("@")[0] for tag in tags})
-    if len(model_ids) > 1:
-        raise SearchError(f"the dino table mixes embeddings of {', '.join(model_ids)}: rerun the dino step")
-    resolved = models.fetch(model_ids[0], overrides)
+    resolved = models.fetch(_table_model("dino", tags).id, overrides)
     if resolved.tag not in tags:
         raise SearchError(
             f"the dino table was made with {', '.join(tags)}, not {resolved.tag}: embeddings of different "
@@ -127,5 +138,5 @@ def by_example(
     opened = imaging.open_image(path, "")
     # The archive's embeddings were made from previews; go through the same size first.
     image = imaging.to_srgb(imaging.orient(imaging.fit(opened.image, preview_size), opened.orientation))
-    query = embeddings.encoder("dino", resolved).embed([image])[0]
+    query = embeddings.ImageEncoder(resolved).embed([image])[0]
     return _rank(results, ids, matrix @ query, top, files)

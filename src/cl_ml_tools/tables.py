@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .fileio import atomic_path, displayable
+from .models.registry import step_embedding_size
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,7 +60,8 @@ FACE_KEY = [pa.field("frame_index", pa.int32()), pa.field("face_index", pa.int32
 FACE = pa.struct([("media_id", pa.string()), ("frame_index", pa.int32()), ("face_index", pa.int32())])
 KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear_tragion", "left_ear_tragion")
 """BlazeFace's keypoints in MediaPipe's order. "Right" is the person's right, on the left of the picture."""
-EMBEDDING_DIM = {"face_embeddings": 512, "dino": 384, "clip": 512}
+EMBEDDING_DIM = {step: step_embedding_size(step) for step in ("face_embeddings", "dino", "clip")}
+"""Each embedding table's width, from the registry entries of the models its step may use."""
 
 
 def _image_embeddings(step: str) -> pa.Schema:

@@ -1,0 +1,71 @@
+"""Model manager: the registry of the networks the ML steps use (:mod:`.registry`), a verified local cache
+(:mod:`.cache`), downloads (:mod:`.download`), the config's ``models`` section (:mod:`.runtime`) and ONNX
+Runtime sessions (:mod:`.onnx`).
+
+Every file the steps load is identified by its sha256. Registry pins are checked on download; a cached file is
+hashed once on first use and then trusted through a stamp beside it (size, mtime, inode, sha256), so a job
+only pays a ``stat``. Nothing is ever placed under its final name before it has been verified.
+"""
+
+from .cache import CACHE_ENV, LOCK_NAME, cache_dir, cache_state, identity, locate, read_record, verify, write_record
+from .download import OFFLINE_ENV, fetch
+from .onnx import (
+    OnnxModel,
+    check_io,
+    embedding_problem,
+    execution_providers,
+    l2_normalise,
+    onnx_session,
+    optimized_graph,
+    without_prelu,
+)
+from .registry import (
+    REGISTRY,
+    ImageInput,
+    ModelError,
+    ModelFile,
+    ModelSpec,
+    Resolved,
+    TensorSpec,
+    spec_of,
+    step_embedding_size,
+    step_models,
+)
+from .runtime import DEVICES, RUNTIME_KEYS, Runtime, overrides_from_config, runtime_from_config
+
+__all__ = [
+    "CACHE_ENV",
+    "DEVICES",
+    "LOCK_NAME",
+    "OFFLINE_ENV",
+    "REGISTRY",
+    "RUNTIME_KEYS",
+    "ImageInput",
+    "ModelError",
+    "ModelFile",
+    "ModelSpec",
+    "OnnxModel",
+    "Resolved",
+    "Runtime",
+    "TensorSpec",
+    "cache_dir",
+    "cache_state",
+    "check_io",
+    "embedding_problem",
+    "execution_providers",
+    "fetch",
+    "identity",
+    "l2_normalise",
+    "locate",
+    "onnx_session",
+    "optimized_graph",
+    "overrides_from_config",
+    "read_record",
+    "runtime_from_config",
+    "spec_of",
+    "step_embedding_size",
+    "step_models",
+    "verify",
+    "without_prelu",
+    "write_record",
+]
