@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 import subprocess
 from datetime import datetime
@@ -112,3 +114,139 @@ def test_several_processes_give_the_same_rows(tmp_path: Path) -> None:
     assert one == two
     assert [r["path"] for r in two] == [str(p) for p in paths]
     assert two[7]["mime"] == "text/plain" and all(r["make"] == "Canon" for i, r in enumerate(two) if i != 7)
+
+
+# Real cameras' files, see data/cameras/README.md for where each comes from and its licence.
+CAMERAS = Path(__file__).parent / "data" / "cameras"
+CAMERA_FILES = sorted(p for p in CAMERAS.iterdir() if p.name != "README.md")
+_EXIFTOOL_DATE = re.compile(r"(\d{4}):(\d\d):(\d\d) (\d\d):(\d\d):(\d\d)(\.\d+)?([+-]\d\d:\d\d|Z)?$")
+
+
+def _exiftool_all(paths: list[Path], *options: str) -> list[dict]:
+    out = subprocess.run(
+        ["exiftool", "-j", "-q", "-q", *options, *map(str, paths)], check=False, capture_output=True
+    ).stdout
+    # Numbers as exiftool wrote them ("1.00" stays "1.00"); the reference makes numbers of them itself.
+    by_file = {r["SourceFile"]: r for r in json.loads(out, parse_float=str, parse_int=str)}
+    return [by_file.get(str(p), {}) for p in paths]
+
+
+def _text(value: object) -> str | None:
+    return (str(value).strip() or None) if value is not None else None
+
+
+def _number(value: object) -> float | None:
+    try:
+        return float(str(value).split()[0]) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _when(value: object) -> tuple[datetime | None, str | None]:
+    m = _EXIFTOOL_DATE.match(str(value).strip()) if value is not None else None
+    if not m:
+        return None, None
+    fraction = min(round(float(m.group(7)) * 1e6), 999_999) if m.group(7) else 0
+    try:
+        return datetime(*map(int, m.groups()[:6]), fraction), m.group(8)
+    except ValueError:  # "0000:00:00 00:00:00", a camera whose clock was never set
+        return None, None
+
+
+def _reference(plain: dict, numeric: dict, grouped: dict, grouped_numeric: dict) -> dict:
+    def pick(tag: str, printed: bool = False) -> object:
+        value = (grouped if printed else grouped_numeric).get(f"EXIF:{tag}")
+        return value if value not in (None, "") else (plain if printed else numeric).get(tag)
+
+    ref: dict = {
+        "make": _text(pick("Make", printed=True)),
+        "model": _text(pick("Model", printed=True)),
+        "lens": _text(pick("LensModel", printed=True) or plain.get("LensID") or grouped.get("XMP:Lens")),
+        "datetime_original": None,
+        "datetime_original_offset": None,
+    }
+    dates = (
+        grouped.get("Composite:SubSecDateTimeOriginal"),
+        pick("DateTimeOriginal"),
+        grouped.get("QuickTime:CreationDate"),
+    )
+    for value in dates:
+        when, offset = _when(value)
+        if when is not None:
+            ref["datetime_original"] = when
+            ref["datetime_original_offset"] = offset or _text(grouped.get("EXIF:OffsetTimeOriginal"))
+            break
+    ref["create_date"] = _when(pick("CreateDate"))[0]
+    size = str(numeric.get("ImageSize", "")).split()
+    ref["width"], ref["height"] = (int(float(size[0])), int(float(size[1]))) if len(size) == 2 else (None, None)
+    orientation = _number(pick("Orientation"))
+    ref["orientation"] = int(orientation) if orientation in range(1, 9) else None
+    iso = _number(pick("ISO", printed=True))
+    ref["iso"] = int(iso) if iso is not None else None
+    ref["f_number"] = _number(pick("FNumber") or numeric.get("Aperture"))
+    ref["exposure_time"] = _number(pick("ExposureTime") or numeric.get("ShutterSpeed"))
+    ref["focal_length"] = _number(pick("FocalLength"))
+    # Without groups, exiftool's GPS position is its signed Composite one.
+    ref["gps_latitude"] = _number(numeric.get("GPSLatitude"))
+    ref["gps_longitude"] = _number(numeric.get("GPSLongitude"))
+    ref["gps_altitude"] = _number(numeric.get("GPSAltitude"))
+    ref["software"] = _text(pick("Software", printed=True) or grouped.get("XMP:CreatorTool"))
+    ref["duration"] = _number(numeric.get("Duration"))
+    ref["mime"] = _text(numeric.get("MIMEType"))
+    return ref
+
+
+def exiftool_reference(paths: list[Path]) -> list[dict]:
+    """What exiftool itself says each typed column is, for each file. The base is its ``-j`` (printed) and
+    ``-j -n`` output without groups, where exiftool's own priority rules choose among a tag's copies. On
+    top: a tag in the EXIF group beats its copies elsewhere (maker notes repeat tags in vendor encodings:
+    Kodak's FNumber 6.73 next to EXIF's 6.7; Pentax's ISO index 6 next to EXIF's 100); text and ISO are
+    exiftool's printed values, other numbers its -n ones; the size is exiftool's Composite ImageSize; the
+    capture time is its SubSecDateTimeOriginal when there is one (EXIF's date with its sub-seconds and
+    offset), else DateTimeOriginal, else QuickTime's CreationDate."""
+    runs = (
+        _exiftool_all(paths),
+        _exiftool_all(paths, "-n"),
+        _exiftool_all(paths, "-G"),
+        _exiftool_all(paths, "-G", "-n"),
+    )
+    return [_reference(*one) for one in zip(*runs, strict=True)]
+
+
+def mismatches(row: dict, ref: dict) -> list[str]:
+    """Every typed column where ``row`` differs from exiftool's ``ref``, as 'column: ours != exiftool's'."""
+    out = []
+    for column, want in ref.items():
+        got = row[column]
+        if isinstance(want, float) and isinstance(got, int | float):
+            same = math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12)
+        else:
+            same = got == want and type(got) is type(want)
+        if not same:
+            out.append(f"{column}: {got!r} != {want!r}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def camera_rows() -> dict[str, tuple[dict, dict]]:
+    """Our rows (one exiftool batch, as the exif step runs it) and exiftool's reference, by file name."""
+    rows, refs = rows_for(CAMERA_FILES), exiftool_reference(CAMERA_FILES)
+    return {p.name: (row, ref) for p, row, ref in zip(CAMERA_FILES, rows, refs, strict=True)}
+
+
+@pytest.mark.parametrize("name", [p.name for p in CAMERA_FILES])
+def test_real_camera_files_match_exiftool(camera_rows: dict[str, tuple[dict, dict]], name: str) -> None:
+    row, ref = camera_rows[name]
+    assert row["status"] == "ok", row["error"]
+    assert mismatches(row, ref) == []
+
+
+def test_the_camera_files_cover_many_makers_and_formats(camera_rows: dict[str, tuple[dict, dict]]) -> None:
+    # The comparison above is only as broad as the files: keep it many makers, raw formats and videos,
+    # with the values it is about present (not a set of files exiftool finds nothing in).
+    refs = [ref for _, ref in camera_rows.values()]
+    makers = {ref["make"].split()[0].lower() for ref in refs if ref["make"]}
+    assert len(makers) >= 15, makers
+    assert len({ref["mime"] for ref in refs}) >= 12
+    for column in ("lens", "iso", "f_number", "gps_latitude", "software", "duration", "datetime_original_offset"):
+        assert sum(ref[column] is not None for ref in refs) >= 3, column

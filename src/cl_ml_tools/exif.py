@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,38 +28,49 @@ TIMEOUT_PER_FILE_S = 30
 # Below this many files per process, a second exiftool start-up costs more than it saves.
 MIN_FILES_PER_PROCESS = 20
 
-# Where each typed column is read from, first match wins (keys as ``exiftool -G`` names them).
+# Where each typed column is read from, first usable value wins (keys as ``exiftool -G`` names them).
+# "*:Tag" is that tag in any group, in exiftool's output order: cameras and containers put the standard
+# tags in groups of their own (SigmaRaw in X3F, H264 in AVCHD, RIFF in AVI, MakerNotes in CRW, FLIR's
+# APP1, ...), and a group list would always miss the next one. The named groups come first because they
+# are the standard places; EXIF before maker notes, which repeat many tags in vendor encodings.
 SOURCES: dict[str, tuple[str, ...]] = {
-    "make": ("EXIF:Make", "QuickTime:Make", "XMP:Make", "MakerNotes:Make"),
-    "model": ("EXIF:Model", "QuickTime:Model", "XMP:Model", "MakerNotes:Model"),
-    "lens": ("EXIF:LensModel", "XMP:LensModel", "Composite:LensID", "MakerNotes:LensModel", "XMP:Lens"),
-    "datetime_original": ("EXIF:DateTimeOriginal", "XMP:DateTimeOriginal", "QuickTime:CreationDate",
-                          "QuickTime:DateTimeOriginal"),
-    "datetime_original_offset": ("EXIF:OffsetTimeOriginal", "EXIF:OffsetTime"),
-    "create_date": ("EXIF:CreateDate", "QuickTime:CreateDate", "XMP:CreateDate"),
-    "width": ("File:ImageWidth", "EXIF:ExifImageWidth", "QuickTime:ImageWidth", "PNG:ImageWidth",
-              "RIFF:ImageWidth", "GIF:ImageWidth", "EXIF:ImageWidth", "Composite:ImageWidth"),
-    "height": ("File:ImageHeight", "EXIF:ExifImageHeight", "QuickTime:ImageHeight", "PNG:ImageHeight",
-               "RIFF:ImageHeight", "GIF:ImageHeight", "EXIF:ImageHeight", "Composite:ImageHeight"),
+    "make": ("EXIF:Make", "QuickTime:Make", "XMP:Make", "MakerNotes:Make", "*:Make"),
+    "model": ("EXIF:Model", "QuickTime:Model", "XMP:Model", "MakerNotes:Model", "*:Model"),
+    "lens": ("EXIF:LensModel", "XMP:LensModel", "MakerNotes:LensModel", "*:LensModel", "Composite:LensID",
+             "XMP:Lens"),
+    # exiftool's SubSec composite is DateTimeOriginal with its SubSecTimeOriginal and OffsetTimeOriginal.
+    "datetime_original": ("Composite:SubSecDateTimeOriginal", "EXIF:DateTimeOriginal", "XMP:DateTimeOriginal",
+                          "QuickTime:DateTimeOriginal", "QuickTime:CreationDate", "*:DateTimeOriginal"),
+    "datetime_original_offset": ("EXIF:OffsetTimeOriginal",),
+    "create_date": ("EXIF:CreateDate", "QuickTime:CreateDate", "XMP:CreateDate", "*:CreateDate"),
+    # exiftool's own size rule: the main image's ImageWidth/Height (not a stale ExifImageWidth left by an
+    # editor), the raw size for Canon/Phase One/Fujifilm raw files; "W H" with -n.
+    "width": ("Composite:ImageSize",),
+    "height": ("Composite:ImageSize",),
     "orientation": ("EXIF:Orientation", "XMP:Orientation"),
-    "iso": ("EXIF:ISO", "Composite:ISO", "MakerNotes:ISO", "XMP:ISO"),
-    "f_number": ("EXIF:FNumber", "Composite:Aperture", "XMP:FNumber"),
-    "exposure_time": ("EXIF:ExposureTime", "Composite:ShutterSpeed", "XMP:ExposureTime"),
-    "focal_length": ("EXIF:FocalLength", "XMP:FocalLength"),
+    "iso": ("EXIF:ISO", "Composite:ISO", "MakerNotes:ISO", "XMP:ISO", "*:ISO"),
+    "f_number": ("EXIF:FNumber", "Composite:Aperture", "XMP:FNumber", "*:FNumber"),
+    "exposure_time": ("EXIF:ExposureTime", "Composite:ShutterSpeed", "XMP:ExposureTime", "*:ExposureTime"),
+    "focal_length": ("EXIF:FocalLength", "XMP:FocalLength", "*:FocalLength"),
     # EXIF's own GPS values are unsigned (the sign lives in the Ref tags); the Composite ones are signed.
     "gps_latitude": ("Composite:GPSLatitude", "XMP:GPSLatitude"),
     "gps_longitude": ("Composite:GPSLongitude", "XMP:GPSLongitude"),
     "gps_altitude": ("Composite:GPSAltitude", "XMP:GPSAltitude"),
-    "software": ("EXIF:Software", "XMP:CreatorTool", "QuickTime:Software", "QuickTime:Encoder"),
-    "duration": ("QuickTime:Duration", "Composite:Duration", "Matroska:Duration", "RIFF:Duration"),
+    "software": ("EXIF:Software", "QuickTime:Software", "*:Software", "XMP:CreatorTool", "QuickTime:Encoder"),
+    "duration": ("QuickTime:Duration", "Composite:Duration", "Matroska:Duration", "RIFF:Duration", "*:Duration"),
     "mime": ("File:MIMEType",),
 }  # fmt: skip
 TEXT = {"make", "model", "lens", "datetime_original_offset", "software", "mime"}
 INTEGER = {"width", "height", "orientation", "iso"}
 FLOAT = {"f_number", "exposure_time", "focal_length", "gps_latitude", "gps_longitude", "gps_altitude", "duration"}
 DATES = {"datetime_original", "create_date"}
+# Columns read from exiftool's printed values instead of its numeric ones: -n turns names into codes
+# (LensID 65535, Nikon's lens bytes, H264 Make 4113), and maker notes keep ISO as a table index (Pentax 6
+# is ISO 100) or a pair (Nikon "0 200"), where the printed value is the ISO itself.
+PRINTED = TEXT | {"iso"}
 _DROPPED = {"SourceFile", "ExifTool:ExifToolVersion"}
 _DATE_RE = re.compile(r"^(\d{4})[:-](\d{2})[:-](\d{2})[ T](\d{2}):(\d{2}):(\d{2})(\.\d+)?")
+_OFFSET_RE = re.compile(r"^(?:[+-]\d{2}:\d{2}|Z)$")
 
 
 def parse_date(value: Any) -> tuple[datetime | None, str | None]:
@@ -99,32 +111,79 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _first(tags: Mapping[str, Any], keys: Sequence[str]) -> Any:
+def _text(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return str(value).lower()  # exiftool writes the strings "true"/"false" as JSON booleans
+    if value is None or isinstance(value, list | dict):
+        return None
+    return str(value).strip() or None
+
+
+def _integer(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None and abs(number) < 2**31 else None
+
+
+def _size(value: Any, index: int) -> int | None:
+    parts = value.split() if isinstance(value, str) else []
+    return _integer(parts[index]) if len(parts) == 2 else None
+
+
+def _by_name(tags: Mapping[str, Any]) -> dict[str, list[Any]]:
+    by_name: dict[str, list[Any]] = {}
+    for key, value in tags.items():
+        by_name.setdefault(key.partition(":")[2], []).append(value)
+    return by_name
+
+
+def _convert(column: str, value: Any) -> Any:
+    if column in TEXT:
+        text = _text(value)
+        if column == "datetime_original_offset" and text is not None and not _OFFSET_RE.match(text):
+            return None
+        return text
+    if column == "width":
+        return _size(value, 0)
+    if column == "height":
+        return _size(value, 1)
+    if column in INTEGER:
+        number = _integer(value)
+        return None if column == "orientation" and number is not None and not 1 <= number <= 8 else number
+    if column in FLOAT:
+        return _number(value)
+    return parse_date(value)[0]
+
+
+def _pick(
+    column: str, tags: Mapping[str, Any], by_name: Mapping[str, list[Any]], keys: Sequence[str]
+) -> tuple[Any, Any]:
+    """The first value among ``keys`` that converts for ``column``: (converted, as exiftool gave it)."""
     for key in keys:
-        value = tags.get(key)
-        if value not in (None, ""):
-            return value
-    return None
+        group, _, name = key.partition(":")
+        for value in by_name.get(name, ()) if group == "*" else (tags.get(key),):
+            converted = _convert(column, value)
+            if converted is not None:
+                return converted, value
+    return None, None
 
 
-def typed_columns(tags: Mapping[str, Any]) -> dict[str, Any]:
-    """The table's typed columns from one exiftool ``-j -n -G`` record."""
+def typed_columns(tags: Mapping[str, Any], printed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The table's typed columns from one exiftool record: ``tags`` as ``-j -n -G`` gives them, ``printed``
+    the same keys with exiftool's printed values (``-j -G``; ``tags`` itself when not given)."""
+    printed = tags if printed is None else printed
+    numeric_names = _by_name(tags)
+    printed_names = numeric_names if printed is tags else _by_name(printed)
     out: dict[str, Any] = {}
+    own_offset = None
     for column, keys in SOURCES.items():
-        value = _first(tags, keys)
-        if column in TEXT:
-            out[column] = str(value).strip() if value is not None else None
-        elif column in INTEGER:
-            number = _number(value)
-            out[column] = int(number) if number is not None and abs(number) < 2**31 else None
-        elif column in FLOAT:
-            out[column] = _number(value)
-        elif column in DATES:
-            out[column], offset = parse_date(value)
-            if column == "datetime_original" and offset and not out.get("datetime_original_offset"):
-                out["datetime_original_offset"] = offset
-    if out.get("orientation") is not None and not 1 <= out["orientation"] <= 8:
-        out["orientation"] = None
+        if column in PRINTED:
+            out[column], value = _pick(column, printed, printed_names, keys)
+        else:
+            out[column], value = _pick(column, tags, numeric_names, keys)
+        if column == "datetime_original":
+            own_offset = parse_date(value)[1]
+    # An offset written into the date itself (XMP, QuickTime, the SubSec composite) belongs to that date.
+    out["datetime_original_offset"] = own_offset or out["datetime_original_offset"]
     return out
 
 
@@ -138,8 +197,51 @@ def _link_dir_entries(paths: Sequence[str], tmp: Path) -> list[str]:
     return links
 
 
-def run_exiftool(paths: Sequence[str]) -> list[dict[str, Any] | None]:
-    """One exiftool process for all ``paths``; one tag dict (or None when exiftool said nothing) per path."""
+@dataclass(frozen=True)
+class Record:
+    """One file's tags from exiftool, keyed ``Group:Tag``: ``values`` as ``-n`` gives them (numbers are
+    numbers), ``printed`` as exiftool prints them (names for codes, and text exactly as written)."""
+
+    values: dict[str, Any]
+    printed: dict[str, Any]
+
+
+class _Literal(float):
+    """A JSON number as exiftool wrote it: exiftool writes any value that looks like a number as a JSON
+    number, so the text columns would see Software "1.00" as 1.0 without these digits."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> _Literal:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
+def _plain(value: Any) -> Any:
+    return float(value) if isinstance(value, _Literal) else value
+
+
+def _tag(obj: dict[str, Any]) -> Any:
+    """One tag as ``-l`` writes it ({"desc", "val", "num"}) → (-n value, printed value), made while parsing
+    so that the descriptions never pile up for a whole shard."""
+    if "val" not in obj or "desc" not in obj:
+        return obj  # a file's record (its keys are Group:Tag)
+    val = obj["val"]
+    return _plain(obj.get("num", val)), val.text if isinstance(val, _Literal) else val
+
+
+def _split(record: Mapping[str, Any]) -> Record:
+    values, printed = {}, {}
+    for key, tag in record.items():
+        if key not in _DROPPED and isinstance(tag, tuple):
+            values[key], printed[key] = tag
+    return Record(values, printed)
+
+
+def run_exiftool(paths: Sequence[str]) -> list[Record | None]:
+    """One exiftool process for all ``paths``; one Record (or None when exiftool said nothing) per path."""
     if not paths:
         return []
     with tempfile.TemporaryDirectory(prefix="cl_ml_tools_exif_") as tmp:
@@ -151,7 +253,9 @@ def run_exiftool(paths: Sequence[str]) -> list[dict[str, Any] | None]:
             [
                 EXIFTOOL,
                 "-j",
-                "-n",
+                # -l gives each tag's printed value ("val") and, where it differs, the -n one ("num"): both
+                # from one read of the file.
+                "-l",
                 "-G",
                 "-a",
                 "-q",
@@ -179,20 +283,19 @@ def run_exiftool(paths: Sequence[str]) -> list[dict[str, Any] | None]:
             return [None] * len(paths)
         # exiftool already replaces invalid UTF-8 in values; decoding leniently keeps a stray byte from
         # costing the whole batch.
-        records = json.loads(proc.stdout.decode("utf-8", "replace"))
-    by_link = {rec.get("SourceFile"): rec for rec in records}
+        records = json.loads(proc.stdout.decode("utf-8", "replace"), parse_float=_Literal, object_hook=_tag)
+    by_link = {rec.get("SourceFile"): _split(rec) for rec in records}
     return [by_link.get(link) for link in links]
 
 
-def _row_from_record(file_row: Mapping[str, Any], record: dict[str, Any] | None) -> Row:
+def _row_from_record(file_row: Mapping[str, Any], record: Record | None) -> Row:
     if record is None:
         return error_row(file_row, "exiftool returned no metadata for this file")
-    tags = {k: v for k, v in record.items() if k not in _DROPPED}
-    error = tags.get("ExifTool:Error")
+    error = record.values.get("ExifTool:Error")
     row: Row = {
         **base_row(file_row),
-        **typed_columns(tags),
-        "raw": json.dumps(tags, ensure_ascii=False, sort_keys=True),
+        **typed_columns(record.values, record.printed),
+        "raw": json.dumps(record.values, ensure_ascii=False, sort_keys=True),
     }
     if error:
         row.update(status="error", error=f"exiftool: {error}")
