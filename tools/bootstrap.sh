@@ -2,7 +2,7 @@
 # Set-up shared by `make run` and `make test`: system tools (ffmpeg/ffprobe >= 4.4, exiftool) and the
 # project's virtual environment in .venv. Safe to run again; it only installs what is missing.
 #   tools/bootstrap.sh          runtime dependencies
-#   tools/bootstrap.sh dev      plus the test tools (pytest, ruff, imagehash, selenium, Chromium)
+#   tools/bootstrap.sh dev      plus the test tools (pytest, ruff, imagehash, selenium, Chromium, mosquitto)
 # VENV names another environment folder (the tests build one the way `make run` does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,8 @@ if [ "$extra" = dev ]; then
   # The report test opens report.html in headless Chromium through its WebDriver.
   command -v chromium >/dev/null || need_apt+=(chromium)
   command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+  # The service tests publish job events to a real MQTT broker they start themselves.
+  command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -1,4 +1,4 @@
-"""The ``cl-ml-tools`` command: the model cache (``models list|fetch|verify``) and ``search``.
+"""The ``cl-ml-tools`` command: the model cache (``models list|fetch|verify``), ``search`` and ``serve``.
 
 Each top-level command is added by one function in ``COMMANDS`` that registers its subparser and sets
 ``func`` on the leaf parsers; ``func(args)`` returns the exit status.
@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from . import __version__, models, search
+from . import __version__, models, search, service_config
 from .models import ModelError, Resolved
 
 PROG = "cl-ml-tools"
@@ -38,18 +37,9 @@ def load_config(path: str | None) -> dict[str, Any]:
             return {}
         path = DEFAULT_CONFIG
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read config {path}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UsageError(f"config {path} is not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UsageError(f"config {path} must be a mapping at the top level")
-    return data
+        return service_config.read(path)
+    except service_config.ConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Path]:
@@ -153,6 +143,9 @@ def add_models(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    """find files by text (MobileCLIP) or by an example file (DINOv2)
+
+    Prints score, path and thumbnail path of the best matches, best first, tab-separated."""
     if not args.like and not args.query:
         raise UsageError('search needs words to look for ("a dog on a beach") or --like PATH')
     over = overrides(args)
@@ -171,22 +164,66 @@ def cmd_search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _command(
+    commands: argparse._SubParsersAction, common: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
+    """The parser of a top-level command without actions of its own (``search``, ``serve``): named after
+    ``cmd_<name>``, its help the docstring's first line, its description the rest."""
+    summary, _, description = (func.__doc__ or "").strip().partition("\n\n")
+    name = func.__name__.removeprefix("cmd_")
+    parser = commands.add_parser(name, parents=[common], help=summary, description=" ".join(description.split()))
+    parser.set_defaults(func=func)
+    return parser
+
+
 def add_search(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    parser = commands.add_parser(
-        "search",
-        parents=[common],
-        help="find files by text (MobileCLIP) or by an example file (DINOv2)",
-        description="Prints score, path and thumbnail path of the best matches, best first, tab-separated.",
-    )
+    parser = _command(commands, common, cmd_search)
     parser.add_argument("query", nargs="*", help='words to look for, e.g. "a dog on a beach"')
     parser.add_argument("--like", metavar="PATH", help="find files that look like this one instead")
     parser.add_argument("--results", default="results", help="the pipeline's results directory")
     parser.add_argument("--top", type=int, default=20, help="how many files to show")
-    parser.set_defaults(func=cmd_search)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """run the HTTP service (docs/service.md)
+
+    Serves cl_ml_tools.master:app with uvicorn; settings from the config's server section."""
+    try:
+        config = service_config.load(args.config)
+    except service_config.ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        import uvicorn
+    except ImportError:
+        raise UsageError("the service needs its extra dependencies: pip install -e '.[service]'") from None
+    server = config.server
+    # The app reads its config when it starts, in every worker process: hand it the same file.
+    os.environ[service_config.CONFIG_ENV] = str(config.path)
+    uvicorn.run(
+        "cl_ml_tools.master:app",
+        host=args.host or server["host"],
+        port=args.port or server["port"],
+        workers=args.workers or server["workers"],
+        log_level=server["log_level"],
+        # Requests waiting for a job (?wait=) would otherwise hold a stop up for as long as they wait.
+        timeout_graceful_shutdown=5,
+    )
+    return EXIT_OK
+
+
+def add_serve(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = _command(commands, common, cmd_serve)
+    parser.add_argument("--host", help="address to listen on (default: server.host)")
+    parser.add_argument("--port", type=int, help="port to listen on (default: server.port)")
+    parser.add_argument("--workers", type=int, help="server processes (default: server.workers)")
 
 
 # Each entry registers one top-level command: (subparsers, parent parser holding the shared options).
-COMMANDS: list[Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]] = [add_models, add_search]
+COMMANDS: list[Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]] = [
+    add_models,
+    add_search,
+    add_serve,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,180 @@
+"""The service's plugins: each job type runs one pipeline step on one uploaded file and answers with the rows
+that step's table would have for that file.
+
+| plugin | pipeline step (table) | accepts (sniffed from the bytes) | runs |
+|---|---|---|---|
+| ``hash`` | ``hashes`` | any file | (thumbnails, for a video's poster) → hashes |
+| ``media_thumbnail`` | ``thumbnails`` | images, videos | thumbnails |
+| ``face_detection`` | ``faces`` | images, videos | thumbnails → faces |
+| ``face_embedding`` | ``face_embeddings`` | images, videos | thumbnails → faces → face_embeddings |
+| ``dino_embedding`` | ``dino`` | images, videos | thumbnails → dino |
+| ``clip_embedding`` | ``clip`` | images, videos | thumbnails → clip |
+| ``exif`` | ``exif`` | any file | exif |
+| ``hls_streaming`` | ``hls`` | videos | hls |
+
+A job's options are the keys of its step's section in ``config.yaml`` (``hashes.pixel``,
+``thumbnails.preview_size`` …; not ``enabled``), given as form fields beside the file; the server's config
+gives the rest, and the workflow's schema checks the result. This module is the light half, imported by the
+HTTP server; the steps run in :mod:`cl_ml_tools.runner`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import yaml
+
+from . import tables
+from .service_config import SCHEMA
+
+IMAGES_AND_VIDEOS = frozenset({"image", "video"})
+INPUT = "service"
+"""The ``input`` column of a job's rows (the pipeline puts the input directory's name there)."""
+ARCHIVE = "archive"
+"""``POST /jobs/archive``: the whole pipeline over the configured inputs (no upload, no options)."""
+
+
+@dataclass(frozen=True)
+class Plugin:
+    name: str
+    step: str
+    """The pipeline step whose function the plugin calls and whose table's columns its rows have."""
+    kinds: frozenset[str] | None
+    """File kinds accepted (``inventory.sniff_bytes``); None: every non-empty file."""
+    batchable: bool = False
+    """Queued jobs of this plugin with equal options may be handed to one call of the step (one exiftool
+    process for many files, as in the pipeline)."""
+
+    def accepts(self, kind: str) -> bool:
+        return self.kinds is None or kind in self.kinds
+
+    def describe_kinds(self) -> str:
+        if self.kinds is None:
+            return "any file"
+        return " and ".join(f"{k}s" for k in sorted(self.kinds))
+
+
+PLUGINS: dict[str, Plugin] = {
+    p.name: p
+    for p in (
+        Plugin("hash", "hashes", None, batchable=True),
+        Plugin("media_thumbnail", "thumbnails", IMAGES_AND_VIDEOS),
+        Plugin("face_detection", "faces", IMAGES_AND_VIDEOS),
+        Plugin("face_embedding", "face_embeddings", IMAGES_AND_VIDEOS),
+        Plugin("dino_embedding", "dino", IMAGES_AND_VIDEOS),
+        Plugin("clip_embedding", "clip", IMAGES_AND_VIDEOS),
+        Plugin("exif", "exif", None, batchable=True),
+        Plugin("hls_streaming", "hls", frozenset({"video"})),
+    )
+}
+NOT_OPTIONS = ("enabled",)
+MAX_OPTIONS = 32
+
+# What each plugin's models are chosen by: (step section, key) for every model the plugin loads.
+MODEL_KEYS: dict[str, tuple[str, ...]] = {
+    "face_detection": ("faces",),
+    "face_embedding": ("faces", "face_embeddings"),
+    "dino_embedding": ("dino",),
+    "clip_embedding": ("clip",),
+}
+
+
+class OptionsError(ValueError):
+    """Options a client sent that the plugin does not take or that fail the schema; worded for the client."""
+
+
+@functools.cache
+def _step_schemas() -> dict[str, dict[str, Any]]:
+    schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+    return {p.step: schema["properties"][p.step] for p in PLUGINS.values()}
+
+
+def option_names(plugin: Plugin) -> list[str]:
+    return [k for k in _step_schemas()[plugin.step].get("properties", {}) if k not in NOT_OPTIONS]
+
+
+def _value(text: str) -> Any:
+    """A form field's value: JSON when it parses (numbers, booleans, lists), else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_options(plugin: Plugin, fields: Mapping[str, str], config: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of a job from its form fields, checked with the step's schema over the server's section."""
+    import jsonschema
+
+    allowed = option_names(plugin)
+    if len(fields) > MAX_OPTIONS:
+        raise OptionsError(f"too many form fields ({len(fields)}); the most is {MAX_OPTIONS}")
+    unknown = sorted(k for k in fields if k not in allowed)
+    if unknown:
+        takes = ", ".join(allowed) if allowed else "no options"
+        raise OptionsError(f"plugin {plugin.name} does not take {', '.join(map(repr, unknown))}; it takes {takes}")
+    options = {k: _value(v) for k, v in sorted(fields.items())}
+    merged = {**config.get(plugin.step, {}), **options}
+    validator = jsonschema.Draft202012Validator(_step_schemas()[plugin.step])
+    errors = sorted(validator.iter_errors(merged), key=lambda e: list(e.path))
+    if errors:
+        first = errors[0]
+        where = ".".join(str(p) for p in first.path) or plugin.step
+        raise OptionsError(f"option {where}: {first.message}")
+    return options
+
+
+def model_ids(plugin: str, config: Mapping[str, Any], options: Mapping[str, Any]) -> list[str]:
+    """The models a job of ``plugin`` would load with these options."""
+    step = PLUGINS[plugin].step
+    return [
+        (options if section == step else {}).get("model") or config[section]["model"]
+        for section in MODEL_KEYS.get(plugin, ())
+    ]
+
+
+# Formats named by inventory.sniff_bytes → the MIME type reported for an upload.
+MIME_TYPES = {
+    "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp", "heic": "image/heic",
+    "heif": "image/heif", "avif": "image/avif", "tiff": "image/tiff", "bmp": "image/bmp",
+    "dng": "image/x-adobe-dng", "cr2": "image/x-canon-cr2", "cr3": "image/x-canon-cr3", "nef": "image/x-nikon-nef",
+    "arw": "image/x-sony-arw", "orf": "image/x-olympus-orf", "rw2": "image/x-panasonic-rw2",
+    "raf": "image/x-fuji-raf", "pef": "image/x-pentax-pef", "srw": "image/x-samsung-srw",
+    "mp4": "video/mp4", "mov": "video/quicktime", "3gp": "video/3gpp", "mkv": "video/x-matroska",
+    "webm": "video/webm", "avi": "video/x-msvideo", "mpegts": "video/mp2t", "mpeg": "video/mpeg",
+    "wmv": "video/x-ms-wmv", "m4a": "audio/mp4", "mp3": "audio/mpeg", "wav": "audio/wav", "flac": "audio/flac",
+    "ogg": "audio/ogg", "text": "text/plain",
+}  # fmt: skip
+
+
+def mime_type(fmt: str) -> str:
+    return MIME_TYPES.get(fmt, "application/octet-stream")
+
+
+def jsonable(value: Any) -> Any:
+    """A value from ``pyarrow``'s ``to_pylist`` as JSON allows it: timestamps in ISO 8601, NaN as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def table_rows(step: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with exactly the step's table columns and types (``tables.to_arrow``), as JSON-safe dicts."""
+    return [jsonable(r) for r in tables.to_arrow(step, rows).to_pylist()]
+
+
+def columns(plugin: str) -> list[str]:
+    return tables.SCHEMAS[PLUGINS[plugin].step].names
