@@ -23,7 +23,7 @@ COPY pyproject.toml README.md Snakefile config.yaml ./
 COPY src ./src
 COPY workflow ./workflow
 COPY profiles ./profiles
-# Editable, so that the service finds the workflow (its schema, and the Snakefile for the archive job) beside
+# Editable, so that the service finds the workflow (the Snakefile for the archive job) beside
 # the package, as in a checkout.
 RUN pip install -e '.[service]'
 COPY deploy/config.yaml /etc/cl_ml_tools/config.yaml

@@ -11,7 +11,7 @@ from cl_ml_tools import hls
 
 
 def test_plan_ladder_never_upscales() -> None:
-    ladder = hls.DEFAULT_LADDER
+    ladder = hls.Settings().ladder
     assert [r.height for r in hls.plan_ladder(ladder, 1080)] == [720, 480, 240]
     assert [r.height for r in hls.plan_ladder(ladder, 720)] == [720, 480, 240]
     assert [r.height for r in hls.plan_ladder(ladder, 500)] == [480, 240]

@@ -94,10 +94,11 @@ class ImageEncoder(models.OnnxModel):
 
 @dataclass(frozen=True)
 class Settings(StepSettings):
-    """The settings of the dino and clip steps."""
+    """The settings of the dino and clip steps: two config sections, so the class has no defaults of its own
+    (the schema fills them into each section)."""
 
     model: str
-    batch_size: int = 8
+    batch_size: int
 
 
 def load(path: str | Path, preprocess: Preprocess) -> np.ndarray:

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from . import models
+from .config import schema_defaults
 from .faces import CROP_SIZE
 from .steps import Row, StepSettings, describe
 from .tables import STATUS_OK, base_row, error_row
@@ -19,9 +20,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+@schema_defaults("face_embeddings")
 class Settings(StepSettings):
-    model: str = "arcface_w600k_mbf"
-    batch_size: int = 64
+    model: str
+    batch_size: int
 
 
 def preprocess(crops: np.ndarray, recipe: models.ImageInput) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from . import imaging, models
+from .config import schema_defaults
 from .fileio import atomic_path
 from .steps import MediaError, Row, StepSettings, map_files
 from .tables import KEYPOINTS, STATUS_OK, base_row
@@ -44,16 +45,17 @@ TEMPLATE_EYE_DISTANCE = float(np.linalg.norm(TEMPLATE[1] - TEMPLATE[0]))
 
 
 @dataclass(frozen=True)
+@schema_defaults("faces")
 class Settings(StepSettings):
-    model: str = "face_detection_full_range_sparse"
-    min_score: float = 0.5
-    min_size: int = 20
-    tile_size: int = 320
-    min_overlap: int = 32
-    nms_iou: float = 0.3
-    crop_quality: int = 95
-    crop_from_original: bool = True
-    max_pixels: int = imaging.DEFAULT_MAX_PIXELS
+    model: str
+    min_score: float
+    min_size: int
+    tile_size: int
+    min_overlap: int
+    nms_iou: float
+    crop_quality: int
+    crop_from_original: bool
+    max_pixels: int
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from . import imaging, video
+from .config import schema_defaults
 from .inventory import media_kind
 from .steps import Converters, MediaError, Row, StepSettings, describe, map_files
 from .tables import STATUS_SKIPPED, base_row
@@ -96,14 +97,15 @@ def video_sha512(path: str | os.PathLike[str]) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
+@schema_defaults("hashes")
 class Settings(StepSettings):
     CONVERT: ClassVar[Converters] = {"bytes": tuple}
 
-    bytes: tuple[str, ...] = ("sha512", "md5")
-    pixel: bool = True
-    video: bool = True
-    perceptual: bool = True
-    max_pixels: int = imaging.DEFAULT_MAX_PIXELS
+    bytes: tuple[str, ...]
+    pixel: bool
+    video: bool
+    perceptual: bool
+    max_pixels: int
 
 
 def hash_image(path: str, fmt: str, settings: Settings) -> dict[str, Any]:

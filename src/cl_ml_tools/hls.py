@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from . import video
+from .config import schema_defaults
 from .steps import Converters, MediaError, Row, StepSettings, map_files, select
 from .tables import base_row
 
@@ -28,17 +29,15 @@ class Rung:
         return f"{self.height}p"
 
 
-DEFAULT_LADDER = (Rung(720, 2800, 128), Rung(480, 1400, 96), Rung(240, 400, 64))
-
-
 @dataclass(frozen=True)
+@schema_defaults("hls")
 class Settings(StepSettings):
     CONVERT: ClassVar[Converters] = {"ladder": lambda rungs: tuple(Rung(**r) for r in rungs)}
 
-    ladder: tuple[Rung, ...] = DEFAULT_LADDER
-    segment_s: float = 2.0
-    preset: str = "veryfast"
-    threads: int = 0  # ffmpeg's -threads; 0 lets it choose
+    ladder: tuple[Rung, ...]
+    segment_s: float
+    preset: str
+    threads: int  # ffmpeg's -threads; 0 lets it choose
 
 
 def plan_ladder(ladder: Sequence[Rung], source_height: int) -> list[Rung]:

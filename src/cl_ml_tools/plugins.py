@@ -28,10 +28,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-import yaml
-
+from . import config as settings
 from . import tables
-from .service_config import SCHEMA
 
 IMAGES_AND_VIDEOS = frozenset({"image", "video"})
 INPUT = "service"
@@ -91,8 +89,7 @@ class OptionsError(ValueError):
 
 @functools.cache
 def _step_schemas() -> dict[str, dict[str, Any]]:
-    schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
-    return {p.step: schema["properties"][p.step] for p in PLUGINS.values()}
+    return {p.step: settings.section_schema(p.step) for p in PLUGINS.values()}
 
 
 def option_names(plugin: Plugin) -> list[str]:

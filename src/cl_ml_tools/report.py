@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .config import schema_defaults
 from .fileio import atomic_path, write_bytes_atomic
 from .steps import StepSettings
 
@@ -40,12 +41,13 @@ table { border-collapse: collapse; } td, th { border-bottom: 1px solid #ddd; pad
 
 
 @dataclass(frozen=True)
+@schema_defaults("report")
 class Settings(StepSettings):
-    gallery_size: int = 200
-    faces_per_person: int = 12
-    people: int = 50
-    duplicate_groups: int = 50
-    errors: int = 500
+    gallery_size: int
+    faces_per_person: int
+    people: int
+    duplicate_groups: int
+    errors: int
 
 
 def data_uri(path: str | os.PathLike[str]) -> str:

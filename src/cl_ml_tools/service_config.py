@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+from . import config as settings
+
 CONFIG_ENV = "CL_ML_TOOLS_CONFIG"
 DEFAULT_CONFIG = "config.yaml"
 
@@ -66,17 +66,12 @@ def apply_environment(config: dict[str, Any], environ: Mapping[str, str]) -> dic
 
 
 def validate(config: dict[str, Any]) -> dict[str, Any]:
-    """Validate against the workflow's schema and fill in its defaults (Snakemake's own validator, so the
-    service accepts exactly what the pipeline accepts)."""
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate as snakemake_validate
-
-    config = copy.deepcopy(config)
+    """A copy of ``config`` checked against the schema the pipeline uses, its defaults filled in, so the
+    service accepts exactly what the pipeline accepts."""
     try:
-        snakemake_validate(config, str(SCHEMA), set_default=True)
-    except WorkflowError as exc:
-        raise ConfigError(" ".join(str(exc).split())[:2000]) from None
-    return config
+        return settings.validate(copy.deepcopy(config))
+    except settings.ConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def read(path: str | os.PathLike[str]) -> dict[str, Any]:

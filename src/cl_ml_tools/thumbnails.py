@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from . import imaging, video
+from .config import schema_defaults
 from .fileio import atomic_path
 from .inventory import media_kind
 from .steps import Row, StepSettings, map_files, select
@@ -26,14 +27,15 @@ POSTER_CANDIDATES_S = (0.5, 1.0, 2.0, 3.0, 5.0)
 
 
 @dataclass(frozen=True)
+@schema_defaults("thumbnails")
 class Settings(StepSettings):
-    thumb_size: int = 256
-    preview_size: int = 1024
-    format: str = "jpeg"  # or "webp"
-    quality: int = 85
-    video_frames: int = 8
-    sheet_grid: int = 4
-    max_pixels: int = imaging.DEFAULT_MAX_PIXELS
+    thumb_size: int
+    preview_size: int
+    format: str  # "jpeg" or "webp"
+    quality: int
+    video_frames: int
+    sheet_grid: int
+    max_pixels: int
 
     @property
     def extension(self) -> str:

@@ -1,15 +1,22 @@
 import sys
 from pathlib import Path
 
-from snakemake.utils import min_version, validate
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
 
+from cl_ml_tools import config as settings
 from cl_ml_tools import inventory, models, people
 from cl_ml_tools.report import PAGES as REPORT_PAGES
 
 min_version("9.0")
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+# The schema is the package's (src/cl_ml_tools/config.schema.yaml, shared with the service and the steps'
+# Settings); it fills in every default and takes the model choices from the registry.
+try:
+    settings.validate(config)
+except settings.ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
 
 RESULTS = Path(config["results"])
 INVENTORY = RESULTS / "inventory"
