@@ -16,6 +16,7 @@ Measured, best of ``--rounds``:
 - faces, ours: ``faces.faces_shard`` with ``--threads`` threads (read preview, whole-frame pass + tiles,
   NMS, alignment, crop JPEG) — img/s.
 - faces, ours with ``tile_size: 0`` (whole-frame pass only), for the cost of the tiles.
+- faces, ours with ``refine: false`` and with both, for the cost of measuring each face again.
 - faces, reference: MediaPipe's FaceDetector on each whole preview only (what a plain use of the Tasks API
   does), same threads — img/s. It finds far fewer of the small faces (recall is printed for both).
 - face embeddings, ours: ``face_embeddings.face_embeddings_shard`` over the crops (read crop, batch,
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict] = []
     whole_rows: list[dict] = []
+    rough_rows: list[dict] = []
+    fastest_rows: list[dict] = []
 
     def ours_detect(settings: faces.Settings = settings, into: list[dict] = rows) -> None:
         shutil.rmtree(work / "crops", ignore_errors=True)
@@ -159,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     det_ours = best_rate(ours_detect, len(files), args.rounds)
     det_ref = best_rate(ref_detect, len(files), args.rounds)
     det_whole = best_rate(lambda: ours_detect(faces.Settings(tile_size=0), whole_rows), len(files), args.rounds)
+    unrefined = faces.Settings(refine=False)
+    det_rough = best_rate(lambda: ours_detect(unrefined, rough_rows), len(files), args.rounds)
+    fastest = faces.Settings(tile_size=0, refine=False)
+    det_fastest = best_rate(lambda: ours_detect(fastest, fastest_rows), len(files), args.rounds)
     ours_detect()  # leave the default run's crops for the embedding step
     found = [r for r in rows if r["status"] == "ok"]
 
@@ -187,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{found_ref[0]}) | {det_ours / det_ref:.2f} |")  # fmt: skip
     print(f"| faces, `tile_size: 0` (img/s) | {det_whole:.1f} (found {len(whole_rows)}) | {det_ref:.1f} | "
           f"{det_whole / det_ref:.2f} |")  # fmt: skip
+    print(f"| faces, `refine: false` (img/s) | {det_rough:.1f} (found {len(rough_rows)}) | {det_ref:.1f} | "
+          f"{det_rough / det_ref:.2f} |")  # fmt: skip
+    print(f"| faces, `tile_size: 0`, `refine: false` (img/s) | {det_fastest:.1f} (found {len(fastest_rows)}) | "
+          f"{det_ref:.1f} | {det_fastest / det_ref:.2f} |")  # fmt: skip
     print(f"| face_embeddings (faces/s) | {emb_ours:.1f} | {emb_ref:.1f} (onnxruntime, unmodified graph, model "
           f"only) | {emb_ours / emb_ref:.2f} |")  # fmt: skip
     return 0

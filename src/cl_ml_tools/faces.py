@@ -53,6 +53,7 @@ class Settings(StepSettings):
     tile_size: int
     min_overlap: int
     nms_iou: float
+    refine: bool
     crop_quality: int
     crop_from_original: bool
     max_pixels: int
@@ -145,7 +146,8 @@ class Detector:
         # Tiles let the network answer on 12–19 px patches of texture; on noise it finds "faces" there with
         # scores up to 0.6. A face that small is no use for recognition anyway.
         found = [d for d in found if d.box[2] - d.box[0] >= self.settings.min_size]
-        return [self.refine(rgb, d) for d in suppress(found, self.settings.nms_iou)]
+        kept = suppress(found, self.settings.nms_iou)
+        return [self.refine(rgb, d) for d in kept] if self.settings.refine else kept
 
     def refine(self, rgb: np.ndarray, det: Detection) -> Detection:
         """``det`` with its box and keypoints measured again on crops framed around the face alone.
