@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def ours_detect(settings: faces.Settings = settings, into: list[dict] = rows) -> None:
         shutil.rmtree(work / "crops", ignore_errors=True)
-        into[:] = faces.faces_shard(files, thumbs, args.blazeface, work / "crops", settings, threads=args.threads)
+        with faces.Detector(args.blazeface, settings) as detector:
+            into[:] = faces.faces_shard(files, thumbs, detector, work / "crops", threads=args.threads)
 
     found_ref = [0]
 

@@ -40,9 +40,8 @@ def test_every_step_decodes_the_original_at_full_size_at_most_once(tmp_path: Pat
 
     hashes.hash_shard(files, hashes.Settings())  # the one full decode: pixel_sha512
     thumbs = thumbnails.thumbnail_shard(files, tmp_path / "thumbs", thumbnails.Settings())
-    found = faces.faces_shard(
-        files, thumbs, test_models["face_detection_full_range_sparse"], tmp_path / "faces", faces.Settings()
-    )
+    with faces.Detector(test_models["face_detection_full_range_sparse"], faces.Settings()) as detector:
+        found = faces.faces_shard(files, thumbs, detector, tmp_path / "faces")
     assert any(row["crop_source"] == "original" for row in found)  # the small face was cut from the original
     dino = models.locate("dinov2_small", {"dinov2_small": dinov2(tmp_path / "dino.onnx")})
     embeddings.embed_shard(thumbs, embeddings.ImageEncoder(dino), batch_size=8)

@@ -33,7 +33,8 @@ def upright(path: Path) -> Image.Image:
 def run_faces(paths: list[Path], tmp: Path, network: Path, **settings) -> list[dict]:
     files = [file_row(p, media_id=f"{i:016x}") for i, p in enumerate(paths)]
     thumbs = thumbnails.thumbnail_shard(files, tmp / "thumbs", thumbnails.Settings())
-    return faces.faces_shard(files, thumbs, network, tmp / "faces", faces.Settings(**settings))
+    with faces.Detector(network, faces.Settings(**settings)) as detector:
+        return faces.faces_shard(files, thumbs, detector, tmp / "faces")
 
 
 def test_astronaut_has_one_face_at_the_right_place(tmp_path: Path, test_models) -> None:
@@ -281,8 +282,8 @@ def test_every_preview_frame_of_a_video_is_searched(tmp_path: Path, test_models)
     )  # fmt: skip
     files = [file_row(video)]
     thumbs = thumbnails.thumbnail_shard(files, tmp_path / "thumbs", thumbnails.Settings(video_frames=4))
-    rows = faces.faces_shard(files, thumbs, test_models["face_detection_full_range_sparse"], tmp_path / "faces",
-                             faces.Settings())  # fmt: skip
+    with faces.Detector(test_models["face_detection_full_range_sparse"], faces.Settings()) as detector:
+        rows = faces.faces_shard(files, thumbs, detector, tmp_path / "faces")
     assert [r["frame_index"] for r in rows] == [0, 1, 2, 3]
     assert [r["timestamp_s"] for r in rows] == pytest.approx([0.0, 0.5, 1.0, 1.5])
     assert all(r["crop_source"] == "preview" and r["face_index"] == 0 for r in rows)

@@ -375,13 +375,14 @@ def faces_of_file(
 def faces_shard(
     files: Sequence[Mapping[str, Any]],
     thumbnails: Sequence[Mapping[str, Any]],
-    model_path: str | Path,
+    detector: Detector,
     out_dir: Path,
-    settings: Settings,
     threads: int = 1,
 ) -> list[Row]:
-    """Faces of every file of a shard that has preview frames; files whose thumbnails failed get an error
-    row, files with no face get no row."""
+    """Faces of every file of a shard that has preview frames, found by ``detector`` with its settings; files
+    whose thumbnails failed get an error row, files with no face get no row. The caller owns the detector,
+    so that a long-lived process (the service's runner) loads its graphs once, not per call."""
+    settings = detector.settings
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     previews: dict[str, list[Mapping[str, Any]]] = {}
@@ -392,11 +393,10 @@ def faces_shard(
         elif row["role"] == "preview":
             previews.setdefault(row["media_id"], []).append(row)
     wanted = [f for f in files if f["media_id"] in previews or f["media_id"] in failed]
-    with Detector(model_path, settings) as detector:
-        return map_files(
-            lambda f: faces_of_file(
-                detector, f, previews.get(f["media_id"], []), out_dir, settings, failed.get(f["media_id"])
-            ),
-            wanted,
-            threads,
-        )
+    return map_files(
+        lambda f: faces_of_file(
+            detector, f, previews.get(f["media_id"], []), out_dir, settings, failed.get(f["media_id"])
+        ),
+        wanted,
+        threads,
+    )

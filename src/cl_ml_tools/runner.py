@@ -37,7 +37,8 @@ Progress = Callable[[float, str], None]
 
 
 class Toolbox:
-    """What a runner keeps between calls: resolved models and loaded ONNX sessions, keyed by model id."""
+    """What a runner keeps between calls: resolved models, loaded ONNX sessions (keyed by model id) and face
+    detectors (keyed by their settings)."""
 
     def __init__(self, config: Mapping[str, Any], threads: int):
         self.config = config
@@ -58,6 +59,11 @@ class Toolbox:
     def arcface(self, model_id: str) -> face_embeddings.ArcFace:
         load = lambda: face_embeddings.ArcFace(self.resolved(model_id), self.threads, self.runtime.device)  # noqa: E731
         return self._cached("arcface", model_id, load)
+
+    def detector(self, settings: faces.Settings) -> faces.Detector:
+        """A face detector for these settings, its MediaPipe graphs loaded once for every later job."""
+        load = lambda: faces.Detector(self.resolved(settings.model).path, settings)  # noqa: E731
+        return self._cached("faces", repr(settings), load)
 
     def encoder(self, step: str, model_id: str) -> embeddings.ImageEncoder:
         load = lambda: embeddings.ImageEncoder(self.resolved(model_id), self.threads, self.runtime.device)  # noqa: E731
@@ -105,11 +111,11 @@ def run_thumbnails(call: Call, box: Toolbox, progress: Progress) -> list[Row]:
 
 def _faces(call: Call, box: Toolbox, progress: Progress, options: Mapping[str, Any], crops: Path) -> list[Row]:
     settings = faces.Settings.from_config(box.section("faces", options))
-    model = box.resolved(settings.model)
+    detector = box.detector(settings)
     progress(0.0, "thumbnails")
     previews = _previews(call, box)
     progress(0.4, "faces")
-    return faces.faces_shard(call.files, previews, model.path, crops, settings, box.threads)
+    return faces.faces_shard(call.files, previews, detector, crops, box.threads)
 
 
 def run_faces(call: Call, box: Toolbox, progress: Progress) -> list[Row]:

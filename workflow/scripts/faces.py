@@ -9,5 +9,6 @@ with steps.work():
     files = tables.read_part(snakemake.input.files)
     thumbnails = tables.read_part(snakemake.input.thumbnails)
     crops = Path(snakemake.output.crops)
-    rows = faces.faces_shard(files, thumbnails, model.path, crops, settings, threads=snakemake.threads)
+    with faces.Detector(model.path, settings) as detector:
+        rows = faces.faces_shard(files, thumbnails, detector, crops, threads=snakemake.threads)
     tables.write_part("faces", rows, snakemake.output.part)
