@@ -13,7 +13,8 @@ Measured, each as a separate process where Snakemake is involved (wall seconds):
 3. A finished run, materialised: running ~9000 jobs for real would take hours of interpreter start-ups on
    2 cores and measure nothing about scale, so the script writes every job's output itself, in DAG order (the
    real ``files`` rows; schema-valid placeholder rows for the other steps, one per file; the model records;
-   the tables via the real consolidation), leaving the results directory as a finished run leaves it, minus
+   the tables via the real consolidation; empty duplicates and people tables and placeholder report
+   pages), leaving the results directory as a finished run leaves it, minus
    Snakemake's per-job metadata records. Then ``snakemake -n`` and a real ``snakemake`` with nothing to do.
 4. One file added: ``snakemake -n`` again, and the job counts it schedules.
 5. Consolidation at 1e6 rows: ``tables.consolidate`` of the 1000 parts of ``files``.
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from cl_ml_tools import inventory, models, tables
+from cl_ml_tools import inventory, models, report, tables
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -58,8 +59,10 @@ def make_archive(root: Path, n: int) -> None:
     marker.write_text(str(n))
 
 
-def write_config(work: Path, archive: Path) -> dict:
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+def write_config(work: Path, archive: Path, repo: Path = REPO) -> dict:
+    """``repo``'s config.yaml with every step on, ``archive`` as input and placeholder model files (the
+    scale benchmarks never run a model)."""
+    config = yaml.safe_load((repo / "config.yaml").read_text())
     config["inputs"] = {"big": str(archive)}
     config["results"] = str(work / "results")
     placeholders = work / "models"
@@ -68,7 +71,7 @@ def write_config(work: Path, archive: Path) -> dict:
     for step in ("faces", "face_embeddings", "dino", "clip"):
         model_id = config[step]["model"]
         path = placeholders / models.REGISTRY[model_id].files[0].name
-        path.write_bytes(b"placeholder: bench_scale.py never runs a model\n")
+        path.write_bytes(b"placeholder: the scale benchmarks never run a model\n")
         config["models"][model_id] = {"path": str(path)}
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     return config
@@ -114,6 +117,10 @@ def materialise(config: dict) -> float:
         parts = [results / "parts" / step / f"{shard}.parquet" for shard in shards]
         tables.consolidate(step, parts, results / "tables" / f"{step}.parquet")
     tables.write_part("duplicates", [], results / "tables" / "duplicates.parquet")
+    tables.write_part("people", [], results / "tables" / "people.parquet")
+    for page in report.PAGES:  # last: the report reads every table
+        (results / "report").mkdir(parents=True, exist_ok=True)
+        (results / "report" / page).write_text("placeholder written by bench_scale.py\n")
     return time.perf_counter() - start
 
 

@@ -202,3 +202,123 @@ def test_a_file_that_vanishes_after_the_scan_gets_error_rows(tmp_path: Path) -> 
         kept = [r for r in rows if Path(r["path"]).name == "kept.png"]
         assert len(gone) == 1 and gone[0]["status"] == "error" and "No such file" in gone[0]["error"], (step, gone)
         assert kept and all(r["status"] == "ok" for r in kept), step
+
+
+def shard_files(inv: Path) -> dict[str, bytes]:
+    """Every file the scan writes that Snakemake or a rule reads: the lists and their sizes."""
+    return {p.name: p.read_bytes() for p in sorted(inv.glob("*.jsonl"))} | {
+        inventory.SIZES_FILE: (inv / inventory.SIZES_FILE).read_bytes()
+    }
+
+
+def count_scans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The roots the full scan walks from now on (none when the snapshot shows that nothing changed)."""
+    walked: list[str] = []
+    real = inventory._scan_root
+
+    def spy(name, root, *args):
+        walked.append(name)
+        yield from real(name, root, *args)
+
+    monkeypatch.setattr(inventory, "_scan_root", spy)
+    return walked
+
+
+def test_an_unchanged_archive_is_not_scanned_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, inv = tmp_path / "root", tmp_path / "inv"
+    make_tree(root)
+    os.symlink(root / "a.jpg", root / "sub" / "link.jpg")
+    first = inventory.update_inventory({"in": root}, inv, ["*"], [".*"], shard_size=1)
+    written = shard_files(inv)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in inv.iterdir()}
+    walked = count_scans(monkeypatch)
+    assert inventory.update_inventory({"in": root}, inv, ["*"], [".*"], shard_size=1) == (first[0], [])
+    assert walked == [], "nothing changed, yet the archive was scanned again"
+    assert shard_files(inv) == written and {p.name: p.stat().st_mtime_ns for p in inv.iterdir()} == mtimes
+
+
+def _rewrite_in_place(root: Path) -> None:
+    """New bytes of the same length, the inode kept: the folder's own entry does not change."""
+    path = root / "sub" / "b.png"
+    st = path.stat()
+    with open(path, "r+b") as fh:
+        fh.write(b"\x00" * st.st_size)
+    # An explicit later mtime: the write may land in the clock tick of the file's creation.
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def _replace_excluded_file_by_folder(root: Path) -> None:
+    (root / "Thumbs.db").unlink()
+    (root / "Thumbs.db").mkdir()  # the glob "Thumbs.db" excludes the file, not what is inside the folder
+    (root / "Thumbs.db" / "x.jpg").write_bytes(b"\xff\xd8\xff")
+
+
+def _folder_becomes_a_link(root: Path) -> None:
+    (root / "sub" / "deeper" / "c d é.txt").rename(root / "moved.txt")
+    (root / "sub" / "deeper").rmdir()
+    os.symlink(root / "other", root / "sub" / "deeper")
+
+
+def _fifo_becomes_a_file(root: Path) -> None:
+    (root / "pipe.jpg").unlink()
+    (root / "pipe.jpg").write_bytes(b"\xff\xd8\xff")
+
+
+CHANGES = {
+    "file added": lambda root: (root / "sub" / "new.jpg").write_bytes(b"\xff\xd8\xff"),
+    "file removed": lambda root: (root / "a.jpg").unlink(),
+    "file rewritten in place": _rewrite_in_place,
+    "mtime changed only": lambda root: os.utime(root / "a.jpg", ns=(0, 1_000_000_000)),
+    "file renamed": lambda root: (root / "a.jpg").rename(root / "sub" / "a.jpg"),
+    "excluded file replaced by a folder": _replace_excluded_file_by_folder,
+    "folder replaced by a symlink": _folder_becomes_a_link,
+    "symlink retargeted": lambda root: (
+        (root / "link.jpg").unlink() or os.symlink(root / "sub" / "b.png", root / "link.jpg")
+    ),
+    "symlink target rewritten": lambda root: (root / "other" / "target.jpg").write_bytes(b"\xff\xd8\xff longer"),
+    "fifo replaced by a file": _fifo_becomes_a_file,
+    "file added in a new folder": lambda root: (root / "new").mkdir() or (root / "new" / "n.jpg").write_bytes(b"x"),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_every_change_is_noticed(tmp_path: Path, change: str) -> None:
+    """After each change the lists are exactly those a scan into a fresh directory writes, and exactly the
+    lists whose bytes changed were rewritten."""
+    root, inv = tmp_path / "root", tmp_path / "inv"
+    make_tree(root)
+    (root / "Thumbs.db").write_bytes(b"excluded")
+    (root / "other").mkdir()
+    (root / "other" / "target.jpg").write_bytes(b"\xff\xd8\xff")
+    os.symlink(root / "other" / "target.jpg", root / "link.jpg")
+    os.mkfifo(root / "pipe.jpg")
+    settings = (["*"], [".*", "Thumbs.db"])
+    n, _ = inventory.update_inventory({"in": root}, inv, *settings, shard_size=1)
+    assert inventory.update_inventory({"in": root}, inv, *settings, shard_size=1) == (n, [])
+    before = shard_files(inv)
+    CHANGES[change](root)
+    _, rewritten = inventory.update_inventory({"in": root}, inv, *settings, shard_size=1)
+    inventory.update_inventory({"in": root}, tmp_path / "fresh", *settings, shard_size=1, shards=n)
+    after = shard_files(inv)
+    assert after == shard_files(tmp_path / "fresh")
+    assert after != before, "the change should show in some list"
+    differ = {name.removesuffix(".jsonl") for name in after if name.endswith(".jsonl") and after[name] != before[name]}
+    assert sorted(rewritten) == sorted(differ)
+
+
+def test_a_deleted_list_or_a_changed_setting_means_a_full_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, inv = tmp_path / "root", tmp_path / "inv"
+    make_tree(root)
+    n, _ = inventory.update_inventory({"in": root}, inv, ["*"], [], shard_size=1)
+    written = shard_files(inv)
+    walked = count_scans(monkeypatch)
+    (inv / "0001.jsonl").unlink()
+    assert inventory.update_inventory({"in": root}, inv, ["*"], [], shard_size=1) == (n, ["0001"])
+    assert shard_files(inv) == written and walked == ["in"]
+    _, rewritten = inventory.update_inventory({"in": root}, inv, ["*"], [".*"], shard_size=1)
+    assert walked == ["in", "in"] and len(rewritten) == 1, "the exclude setting changed: one list loses .hidden"
+    (inv / inventory.SNAPSHOT_FILE).write_bytes(b"not a snapshot")
+    assert inventory.update_inventory({"in": root}, inv, ["*"], [".*"], shard_size=1) == (n, [])
+    assert walked == ["in", "in", "in"]
+    assert inventory.update_inventory({"in": root}, inv, ["*"], [".*"], shard_size=1) == (n, [])
+    assert walked == ["in", "in", "in"], "the snapshot the last full scan wrote is used again"

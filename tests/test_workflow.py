@@ -304,6 +304,31 @@ def test_adding_one_file_reruns_one_shard_per_step(run) -> None:
     assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(work, "--dry-run"))
 
 
+def test_a_file_rewritten_in_place_reruns_its_shard(run) -> None:
+    """Rewritten in place (same name, same size) a file changes nothing in its folder: only its own mtime
+    tells, so the parse's check that nothing changed must stat every file, not trust the folders."""
+    work, _, _ = run
+    target = work / "archive" / "misc" / "notes.txt"
+    parts = {p: p.stat().st_mtime_ns for p in (work / "results" / "parts").rglob("*.parquet")}
+    folder = target.parent.stat().st_mtime_ns
+    st = target.stat()
+    with open(target, "r+b") as fh:
+        fh.write(target.read_bytes()[::-1])
+    new_mtime = st.st_mtime_ns + 1_000_000_000  # explicit: the write may share the clock tick of a scan
+    os.utime(target, ns=(st.st_atime_ns, new_mtime))
+    assert target.parent.stat().st_mtime_ns == folder and target.stat().st_size == st.st_size
+    counts = job_counts(snakemake(work, "--dry-run").stdout)
+    per_step = dict.fromkeys(STEPS, 1)
+    assert counts == {"all": 1, **per_step, "tables": len(STEPS), "duplicates": 1, "people": 1, "report": 1}, counts
+    snakemake(work)
+    shard = inventory.shard_names(3)[inventory.shard_index(inventory.media_id("photos", "misc/notes.txt"), 3)]
+    changed = {p for p, t in parts.items() if p.stat().st_mtime_ns != t}
+    assert {p.stem for p in changed} == {shard} and len(changed) == len(STEPS)
+    files = load(work, "files").set_index("relpath")
+    assert files.loc["misc/notes.txt", "mtime"].value == new_mtime
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(work, "--dry-run"))
+
+
 def comparable(df: pd.DataFrame) -> pd.DataFrame:
     """A table without the columns that name files under the results directory, in a fixed order."""
     drop = [c for c in ("file", "crop", "master", "variants", "mtime", "raw") if c in df.columns]
