@@ -362,8 +362,9 @@ def base_config(inputs: dict[str, str], results: Path, n_files: int) -> dict[str
     config["results"] = str(results)
     # One shard holding every file: one job per step, which is what --cores 2 with threads: 2 exercises.
     config["sharding"] = {"shard_size": max(1, n_files) + 1, "shards": None}
-    for step in ("hashes", "exif", "thumbnails", "hls"):
-        config[step]["enabled"] = False
+    for section in config.values():
+        if isinstance(section, dict) and isinstance(section.get("enabled"), bool):
+            section["enabled"] = False
     return config
 
 
