@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import REPO, snakemake, write_config
 
-from cl_ml_tools import config, face_embeddings, faces, hashes, hls, models, report, thumbnails
+from cl_ml_tools import config, duplicates, face_embeddings, faces, hashes, hls, models, people, report, thumbnails
 
 SETTINGS = {
     "hashes": hashes.Settings,
@@ -19,6 +19,8 @@ SETTINGS = {
     "faces": faces.Settings,
     "face_embeddings": face_embeddings.Settings,
     "report": report.Settings,
+    "duplicates": duplicates.Settings,
+    "people": people.Settings,
 }
 
 

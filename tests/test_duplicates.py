@@ -105,3 +105,58 @@ def test_pairs_are_found_across_blocks(monkeypatch) -> None:
     vectors[9] = unit(vectors[4] + 0.01)
     pairs = {(i, j) for i, j, _ in duplicates.similar_pairs(vectors, 0.99)}
     assert pairs == {(1, 8), (4, 9)}
+
+
+def planted(n_originals: int = 1500, seed: int = 1) -> tuple[list[dict], list[dict], list[dict]]:
+    """Row dicts of originals and their copies: byte copies, pixel copies, near copies (close embedding,
+    a few pHash bits), look-alikes (close embedding, unrelated pHash), copies about at the cosine threshold
+    (0.95) and near misses (about 0.91)."""
+    rng = np.random.default_rng(seed)
+    files, hashes, dino = [], [], []
+
+    def add(sha: str, pixel: str, phash: int, vector: np.ndarray) -> None:
+        media_id = f"m{len(files):05d}"
+        files.append(file_row(media_id, size=int(rng.integers(1000, 5000))))
+        hashes.append(hash_row(media_id, sha, pixel, phash))
+        dino.append(dino_row(media_id, 0, vector))
+
+    # Length of the random step away from the original, by kind of copy (cosine = 1 / sqrt(1 + step²)).
+    step = {2: 0.05, 3: 0.05, 4: 0.33, 5: 0.45}
+    for i in range(n_originals):
+        original, phash = unit(rng.normal(size=384)), int(rng.integers(0, 2**63))
+        add(f"s{i}", f"p{i}", phash, original)
+        for k, kind in enumerate(rng.choice(6, size=int(rng.integers(0, 3)))):
+            if kind < 2:  # a byte copy, or the same pixels in other bytes
+                add(f"s{i}" if kind == 0 else f"s{i}-{k}", f"p{i}", phash, original)
+                continue
+            vector = unit(original + step[kind] * unit(rng.normal(size=384)))
+            add(f"s{i}-{k}", f"p{i}-{k}", int(rng.integers(0, 2**63)) if kind == 3 else phash ^ k, vector)
+    return files, hashes, dino
+
+
+def test_the_index_finds_the_groups_of_the_exact_search() -> None:
+    files, hashes, dino = planted()
+    settings = duplicates.Settings()
+    exact = duplicates.find_duplicates(files, hashes, dino, settings)
+    assert set(groups(exact)) == {"exact", "pixel", "near"}
+    index = duplicates.find_duplicates(files, hashes, dino, settings, duplicates.neighbours.Search(exact_below=0))
+    assert index == exact
+
+
+def test_tables_on_disk_give_the_rows_of_the_dicts(tmp_path) -> None:
+    from cl_ml_tools import tables
+
+    files, hashes, dino = planted(300, seed=2)
+    hashes.append({**hash_row("gone", "s0", "p0", 1), "status": "error"})  # an error row joins nothing
+    dino.insert(5, {**dino_row(dino[0]["media_id"], 0, None), "status": "error"})  # a null embedding
+    rows = {"files": files, "hashes": hashes, "dino": dino}
+    for name, table in rows.items():
+        folder = tmp_path / f"{name}.parquet"
+        folder.mkdir()
+        full = [{"input": "t", "path": "/a", "error": None, **r} for r in table]
+        for part, start in enumerate((0, len(full) // 2)):
+            chunk = full[start : len(full) // 2] if part == 0 else full[start:]
+            tables.write_parquet(tables.to_arrow(name, chunk), folder / f"{part:04d}.parquet")
+    on_disk = duplicates.find_duplicates(*(tmp_path / f"{n}.parquet" for n in rows), duplicates.Settings())
+    assert on_disk == duplicates.find_duplicates(files, hashes, dino, duplicates.Settings())
+    assert on_disk

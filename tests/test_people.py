@@ -180,3 +180,43 @@ def test_pipeline_keeps_person_ids_when_photos_are_added(tmp_path: Path) -> None
     (hopper,) = [p for p, m in before.items() if "2023/hopper.jpg" in m]
     assert after[hopper] - before[hopper] == {f"0 new/hopper {i}.jpg" for i in range(3)}
     assert (tmp_path / "results" / "people" / "people_ids.parquet").exists()
+
+
+def test_the_index_gives_the_clusters_of_the_exact_search() -> None:
+    from cl_ml_tools import neighbours
+
+    rng = np.random.default_rng(40)
+    matrix, truth = identities(250, 8, seed=4)
+    strangers = l2_normalise(rng.normal(size=(500, 512))).astype(np.float32)
+    matrix = np.vstack([matrix, strangers])
+    quality = np.where(rng.random(len(matrix)) < 0.15, 0.05, 0.8).astype(np.float32)
+    exact = people.cluster(matrix, quality, SETTINGS)
+    index = people.cluster(matrix, quality, SETTINGS, neighbours.Search(exact_below=0))
+    assert same_partition(index, exact)
+    assert len(set(exact.tolist()) - {-1}) == 250 and (exact[len(truth) :] == -1).all()
+
+
+def test_read_faces_joins_the_tables_in_key_order(tmp_path: Path) -> None:
+    from cl_ml_tools import tables
+
+    rng = np.random.default_rng(5)
+    n = 40
+    embeddings = rng.normal(size=(n, 512)).astype(np.float32)
+    keys = [(f"m{i // 3:03d}", 0, i % 3) for i in range(n)][::-1]  # not in key order
+    common = [{"media_id": m, "input": "t", "path": f"/a/{m}", "status": "ok", "error": None,
+               "frame_index": f, "face_index": k} for m, f, k in keys]  # fmt: skip
+    faces = [{**c, "quality": float(i), "crop": f"/c/{i}"} for i, c in enumerate(common)]
+    emb = [{**c, "embedding": e, "model": "x"} for c, e in zip(common, embeddings, strict=True)]
+    emb[3] = {**emb[3], "status": "error", "error": "bad", "embedding": None}  # left out, rows stay aligned
+    faces[7] = {**faces[7], "status": "error"}
+    for name, rows in (("faces", faces), ("face_embeddings", emb)):
+        (tmp_path / name).mkdir()
+        for part, chunk in enumerate((rows[:25], rows[25:])):
+            tables.write_parquet(tables.to_arrow(name, chunk), tmp_path / name / f"{part:04d}.parquet")
+    read = people.read_faces(tmp_path / "faces", tmp_path / "face_embeddings")
+    kept = [i for i in range(n) if i not in (3, 7)]
+    order = sorted(kept, key=lambda i: keys[i])
+    assert read.keys == [FaceKey(*keys[i]) for i in order]
+    assert np.allclose(read.matrix, l2_normalise(embeddings[order]))
+    assert read.quality.tolist() == [float(i) for i in order]
+    assert read.crop == [f"/c/{i}" for i in order]

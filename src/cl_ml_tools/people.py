@@ -1,9 +1,11 @@
 """People: the archive's face embeddings clustered into persons, with person ids that survive reruns.
 
-Clustering is scikit-learn's DBSCAN on the L2-normalised ArcFace embeddings: two faces are neighbours when
-their cosine distance is at most ``max_distance`` (computed as the Euclidean distance of unit vectors,
-|a − b|² = 2 − 2·cos, which scikit-learn computes in bounded chunks with BLAS), and a person is a connected
-group of faces each with at least ``min_faces`` − 1 neighbours. DBSCAN rather than HDBSCAN:
+Clustering is DBSCAN on the L2-normalised ArcFace embeddings: two faces are neighbours when their cosine
+distance is at most ``max_distance``, and a person is a connected group of faces each with at least
+``min_faces`` − 1 neighbours. The labels are scikit-learn's DBSCAN's (``neighbours.dbscan``: the same core
+points, clusters and numbering, from neighbour pairs found a block at a time instead of one neighbour list
+per face); up to 20 000 faces every pair is compared, above that faiss's inverted file proposes the pairs
+(docs/design.md: why, and how many it misses). DBSCAN rather than HDBSCAN:
 on well-separated identities HDBSCAN either finds nothing in an archive of one person or, allowed a single
 cluster, merges everyone (tests/test_people.py has such identities); DBSCAN's one threshold is also the
 one users know from Immich (``max_distance``). Only faces of at least ``min_quality`` seed clusters: blurred,
@@ -33,10 +35,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import neighbours
+from .config import schema_defaults
 from .fileio import atomic_path
 from .models import l2_normalise
 from .steps import StepSettings
-from .tables import FACE, STATUS_OK, embedding_matrix
+from .tables import FACE, STATUS_OK, embedding_rows, read_columns, write_part
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +50,11 @@ because Snakemake deletes a job's outputs before running it and the ids must out
 
 
 @dataclass(frozen=True)
+@schema_defaults("people")
 class Settings(StepSettings):
-    min_faces: int = 2
-    min_quality: float = 0.2
-    max_distance: float = 0.5
+    min_faces: int
+    min_quality: float
+    max_distance: float
 
 
 class FaceKey(NamedTuple):
@@ -73,52 +78,63 @@ def read_faces(faces: str | os.PathLike[str], face_embeddings: str | os.PathLike
     """Join the ok rows of the two consolidated tables on the face key, in key order (so the clustering,
     and the ids it leads to, do not depend on shard order)."""
     key = list(FaceKey._fields)
-    emb = pq.read_table(face_embeddings, columns=[*key, "status", "embedding"])
-    emb = emb.filter(pc.equal(emb.column("status"), STATUS_OK))
+    emb = read_columns("face_embeddings", face_embeddings, [*key, "status"])
+    # Row numbers before filtering: they say where each face's embedding is in the table.
+    emb = emb.append_column("row", pa.array(np.arange(emb.num_rows)))
+    emb = emb.filter(pc.equal(emb.column("status"), STATUS_OK)).drop_columns("status")
     det = pq.read_table(faces, columns=[*key, "status", "path", "quality", "crop"])
     det = det.filter(pc.equal(det.column("status"), STATUS_OK)).drop_columns("status")
-    # Arrow cannot carry a fixed-size list through a join: join the keys with a row number, then take.
-    rows = emb.select(key).append_column("row", pa.array(np.arange(emb.num_rows)))
-    joined = rows.join(det, key, join_type="inner").sort_by([(k, "ascending") for k in key])
-    matrix = embedding_matrix(emb)
+    joined = emb.join(det, key, join_type="inner").sort_by([(k, "ascending") for k in key])
+    matrix = embedding_rows(face_embeddings, joined.column("row").to_numpy())
+    _normalise(matrix)
     return Faces(
         keys=[FaceKey(*k) for k in zip(*(joined.column(c).to_pylist() for c in key), strict=True)],
-        matrix=l2_normalise(matrix[joined.column("row").to_numpy()]),
+        matrix=matrix,
         quality=joined.column("quality").to_numpy(zero_copy_only=False).astype(np.float32),
         path=joined.column("path").to_pylist(),
         crop=joined.column("crop").to_pylist(),
     )
 
 
-def cluster(matrix: np.ndarray, quality: np.ndarray, settings: Settings) -> np.ndarray:
-    """A cluster label per face (−1: nobody), clusters numbered from 0 in no particular order."""
-    from sklearn.cluster import DBSCAN  # ~0.5 s of imports, only in this step
+def _normalise(matrix: np.ndarray, chunk: int = 65536) -> None:
+    """``l2_normalise`` in place, by chunks: at two million faces a normalised copy would be 4 GB more."""
+    for start in range(0, len(matrix), chunk):
+        part = matrix[start : start + chunk]
+        part /= np.maximum(np.linalg.norm(part, axis=-1, keepdims=True), 1e-12)
 
+
+def cluster(
+    matrix: np.ndarray, quality: np.ndarray, settings: Settings, search: neighbours.Search = neighbours.SEARCH
+) -> np.ndarray:
+    """A cluster label per face (−1: nobody), clusters numbered from 0 in no particular order."""
     labels = np.full(len(matrix), -1, dtype=np.int64)
     seeds = np.flatnonzero(quality >= settings.min_quality)
-    if len(seeds) >= settings.min_faces:
-        radius = float(np.sqrt(2.0 * settings.max_distance))  # Euclidean distance of unit vectors at that cosine
-        labels[seeds] = DBSCAN(eps=radius, min_samples=settings.min_faces, metric="euclidean").fit_predict(
-            matrix[seeds]
-        )
-    found = np.array(sorted(set(labels.tolist()) - {-1}), dtype=np.int64)
+    if len(seeds) < settings.min_faces:
+        return labels
+    min_cosine = 1.0 - settings.max_distance
+    labels[seeds] = neighbours.dbscan(neighbours.Rows(matrix, seeds), min_cosine, settings.min_faces, search)
+    found = np.unique(labels[labels >= 0])
     if not len(found):
         return labels
+    lone = np.flatnonzero(labels == -1)
     centroids = _centroids(matrix, labels, found)
-    for start in range(0, len(matrix), 4096):  # blocks: faces x people can be far larger than memory
-        block = slice(start, start + 4096)
-        cosine = matrix[block] @ centroids.T
-        best = cosine.argmax(axis=1)
-        joins = 1.0 - cosine[np.arange(len(cosine)), best] <= settings.max_distance
-        labels[block] = np.where(labels[block] >= 0, labels[block], np.where(joins, found[best], -1))
+    best, cosine = neighbours.nearest(neighbours.Rows(matrix, lone), centroids, search)
+    joins = (best >= 0) & (1.0 - cosine <= settings.max_distance)
+    labels[lone[joins]] = found[best[joins]]
     return labels
 
 
-def _centroids(matrix: np.ndarray, labels: np.ndarray, found: np.ndarray) -> np.ndarray:
-    """Unit mean vector of each cluster in ``found``, in one pass over the faces (not one per cluster)."""
-    labelled = labels >= 0
+def _centroids(matrix: np.ndarray, labels: np.ndarray, found: np.ndarray, chunk: int = 16384) -> np.ndarray:
+    """Unit mean vector of each cluster in ``found``, summed in float64 over faces sorted by cluster, a chunk
+    at a time (one pass over the faces, not one per cluster, and no float64 copy of the matrix)."""
+    order = np.flatnonzero(labels >= 0)
+    order = order[np.argsort(labels[order], kind="stable")]
     sums = np.zeros((len(found), matrix.shape[1]), dtype=np.float64)
-    np.add.at(sums, np.searchsorted(found, labels[labelled]), matrix[labelled])
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        cluster = np.searchsorted(found, labels[part])
+        starts = np.flatnonzero(np.r_[True, cluster[1:] != cluster[:-1]])
+        sums[cluster[starts]] += np.add.reduceat(matrix[part].astype(np.float64), starts, axis=0)
     return l2_normalise(sums)
 
 
@@ -173,10 +189,14 @@ def write_ids(path: str | os.PathLike[str], people: Sequence[Mapping[str, Any]],
 
 
 def find_people(
-    faces: Faces, settings: Settings, previous: Mapping[FaceKey, int], next_id: int
+    faces: Faces,
+    settings: Settings,
+    previous: Mapping[FaceKey, int],
+    next_id: int,
+    search: neighbours.Search = neighbours.SEARCH,
 ) -> tuple[list[dict[str, Any]], int]:
     """Rows of the ``people`` table, largest person first, and the next unused id."""
-    labels = cluster(faces.matrix, faces.quality, settings)
+    labels = cluster(faces.matrix, faces.quality, settings, search)
     members = members_of(labels)
     # Largest first, so that a first run numbers people by how often they appear.
     order = sorted(members, key=lambda c: (-len(members[c]), faces.keys[members[c][0]]))
@@ -203,3 +223,18 @@ def find_people(
     unassigned = int((labels == -1).sum())
     log.info("%d faces: %d people, %d faces unassigned", len(faces.keys), len(rows), unassigned)
     return sorted(rows, key=lambda r: (-r["size"], r["person_id"])), next_id
+
+
+def people_table(
+    faces: str | os.PathLike[str],
+    face_embeddings: str | os.PathLike[str],
+    ids: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    settings: Settings,
+    search: neighbours.Search = neighbours.SEARCH,
+) -> None:
+    """The whole step: the consolidated tables in, the ``people`` part and the id file out."""
+    previous, next_id = read_ids(ids)
+    rows, next_id = find_people(read_faces(faces, face_embeddings), settings, previous, next_id, search)
+    write_ids(ids, rows, next_id)
+    write_part("people", rows, output)

@@ -338,6 +338,55 @@ def embedding_matrix(table: pa.Table) -> np.ndarray:
     return table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
 
 
+Source = str | os.PathLike[str] | pa.Table | Sequence[Mapping[str, Any]]
+"""A table as a path (Parquet file or dataset), an Arrow table, or row dicts."""
+
+
+def read_columns(name: str, source: Source, columns: Sequence[str]) -> pa.Table:
+    """``columns`` of table ``name`` from any :data:`Source`, with the table's types (row dicts may lack
+    columns: those are null), in the source's row order, for steps that must not hold a million rows as
+    Python objects."""
+    if isinstance(source, str | os.PathLike):
+        return pq.read_table(source, columns=list(columns))
+    if isinstance(source, pa.Table):
+        return source.select(list(columns))
+    schema = pa.schema([SCHEMAS[name].field(c).with_nullable(True) for c in columns])
+    return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in source], schema=schema)
+
+
+def embedding_rows(source: str | os.PathLike[str] | pa.Table, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (positions in the table, in that order) of its ``embedding`` column as one float32
+    (len(rows), dim) array. A Parquet source is read one record batch at a time into that array, so that
+    two million 512-d faces take their 4 GB once, not again as an Arrow table and a copy."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if isinstance(source, pa.Table):
+        return embedding_matrix(source.select(["embedding"]).take(pa.array(rows)))
+    dataset = pq.ParquetDataset(source)
+    dim = dataset.schema.field("embedding").type.list_size
+    out = np.empty((len(rows), dim), dtype=np.float32)
+    # Where each table row goes in ``out`` (-1: not wanted); positions count rows over the parts in the order
+    # pq.read_table reads them.
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in dataset.files)
+    target = np.full(total, -1, dtype=np.int64)
+    target[rows] = np.arange(len(rows))
+    offset = 0
+    for f in dataset.files:
+        for batch in pq.ParquetFile(f).iter_batches(columns=["embedding"], batch_size=65536):
+            want = target[offset : offset + batch.num_rows]
+            keep = np.flatnonzero(want >= 0)
+            if len(keep):
+                # ``values``, not ``flatten()``: a null row (an error row) keeps its slots, so rows stay aligned.
+                column = batch.column(0)
+                values = column.values.slice(column.offset * dim, len(column) * dim)
+                matrix = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+                if len(keep) == len(want):
+                    out[want] = matrix
+                else:
+                    out[want[keep]] = matrix[keep]
+            offset += batch.num_rows
+    return out
+
+
 def people_faces(results: str | os.PathLike[str] = "results") -> pd.DataFrame:
     """The ``people`` table one row per face: ``person_id``, ``media_id``, ``frame_index``, ``face_index``."""
     table = pq.read_table(_path("people", results), columns=["person_id", "faces"])

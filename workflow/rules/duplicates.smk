@@ -12,7 +12,7 @@ rule duplicates:
         benchmark_file("duplicates", "duplicates")
     params:
         settings=config["duplicates"],
-    threads: 1
+    threads: 2
     resources:
         mem_mb=8000,
         runtime=120,
