@@ -154,8 +154,8 @@ class Detector:
 
         Whichever pass scored a face best, it saw the face small: a 1024-px frame reaches the network at 192
         px, a 100-px face then spans 19 network pixels and its eye line comes out 6–9° off in roll (a tile
-        pass, 1–3°). On a crop 2.2 and 2.8 times the face's width the network sees it at 70–90 px, and the
-        two framings' keypoints are averaged, each one's jitter being its own: the aligned crops of a face
+        pass, 1–3°). On crops 2.2, 2.5 and 2.8 times the face's width the network sees it at 70–90 px, and
+        the framings' keypoints are averaged, each one's jitter being its own: the aligned crops of a face
         pasted anywhere on a frame then agree with the face's own within about a degree (docs/design.md)."""
         h, w = rgb.shape[:2]
         x0, y0, x1, y1 = det.box
@@ -168,10 +168,11 @@ class Detector:
             if max(right - left, bottom - top) >= max(w, h):
                 return det  # the crop would be the frame: the face is as large as it gets already
             seen = self._run(rgb[top:bottom, left:right], left, top)
-            same = [d for d in seen if _iou_and_cover(d.box, det.box)[0] >= REFINE_MIN_IOU]
-            if not same:
+            overlap, best = max(
+                ((_iou_and_cover(d.box, det.box)[0], d) for d in seen), key=lambda pair: pair[0], default=(0.0, None)
+            )
+            if best is None or overlap < REFINE_MIN_IOU:
                 return det  # the face is not found alone: keep what the frame gave
-            best = max(same, key=lambda d: _iou_and_cover(d.box, det.box)[0])
             boxes.append(best.box)
             points.append(best.keypoints)
         bx0, by0, bx1, by1 = (float(v) for v in np.mean(boxes, axis=0))
