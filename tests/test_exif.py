@@ -153,64 +153,117 @@ def _when(value: object) -> tuple[datetime | None, str | None]:
         return None, None
 
 
-def _reference(plain: dict, numeric: dict, grouped: dict, grouped_numeric: dict) -> dict:
-    def pick(tag: str, printed: bool = False) -> object:
-        value = (grouped if printed else grouped_numeric).get(f"EXIF:{tag}")
-        return value if value not in (None, "") else (plain if printed else numeric).get(tag)
+# The EXIF tags (EXIF 2.32, as exifread names them: "Image" is IFD0, "EXIF" the Exif IFD) that hold each
+# column's value when a file has them (docs/tables.md: "EXIF first").
+EXIF_TAGS = {
+    "make": "Image Make",
+    "model": "Image Model",
+    "lens": "EXIF LensModel",
+    "orientation": "Image Orientation",
+    "iso": "EXIF ISOSpeedRatings",
+    "f_number": "EXIF FNumber",
+    "exposure_time": "EXIF ExposureTime",
+    "focal_length": "EXIF FocalLength",
+    "software": "Image Software",
+}
 
-    ref: dict = {
-        "make": _text(pick("Make", printed=True)),
-        "model": _text(pick("Model", printed=True)),
-        "lens": _text(pick("LensModel", printed=True) or plain.get("LensID") or grouped.get("XMP:Lens")),
-        "datetime_original": None,
-        "datetime_original_offset": None,
-    }
-    dates = (
-        grouped.get("Composite:SubSecDateTimeOriginal"),
-        pick("DateTimeOriginal"),
-        grouped.get("QuickTime:CreationDate"),
-    )
-    for value in dates:
-        when, offset = _when(value)
-        if when is not None:
-            ref["datetime_original"] = when
-            ref["datetime_original_offset"] = offset or _text(grouped.get("EXIF:OffsetTimeOriginal"))
-            break
-    ref["create_date"] = _when(pick("CreateDate"))[0]
-    size = str(numeric.get("ImageSize", "")).split()
-    ref["width"], ref["height"] = (int(float(size[0])), int(float(size[1]))) if len(size) == 2 else (None, None)
-    orientation = _number(pick("Orientation"))
-    ref["orientation"] = int(orientation) if orientation in range(1, 9) else None
-    iso = _number(pick("ISO", printed=True))
-    ref["iso"] = int(iso) if iso is not None else None
-    ref["f_number"] = _number(pick("FNumber") or numeric.get("Aperture"))
-    ref["exposure_time"] = _number(pick("ExposureTime") or numeric.get("ShutterSpeed"))
-    ref["focal_length"] = _number(pick("FocalLength"))
-    # Without groups, exiftool's GPS position is its signed Composite one.
-    ref["gps_latitude"] = _number(numeric.get("GPSLatitude"))
-    ref["gps_longitude"] = _number(numeric.get("GPSLongitude"))
-    ref["gps_altitude"] = _number(numeric.get("GPSAltitude"))
-    ref["software"] = _text(pick("Software", printed=True) or grouped.get("XMP:CreatorTool"))
-    ref["duration"] = _number(numeric.get("Duration"))
-    ref["mime"] = _text(numeric.get("MIMEType"))
+
+def _ratio(value: object) -> float:
+    return float(value.num) / float(value.den) if hasattr(value, "den") else float(value)
+
+
+def _degrees(tags: dict, name: str) -> float | None:
+    """A GPS coordinate from its degrees, minutes and seconds and its N/S or E/W reference."""
+    if f"GPS {name}" not in tags:
+        return None
+    d, m, sec = (_ratio(v) for v in tags[f"GPS {name}"].values)
+    value = d + m / 60 + sec / 3600
+    return -value if str(tags.get(f"GPS {name}Ref", "")).strip().upper() in ("S", "W") else value
+
+
+def exifread_reference(path: Path) -> dict:
+    """The typed columns that a second, independent EXIF reader (exifread, pure Python) finds in the
+    file's EXIF tags; a column is left out when the file has no such tag."""
+    import exifread
+
+    with open(path, "rb") as fh:
+        tags = exifread.process_file(fh, details=False)
+    ref: dict = {}
+    for column, tag in EXIF_TAGS.items():
+        values = getattr(tags.get(tag), "values", None)
+        if isinstance(values, str):
+            if values.strip():
+                ref[column] = values.strip()
+        elif values and column in ("orientation", "iso"):
+            if column == "iso" or values[0] in range(1, 9):
+                ref[column] = int(values[0])
+        elif values:
+            ref[column] = _ratio(values[0])
+    when, _ = _when(getattr(tags.get("EXIF DateTimeOriginal"), "values", None))
+    if when is not None:
+        subsec = str(tags.get("EXIF SubSecTimeOriginal", "")).strip()
+        if subsec.isdigit():
+            when = when.replace(microsecond=min(round(float(f"0.{subsec}") * 1e6), 999_999))
+        ref["datetime_original"] = when
+        # EXIF's date holds no offset: its offset is OffsetTimeOriginal, or none.
+        ref["datetime_original_offset"] = str(tags.get("EXIF OffsetTimeOriginal", "")).strip() or None
+    created, _ = _when(getattr(tags.get("EXIF DateTimeDigitized"), "values", None))
+    if created is not None:
+        ref["create_date"] = created
+    for column, name in (("gps_latitude", "GPSLatitude"), ("gps_longitude", "GPSLongitude")):
+        if (degrees := _degrees(tags, name)) is not None:
+            ref[column] = degrees
+    if "GPS GPSAltitude" in tags:
+        altitude = _ratio(tags["GPS GPSAltitude"].values[0])
+        below = list(getattr(tags.get("GPS GPSAltitudeRef"), "values", [0])) == [1]
+        ref["gps_altitude"] = -altitude if below else altitude
     return ref
 
 
 def exiftool_reference(paths: list[Path]) -> list[dict]:
-    """What exiftool itself says each typed column is, for each file. The base is its ``-j`` (printed) and
-    ``-j -n`` output without groups, where exiftool's own priority rules choose among a tag's copies. On
-    top: a tag in the EXIF group beats its copies elsewhere (maker notes repeat tags in vendor encodings:
-    Kodak's FNumber 6.73 next to EXIF's 6.7; Pentax's ISO index 6 next to EXIF's 100); text and ISO are
-    exiftool's printed values, other numbers its -n ones; the size is exiftool's Composite ImageSize; the
-    capture time is its SubSecDateTimeOriginal when there is one (EXIF's date with its sub-seconds and
-    offset), else DateTimeOriginal, else QuickTime's CreationDate."""
-    runs = (
-        _exiftool_all(paths),
-        _exiftool_all(paths, "-n"),
-        _exiftool_all(paths, "-G"),
-        _exiftool_all(paths, "-G", "-n"),
-    )
-    return [_reference(*one) for one in zip(*runs, strict=True)]
+    """What exiftool itself says each typed column is, without our choice among its groups: its output
+    without groups (``-j`` printed values for text and ISO, ``-j -n`` for the other numbers, as
+    docs/tables.md says), where exiftool's own priority rules pick among a tag's copies; the size is its
+    Composite ImageSize, the capture time its Composite SubSecDateTimeOriginal when it has one."""
+    refs = []
+    for plain, numeric in zip(_exiftool_all(paths), _exiftool_all(paths, "-n"), strict=True):
+        ref: dict = {
+            column: _text(plain.get(tag))
+            for column, tag in (("make", "Make"), ("model", "Model"), ("software", "Software"), ("mime", "MIMEType"))
+        }
+        ref["lens"] = _text(plain.get("LensModel") or plain.get("LensID"))
+        when, offset = _when(plain.get("SubSecDateTimeOriginal") or numeric.get("DateTimeOriginal"))
+        ref["datetime_original"] = when
+        ref["datetime_original_offset"] = offset or _text(plain.get("OffsetTimeOriginal"))
+        ref["create_date"] = _when(numeric.get("CreateDate"))[0]
+        size = str(numeric.get("ImageSize", "")).split()
+        ref["width"], ref["height"] = (int(float(size[0])), int(float(size[1]))) if len(size) == 2 else (None, None)
+        orientation = _number(numeric.get("Orientation"))
+        ref["orientation"] = int(orientation) if orientation in range(1, 9) else None
+        iso = _number(plain.get("ISO"))
+        ref["iso"] = int(iso) if iso is not None else None
+        for column, tag in NUMERIC_TAGS.items():
+            ref[column] = _number(numeric.get(tag))
+        refs.append(ref)
+    return refs
+
+
+NUMERIC_TAGS = {
+    # exiftool's Composite Aperture and ShutterSpeed: FNumber and ExposureTime, else the APEX values.
+    "f_number": "Aperture",
+    "exposure_time": "ShutterSpeed",
+    "focal_length": "FocalLength",
+    "gps_latitude": "GPSLatitude",  # without groups, exiftool's GPS position is its signed Composite one
+    "gps_longitude": "GPSLongitude",
+    "gps_altitude": "GPSAltitude",
+    "duration": "Duration",
+}
+
+
+def reference(paths: list[Path]) -> list[dict]:
+    """Each file's typed columns as the references see them: the EXIF tag read by exifread where the file
+    has it, else exiftool's own choice."""
+    return [{**tool, **exifread_reference(p)} for p, tool in zip(paths, exiftool_reference(paths), strict=True)]
 
 
 def mismatches(row: dict, ref: dict) -> list[str]:
@@ -230,7 +283,7 @@ def mismatches(row: dict, ref: dict) -> list[str]:
 @pytest.fixture(scope="module")
 def camera_rows() -> dict[str, tuple[dict, dict]]:
     """Our rows (one exiftool batch, as the exif step runs it) and exiftool's reference, by file name."""
-    rows, refs = rows_for(CAMERA_FILES), exiftool_reference(CAMERA_FILES)
+    rows, refs = rows_for(CAMERA_FILES), reference(CAMERA_FILES)
     return {p.name: (row, ref) for p, row, ref in zip(CAMERA_FILES, rows, refs, strict=True)}
 
 

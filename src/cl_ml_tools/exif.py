@@ -64,6 +64,9 @@ TEXT = {"make", "model", "lens", "datetime_original_offset", "software", "mime"}
 INTEGER = {"width", "height", "orientation", "iso"}
 FLOAT = {"f_number", "exposure_time", "focal_length", "gps_latitude", "gps_longitude", "gps_altitude", "duration"}
 DATES = {"datetime_original", "create_date"}
+# A camera that does not know the aperture or exposure writes 0 (Pentax's AVI maker notes: FNumber 0);
+# exiftool's own Aperture and ShutterSpeed treat it as absent, and so do we.
+UNKNOWN_WHEN_ZERO = {"f_number", "exposure_time"}
 # Columns read from exiftool's printed values instead of its numeric ones: -n turns names into codes
 # (LensID 65535, Nikon's lens bytes, H264 Make 4113), and maker notes keep ISO as a table index (Pentax 6
 # is ISO 100) or a pair (Nikon "0 200"), where the printed value is the ISO itself.
@@ -150,7 +153,8 @@ def _convert(column: str, value: Any) -> Any:
         number = _integer(value)
         return None if column == "orientation" and number is not None and not 1 <= number <= 8 else number
     if column in FLOAT:
-        return _number(value)
+        number = _number(value)
+        return None if column in UNKNOWN_WHEN_ZERO and number is not None and number <= 0 else number
     return parse_date(value)[0]
 
 
