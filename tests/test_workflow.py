@@ -94,9 +94,15 @@ def test_every_file_is_listed_once(run) -> None:
     assert by.loc["2021 holiday/astronaut.jpg", ["kind", "format"]].tolist() == ["image", "jpeg"]
     assert by.loc["bad/random.mp4", ["kind", "format"]].tolist() == ["other", "unknown"]
     assert by.loc["bad/song.m4a", "kind"] == "audio"
+    root = os.fsencode((work / "archive").resolve()) + b"/"
     for row in files.itertuples():
-        assert row.shard == inventory.shard_names(3)[inventory.shard_index(row.media_id, 3)]
+        # docs/tables.md: the first 64 bits of SHA-256 of input + NUL + relpath (the name's own bytes when
+        # they are not UTF-8); the shard is media_id as a number modulo the shard count, in 4 digits.
+        name = row.raw_path.removeprefix(root) if pd.notna(row.raw_path) else row.relpath.encode()
+        assert row.media_id == hashlib.sha256(b"photos\0" + name).hexdigest()[:16]
+        assert row.shard == f"{int(row.media_id, 16) % 3:04d}"
         assert row.size == Path(real_paths(work)[row.media_id]).stat().st_size
+    assert files.raw_path.notna().sum() == 1  # the Latin-1 name is among them
 
 
 def test_hashes_match_hashlib(run) -> None:
