@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set-up shared by `make run` and `make test`: system tools (ffmpeg/ffprobe >= 4.4, exiftool) and the
+# Set-up shared by `make run` and `make test`: system tools (ffmpeg/ffprobe >= 5.0, exiftool) and the
 # project's virtual environment in .venv. Safe to run again; it only installs what is missing.
 #   tools/bootstrap.sh          runtime dependencies
 #   tools/bootstrap.sh dev      plus the test tools (pytest, ruff, imagehash, selenium, Chromium, mosquitto)
@@ -17,7 +17,7 @@ ffmpeg_ok() {
   v=$(ffmpeg -version | sed -n 's/^ffmpeg version n\{0,1\}\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
   [ -n "$v" ] || return 0  # a git build prints no release number; trust it
   set -- $v
-  [ "$1" -gt 4 ] || { [ "$1" -eq 4 ] && [ "$2" -ge 4 ]; }
+  [ "$1" -ge 5 ]  # 5.0: the noise filter's drop expression, which the video hash selects keyframes with
 }
 ffmpeg_ok || need_apt+=(ffmpeg)
 command -v exiftool >/dev/null || need_apt+=(libimage-exiftool-perl)

@@ -15,7 +15,7 @@ from PIL import Image
 from . import imaging, video
 from .config import schema_defaults
 from .inventory import media_kind
-from .steps import Converters, MediaError, Row, StepSettings, describe, map_files
+from .steps import Converters, Row, StepSettings, describe, map_files
 from .tables import STATUS_SKIPPED, base_row
 
 log = logging.getLogger(__name__)
@@ -82,18 +82,12 @@ def dhash(image: Image.Image) -> int:
 
 
 def video_sha512(path: str | os.PathLike[str]) -> tuple[str, int]:
-    """SHA-512 over the bytes of the first video stream's keyframe packets, in stream order. Remuxing or
-    editing metadata leaves it unchanged; re-encoding changes it. Returns (hex digest, keyframe count)."""
-    frames = video.keyframes(path)
+    """SHA-512 over the payloads of the first video stream's keyframe packets, in stream order, as
+    ``video.read_keyframes`` gives them. Copying the stream into another container or editing metadata leaves
+    it unchanged; re-encoding changes it. Returns (hex digest, keyframe count)."""
     sha = hashlib.sha512()
-    with open(path, "rb") as fh:
-        for kf in frames:
-            fh.seek(kf.pos)
-            data = fh.read(kf.size)
-            if len(data) != kf.size:
-                raise MediaError(f"file ended inside the keyframe packet at byte {kf.pos}")
-            sha.update(data)
-    return sha.hexdigest(), len(frames)
+    count = video.read_keyframes(path, sha.update)
+    return sha.hexdigest(), count
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ def video_thumbnails(file_row: Mapping[str, Any], out_dir: Path, settings: Setti
             target = stem.with_name(f"{stem.name}.{role}{settings.extension}")
             save(image, target, settings)
             rows.append(_row(file_row, role, target, image, source, timestamp_s=poster_t))
-        n_keyframes = len(video.keyframes(path))
+        n_keyframes = video.keyframe_count(path)
         sheet_bmp = video.contact_sheet(
             path, n_keyframes, settings.thumb_size, settings.sheet_grid, tmp_dir / "sheet.bmp"
         )

@@ -7,6 +7,9 @@ import math
 import os
 import re
 import subprocess
+import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +36,6 @@ def _last_lines(stderr: bytes, path: str | os.PathLike[str] | None = None, n: in
         text = text.replace(os.fspath(path), Path(path).name)
     lines = [re.sub(r"^\[[^\]]+ @ 0x[0-9a-f]+\] ", "", ln) for ln in text.splitlines() if ln.strip()]
     return " | ".join(lines[-n:]) or "no message"
-
-
-@dataclass
-class Keyframe:
-    pts_time: float | None
-    pos: int
-    size: int
 
 
 @dataclass
@@ -112,46 +108,101 @@ def _rotation(stream: dict[str, Any]) -> int:
     return int(rotate) if rotate and rotate.lstrip("-").isdigit() else 0
 
 
-def keyframes(path: str | os.PathLike[str]) -> list[Keyframe]:
-    """The key (I-frame) packets of the first video stream with their byte ranges, each checked against the
-    file length so a lying container cannot send a reader outside the file."""
+# The first video stream that is a moving picture: ffmpeg's "V" leaves out cover art and other still images.
+FIRST_VIDEO = "V:0"
+
+# Bitstream filters that give H.264 and HEVC one byte form whatever container held them. MP4, MOV and Matroska
+# store NAL units with length prefixes and the parameter sets in the header; MPEG-TS stores them in Annex B with
+# the parameter sets in-band, and its muxer adds an access unit delimiter (NAL type 9 / 35) to every packet.
+# Annex B with parameter sets in front of each IDR and no delimiters is what both give after these filters.
+CANONICAL_BSF = {
+    "h264": "h264_mp4toannexb,filter_units=remove_types=9",
+    "hevc": "hevc_mp4toannexb,filter_units=remove_types=35",
+}
+CHUNK = 1 << 20
+
+
+def keyframe_count(path: str | os.PathLike[str]) -> int:
+    """How many key packets the first video stream has, as its demuxer flags them."""
     proc = run_tool(
         [
-            FFPROBE, "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time,pos,size,flags",
+            FFPROBE, "-v", "error", "-select_streams", FIRST_VIDEO, "-show_entries", "packet=flags",
             "-of", "csv=p=0", "--", os.fspath(path),
         ]
     )  # fmt: skip
     if proc.returncode != 0:
         raise MediaError(f"ffprobe cannot read this file: {_last_lines(proc.stderr, path)}")
     if proc.stderr.strip():
-        # ffprobe stops listing at the first unreadable byte ("partial file"): a hash of what it managed to
+        # ffprobe stops listing at the first unreadable byte ("partial file"): a count of what it managed to
         # list would silently describe only part of the video.
         raise MediaError(f"video is damaged or truncated: {_last_lines(proc.stderr, path)}")
-    length = os.path.getsize(path)
-    frames = []
-    for line in proc.stdout.decode("ascii", "replace").splitlines():
-        parts = line.split(",")
-        if len(parts) < 4 or "K" not in parts[3]:
-            continue
-        pts, size, pos = parts[0], parts[1], parts[2]
-        if not (size.isdigit() and pos.isdigit()):
-            raise MediaError(f"keyframe packet without a byte position (pos={pos!r}, size={size!r})")
-        start, n = int(pos), int(size)
-        if n <= 0 or start + n > length:
-            raise MediaError(f"keyframe packet at {start}+{n} lies outside the file ({length} bytes)")
-        frames.append(Keyframe(float(pts) if _is_float(pts) else None, start, n))
-    if not frames:
+    count = sum("K" in line for line in proc.stdout.decode("ascii", "replace").splitlines())
+    if not count:
         probe(path)  # says "no video stream" when that is the reason
         raise MediaError("video stream has no keyframe packets")
-    return frames
+    return count
 
 
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+def read_keyframes(path: str | os.PathLike[str], consume: Callable[[bytes], object]) -> int:
+    """Pass the payloads of the first video stream's key packets, in stream order and as the demuxer returns
+    them (H.264/HEVC made canonical by ``CANONICAL_BSF``), to ``consume`` in chunks; returns how many packets.
+
+    One ffmpeg process copies the stream twice: the payloads, concatenated, to a pipe, and a line per packet
+    (``framecrc``: size and Adler-32) to a file, which gives the count and proves the pipe carried every byte.
+    """
+    codec = _first_video_codec(path)
+    bsf = ",".join(["noise=drop=not(key)", *([CANONICAL_BSF[codec]] if codec in CANONICAL_BSF else [])])
+    copy = ["-map", f"0:{FIRST_VIDEO}", "-c", "copy", "-bsf:v", bsf]
+    with tempfile.TemporaryDirectory(prefix="cl_ml_tools_keyframes_") as tmp:
+        listing, errors = Path(tmp) / "packets.txt", Path(tmp) / "stderr.txt"
+        args = [FFMPEG, "-nostdin", "-v", "error", "-i", os.fspath(path), *copy, "-f", "data", "pipe:1"]
+        args += [*copy, "-f", "framecrc", os.fspath(listing)]
+        with errors.open("wb") as err, subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err) as proc:
+            timed_out = threading.Event()
+            timer = threading.Timer(TIMEOUT_S, lambda: (timed_out.set(), proc.kill()))
+            timer.start()
+            try:
+                total = 0
+                assert proc.stdout is not None
+                while chunk := proc.stdout.read(CHUNK):
+                    consume(chunk)
+                    total += len(chunk)
+                returncode = proc.wait()
+            finally:
+                timer.cancel()
+        stderr = errors.read_bytes()
+        if timed_out.is_set():
+            raise MediaError(f"{Path(FFMPEG).name} took longer than {TIMEOUT_S:.0f} s")
+        if returncode != 0:
+            raise MediaError(f"ffmpeg cannot read this file: {_last_lines(stderr, path)}")
+        if stderr.strip():
+            # ffmpeg stops at the first unreadable byte ("partial file") and still exits 0: a hash of what it
+            # managed to read would silently describe only part of the video.
+            raise MediaError(f"video is damaged or truncated: {_last_lines(stderr, path)}")
+        sizes = [int(line.split(",")[4]) for line in listing.read_text("ascii").splitlines() if line[:1].isdigit()]
+    if not sizes:
+        raise MediaError("video stream has no keyframe packets")
+    if sum(sizes) != total:
+        raise MediaError(f"ffmpeg listed {sum(sizes)} bytes of keyframe packets but passed {total}")
+    return len(sizes)
+
+
+def _first_video_codec(path: str | os.PathLike[str]) -> str:
+    if os.path.getsize(path) == 0:
+        raise MediaError("empty file (0 bytes)")
+    proc = run_tool(
+        [
+            FFPROBE, "-v", "error", "-select_streams", FIRST_VIDEO, "-show_entries", "stream=codec_name",
+            "-of", "json", "--", os.fspath(path),
+        ]
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise MediaError(f"ffprobe cannot read this file: {_last_lines(proc.stderr, path)}")
+    streams = json.loads(proc.stdout or b"{}").get("streams", [])
+    if not streams:
+        probe(path)  # says "no video stream" and which streams there are
+        raise MediaError("no video stream (only still images)")
+    return str(streams[0].get("codec_name") or "")
 
 
 def fit_filter(box: int) -> str:
