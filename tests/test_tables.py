@@ -59,6 +59,20 @@ def test_consolidating_again_replaces_the_dataset_and_refuses_foreign_parts(tmp_
     assert sorted(p.name for p in target.parent.iterdir()) == ["hashes.parquet"]
 
 
+def test_a_part_of_another_table_version_is_not_mixed_in(tmp_path: Path) -> None:
+    """A part written before the table's values changed meaning (no version recorded, as every part before
+    versions existed) has the same columns, and is refused by its version, naming the rerun."""
+    row = {"media_id": "a", "input": "t", "path": "/x", "status": "ok", "error": None}
+    old = tables.to_arrow("hashes", [row]).replace_schema_metadata(None)
+    pq.write_table(old, tmp_path / "0000.parquet")
+    tables.write_part("hashes", [{**row, "media_id": "b"}], tmp_path / "0001.parquet")
+    assert tables.part_version(pq.read_schema(tmp_path / "0001.parquet")) == tables.VERSIONS["hashes"] > 1
+    target = tmp_path / "tables" / "hashes.parquet"
+    with pytest.raises(ValueError, match=r"version 1 of the hashes table.*forcerun hashes"):
+        tables.consolidate("hashes", [tmp_path / "0000.parquet", tmp_path / "0001.parquet"], target)
+    assert not target.exists() and not list((tmp_path / "tables").iterdir())
+
+
 def test_load_names_the_known_tables(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="known tables: files, hashes"):
         tables.load("nope", tmp_path)

@@ -202,6 +202,16 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 
 TABLES = tuple(SCHEMAS)
+# What each table's values mean, numbered: raised whenever a column's values change for the same input and
+# settings, so that a rerun recomputes every part (each rule passes it as a param, one of Snakemake's rerun
+# triggers) and a table never mixes parts of two meanings (each part records it; ``consolidate`` checks it).
+# Parts written before versions were recorded count as version 1.
+VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
+    "hashes": 2,  # video_sha512 over the demuxer's keyframe payloads, H.264/HEVC in Annex B (issue 19)
+    "exif": 2,  # an f_number or exposure_time of 0 is unknown (null), as in exiftool
+    "faces": 2,  # sharpness is the unclipped Laplacian variance, and quality with it
+}
+VERSION_KEY = b"cl_ml_tools.version"
 # Columns with a handful of distinct values: pandas categories (less memory, faster groupby, and their
 # values listed by ``.cat.categories``).
 CATEGORIES = ("input", "status", "kind", "format", "role", "make", "model", "lens", "mime", "crop_source")
@@ -226,7 +236,12 @@ def to_arrow(name: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     schema = SCHEMAS[name]
     text = [f.name for f in schema if pa.types.is_string(f.type)]
     clean = [{**r, **{k: displayable(r[k]) for k in text if isinstance(r.get(k), str)}} for r in rows]
-    return pa.Table.from_pylist(clean, schema=schema)
+    return pa.Table.from_pylist(clean, schema=schema.with_metadata({VERSION_KEY: str(VERSIONS[name]).encode()}))
+
+
+def part_version(schema: pa.Schema) -> int:
+    """The table version a part was written with (1 for parts from before versions were recorded)."""
+    return int((schema.metadata or {}).get(VERSION_KEY, b"1"))
 
 
 def write_parquet(table: pa.Table, target: str | os.PathLike[str]) -> None:
@@ -268,6 +283,12 @@ def consolidate(name: str, parts: Iterable[str | os.PathLike[str]], target: str 
             raise ValueError(
                 f"{part} does not have the {name} table's columns (written by another version?); "
                 f"delete it or rerun the step with `snakemake --forcerun {name}`"
+            )
+        if part_version(found) != VERSIONS[name]:
+            shutil.rmtree(building)
+            raise ValueError(
+                f"{part} holds version {part_version(found)} of the {name} table, this code writes version "
+                f"{VERSIONS[name]}: rerun the step (`snakemake --forcerun {name}`) instead of mixing the two"
             )
         rows += pq.read_metadata(part).num_rows
         try:

@@ -10,6 +10,7 @@ rule clip:
         benchmark_file("clip")
     params:
         settings=config["clip"],
+        version=tables.VERSIONS["clip"],
         model_sha256=model_sha256(config["clip"]["model"]),
     threads: 2
     resources:

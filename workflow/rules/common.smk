@@ -5,7 +5,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
 from cl_ml_tools import config as settings
-from cl_ml_tools import inventory, models, people
+from cl_ml_tools import inventory, models, people, tables
 from cl_ml_tools.report import PAGES as REPORT_PAGES
 
 min_version("9.0")

@@ -10,6 +10,7 @@ rule dino:
         benchmark_file("dino")
     params:
         settings=config["dino"],
+        version=tables.VERSIONS["dino"],
         model_sha256=model_sha256(config["dino"]["model"]),
     threads: 2
     resources:

@@ -12,6 +12,7 @@ rule duplicates:
         benchmark_file("duplicates", "duplicates")
     params:
         settings=config["duplicates"],
+        version=tables.VERSIONS["duplicates"],
     threads: 2
     resources:
         mem_mb=8000,

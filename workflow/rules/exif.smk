@@ -7,6 +7,8 @@ rule exif:
         log_file("exif"),
     benchmark:
         benchmark_file("exif")
+    params:
+        version=tables.VERSIONS["exif"],
     threads: 2
     resources:
         mem_mb=1000,

@@ -11,6 +11,7 @@ rule face_embeddings:
         benchmark_file("face_embeddings")
     params:
         settings=config["face_embeddings"],
+        version=tables.VERSIONS["face_embeddings"],
         model_sha256=model_sha256(config["face_embeddings"]["model"]),
     threads: 2
     resources:

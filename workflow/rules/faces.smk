@@ -12,6 +12,7 @@ rule faces:
         benchmark_file("faces")
     params:
         settings=config["faces"],
+        version=tables.VERSIONS["faces"],
         model_sha256=model_sha256(config["faces"]["model"]),
     threads: 2
     resources:

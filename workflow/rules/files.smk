@@ -7,6 +7,8 @@ rule files:
         log_file("files"),
     benchmark:
         benchmark_file("files")
+    params:
+        version=tables.VERSIONS["files"],
     threads: 1
     resources:
         mem_mb=1000,

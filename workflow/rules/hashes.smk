@@ -12,6 +12,7 @@ rule hashes:
         benchmark_file("hashes")
     params:
         settings=config["hashes"],
+        version=tables.VERSIONS["hashes"],
     threads: 2
     resources:
         mem_mb=3000,

@@ -10,6 +10,7 @@ rule hls:
         benchmark_file("hls")
     params:
         settings=config["hls"],
+        version=tables.VERSIONS["hls"],
     threads: 2
     resources:
         mem_mb=3000,

@@ -11,6 +11,7 @@ rule people:
         benchmark_file("people", "people")
     params:
         settings=config["people"],
+        version=tables.VERSIONS["people"],
         ids=RESULTS / "people" / people.IDS_FILE,
     threads: 2
     resources:

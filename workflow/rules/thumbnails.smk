@@ -10,6 +10,7 @@ rule thumbnails:
         benchmark_file("thumbnails")
     params:
         settings=config["thumbnails"],
+        version=tables.VERSIONS["thumbnails"],
     threads: 2
     resources:
         mem_mb=3000,
