@@ -50,6 +50,7 @@ HLS_VARIANT = pa.struct(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("bandwidth", pa.int64()),
+        ("average_bandwidth", pa.int64()),
         ("codecs", pa.string()),
         ("playlist", pa.string()),
         ("segments", pa.int32()),
