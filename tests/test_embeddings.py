@@ -96,9 +96,9 @@ def test_a_jpeg_preview_is_decoded_at_half_size_for_the_same_input(tmp_path: Pat
     class Recorder:
         resize = pre.resize
 
-        def __call__(self, image: Image.Image) -> np.ndarray:
+        def __call__(self, image: Image.Image, box: embeddings.Box | None = None) -> np.ndarray:
             seen.append(image.size)
-            return pre(image)
+            return pre(image, box)
 
     x = embeddings.load(path, Recorder())  # type: ignore[arg-type]
     assert seen == [(512, 384)]

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import m3u8
 import pytest
-from conftest import file_row, make_audio_only, make_video
+from conftest import ffmpeg, file_row, make_audio_only, make_video
 
 from cl_ml_tools import hls
 
@@ -24,6 +28,87 @@ def ffprobe_streams(path: Path) -> list[dict]:
         ["ffprobe", "-v", "error", "-show_streams", "-of", "json", str(path)], check=True, capture_output=True
     ).stdout
     return json.loads(out)["streams"]
+
+
+def ffprobe_duration(path: Path) -> float:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(path)],
+        check=True,
+        capture_output=True,
+    ).stdout
+    return float(json.loads(out)["format"]["duration"])
+
+
+# ffprobe's names for H.264 profiles and AAC object types -> the numbers RFC 6381 writes in CODECS.
+H264_PROFILE_IDC = {"Constrained Baseline": 66, "Baseline": 66, "Main": 77, "High": 100}
+AAC_OBJECT_TYPE = {"LC": 2, "HE-AAC": 5, "HE-AACv2": 29}
+
+
+def sps_constraint_flags(segment: Path) -> int:
+    """The constraint_set0..5 flags byte of the segment's first SPS, as ffmpeg's trace_headers reads it."""
+    trace = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "debug", "-i", str(segment), "-map", "0:v", "-c", "copy",
+         "-bsf:v", "trace_headers", "-frames:v", "1", "-f", "null", "-"],
+        capture_output=True, text=True, check=True,
+    ).stderr  # fmt: skip
+    flags = [int(bit) for bit in re.findall(r"constraint_set\d_flag\s+\d = (\d)", trace)[:6]]
+    assert len(flags) == 6, trace[-2000:]
+    return sum(bit << (7 - i) for i, bit in enumerate(flags))
+
+
+def expected_codecs(segment: Path) -> str:
+    codecs = []
+    for s in ffprobe_streams(segment):
+        if s["codec_type"] == "video":
+            assert s["codec_name"] == "h264"
+            profile = H264_PROFILE_IDC[s["profile"]]
+            codecs.append(f"avc1.{profile:02x}{sps_constraint_flags(segment):02x}{s['level']:02x}")
+        elif s["codec_type"] == "audio":
+            assert s["codec_name"] == "aac"
+            codecs.append(f"mp4a.40.{AAC_OBJECT_TYPE[s['profile']]}")
+    return ",".join(codecs)
+
+
+def check_against_references(row: Mapping[str, Any], source: Path) -> None:
+    """The row's master and media playlists parsed by the ``m3u8`` package and their segments probed by
+    ffprobe: RFC 8216's BANDWIDTH (at least the peak segment bit rate, §4.3.4.2) and AVERAGE-BANDWIDTH,
+    recomputed here from the segment files' sizes and the parsed EXTINF durations; CODECS and RESOLUTION
+    as ffprobe reads the segments; segment durations adding up to the source's."""
+    master_path = Path(row["master"])
+    master = m3u8.load(str(master_path))
+    assert master.is_variant and len(master.playlists) == len(row["variants"])
+    source_s = ffprobe_duration(source)
+    for variant, v in zip(master.playlists, row["variants"], strict=True):
+        playlist = master_path.parent / variant.uri
+        assert playlist == Path(v["playlist"])
+        media = m3u8.load(str(playlist))
+        assert media.is_endlist and media.playlist_type == "vod" and media.segments
+        target = media.target_duration
+        durations = [s.duration for s in media.segments]
+        files = [playlist.parent / s.uri for s in media.segments]
+        sizes = [f.stat().st_size for f in files]
+        assert all(round(d) <= target for d in durations)  # §4.3.3.1
+        n = len(files)
+        windows = [
+            8 * sum(sizes[i:j]) / sum(durations[i:j])
+            for i in range(n)
+            for j in range(i + 1, n + 1)
+            if 0.5 * target <= sum(durations[i:j]) <= 1.5 * target
+        ]
+        assert windows, durations
+        peak, average = max(windows), 8 * sum(sizes) / sum(durations)
+        info = variant.stream_info
+        assert peak <= info.bandwidth < peak + 1, (info.bandwidth, peak)
+        assert info.average_bandwidth is not None and average <= info.average_bandwidth < average + 1
+        assert (v["bandwidth"], v["average_bandwidth"]) == (info.bandwidth, info.average_bandwidth)
+        assert v["segments"] == n
+        assert info.codecs == v["codecs"] == expected_codecs(files[0])
+        assert sum(durations) == pytest.approx(source_s, abs=0.1)
+        for f, d in zip(files, durations, strict=True):
+            (video,) = [s for s in ffprobe_streams(f) if s["codec_type"] == "video"]
+            assert info.resolution == (video["width"], video["height"]) == (v["width"], v["height"])
+            assert ffprobe_duration(f) == pytest.approx(d, abs=0.1)
+    assert row["duration_s"] == pytest.approx(source_s, abs=0.1)
 
 
 def test_two_rung_ladder_with_audio(tmp_path: Path) -> None:
@@ -50,6 +135,23 @@ def test_two_rung_ladder_with_audio(tmp_path: Path) -> None:
     heights = sorted({s.get("height") for s in ffprobe_streams(master) if s["codec_type"] == "video"})
     assert heights == [240, 360]
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "out").iterdir())
+    check_against_references(row, video)
+
+
+def test_bandwidth_is_the_measured_peak_of_a_busy_clip(tmp_path: Path) -> None:
+    """Noise in every frame at a low rate: the encoder spends its two-second buffer, so one-second segments
+    run over the configured rate plus 10 % that ffmpeg writes as BANDWIDTH."""
+    video = tmp_path / "noise.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=3,noise=alls=80:allf=t+u",
+           "-f", "lavfi", "-i", "sine=frequency=330:duration=3",
+           "-c:v", "libx264", "-preset", "ultrafast", "-crf", "20", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+           str(video))  # fmt: skip
+    settings = hls.Settings(ladder=(hls.Rung(240, 300, 64),), segment_s=1)
+    [row] = hls.encode(file_row(video), tmp_path / "out", settings)
+    assert row["status"] == "ok"
+    check_against_references(row, video)
+    configured = (300 + 64) * 1100
+    assert row["variants"][0]["bandwidth"] > 1.2 * configured  # what this clip is for
 
 
 def test_video_without_audio_and_rotation(tmp_path: Path) -> None:
@@ -59,6 +161,7 @@ def test_video_without_audio_and_rotation(tmp_path: Path) -> None:
     # Shown upright the frame is 240 wide and 320 high, so the 240p rung is kept and rotated.
     assert [(v["width"], v["height"]) for v in row["variants"]] == [(180, 240)]
     assert "mp4a" not in row["variants"][0]["codecs"]
+    check_against_references(row, video)
 
 
 def test_shard_turns_failures_into_rows(tmp_path: Path) -> None:
@@ -74,3 +177,4 @@ def test_shard_turns_failures_into_rows(tmp_path: Path) -> None:
     assert rows[0]["status"] == "error" and rows[0]["error"].startswith("no video stream")
     assert rows[1]["status"] == "error"
     assert rows[2]["status"] == "ok"
+    check_against_references(rows[2], good)

@@ -20,6 +20,7 @@ import pytest
 from conftest import REPO, SAMPLE, SNAKEMAKE, TEST_MODELS, make_audio_only, snakemake, write_config
 from PIL import Image, ImageOps
 from standins import arcface, dinov2
+from test_hls import check_against_references
 from test_thumbnails import bomb_png
 
 from cl_ml_tools import fileio, inventory, tables
@@ -166,6 +167,7 @@ def test_hls_renditions_play(run) -> None:
             capture_output=True, check=True,
         )  # fmt: skip
         assert any(s["codec_type"] == "video" for s in json.loads(probe.stdout)["streams"])
+        check_against_references(by.loc[name], work / "archive" / name)
 
 
 def test_bad_input_gets_error_rows_and_the_rest_is_intact(run) -> None:

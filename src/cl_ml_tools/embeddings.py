@@ -28,6 +28,7 @@ from .tables import STATUS_OK, base_row, error_row
 log = logging.getLogger(__name__)
 
 VIDEO_MEAN_FRAME = -1
+Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,12 @@ class Preprocess:
     def resize(self) -> int:
         return self.recipe.resize
 
-    def __call__(self, image: Image.Image) -> np.ndarray:
+    def __call__(self, image: Image.Image, box: Box | None = None) -> np.ndarray:
+        """``box``: for an image decoded at a reduced JPEG scale, the region of it that the full decode's
+        pixels map to (what ``Image.draft`` returns); see :func:`resize_shortest_edge`."""
         r = self.recipe
         resample = Image.Resampling[r.resample.upper()]
-        image = center_crop(resize_shortest_edge(image.convert("RGB"), r.resize, resample), r.crop)
+        image = center_crop(resize_shortest_edge(image.convert("RGB"), r.resize, resample, box), r.crop)
         x = np.asarray(image, dtype=np.float32) * (1.0 / 255.0)
         return ((x - np.asarray(r.mean, np.float32)) / np.asarray(r.std, np.float32)).transpose(2, 0, 1)
 
@@ -57,12 +60,21 @@ def preprocessing(model_id: str) -> Preprocess:
     return Preprocess(recipe)
 
 
-def resize_shortest_edge(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+def resize_shortest_edge(
+    image: Image.Image, size: int, resample: Image.Resampling, box: Box | None = None
+) -> Image.Image:
     """The shorter side to ``size``, the longer one scaled and truncated to an integer, as
-    ``transformers.image_transforms.get_resize_output_image_size`` does."""
-    w, h = image.size
+    ``transformers.image_transforms.get_resize_output_image_size`` does.
+
+    With ``box`` (``Image.draft``'s (0, 0, width / scale, height / scale)), the output size and the resize's
+    sampling positions are the full decode's: a reduced decode rounds an odd side up (577 px → 289 at 1/2),
+    and sizing from that image gives 453 px where the full decode gives 454, shifted and stretched by up to a
+    pixel. Dividing by a power of two is exact, so the box's aspect ratio is the full decode's to the bit."""
+    w, h = (box[2] - box[0], box[3] - box[1]) if box else image.size
     new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-    return image if new == image.size else image.resize(new, resample)
+    if box is None and new == image.size:
+        return image
+    return image.resize(new, resample, box=box)
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -103,12 +115,13 @@ class Settings(StepSettings):
 
 def load(path: str | Path, preprocess: Preprocess) -> np.ndarray:
     """A preview file, decoded and preprocessed for the network. A JPEG preview is decoded at the smallest
-    DCT scale whose shorter side still covers the resize (1/2 for a 1024 × 768 preview): the input then
-    differs from a full decode's by a few grey levels at edges, and decoding plus resizing cost half as
-    much (8.1 → 3.9 ms per DINOv2 input, 6.0 → 2.8 ms per MobileCLIP one; docs/performance.md)."""
+    DCT scale whose shorter side still covers the resize (1/2 for a 1024 × 768 preview) and resized with the
+    full decode's geometry: the input then differs from a full decode's by a few grey levels at edges
+    (docs/models.md), and decoding plus resizing cost half as much (8.1 → 3.9 ms per DINOv2 input, 6.0 →
+    2.8 ms per MobileCLIP one; docs/performance.md)."""
     with Image.open(path) as image:
-        image.draft("RGB", (preprocess.resize, preprocess.resize))
-        return preprocess(image)
+        drafted = image.draft("RGB", (preprocess.resize, preprocess.resize))
+        return preprocess(image, drafted[1] if drafted else None)
 
 
 def _prepared(

@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from . import video
 from .config import schema_defaults
@@ -102,26 +102,68 @@ def parse_master(master: Path) -> list[dict[str, Any]]:
     return variants
 
 
-def check_media_playlist(playlist: Path, segment_s: float) -> tuple[int, float]:
-    """Validate a VOD media playlist and its segment files; return (segments, total seconds)."""
+class MediaPlaylist(NamedTuple):
+    segments: int
+    seconds: float
+    peak_bps: float  # RFC 8216 §4.3.4.2's peak segment bit rate
+    average_bps: float  # its average segment bit rate: all the segments' bits over the playlist's duration
+
+
+def check_media_playlist(playlist: Path, segment_s: float) -> MediaPlaylist:
+    """Validate a VOD media playlist and its segment files, and measure their bit rates."""
     text = playlist.read_text()
     if "#EXT-X-ENDLIST" not in text:
         raise MediaError(f"{playlist.parent.name}/{playlist.name} has no #EXT-X-ENDLIST")
     target = re.search(r"#EXT-X-TARGETDURATION:(\d+)", text)
     durations = [float(d) for d in re.findall(r"#EXTINF:([0-9.]+)", text)]
     uris = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-    if not target or not durations or len(durations) != len(uris):
+    if not target or not durations or len(durations) != len(uris) or min(durations) <= 0:
         raise MediaError(f"{playlist.parent.name}/{playlist.name} is malformed")
     target_s = int(target.group(1))
     if max(durations) > target_s + 0.5 or target_s > math.ceil(segment_s) + 1:
         raise MediaError(
             f"segments in {playlist.parent.name} run to {max(durations):.2f} s, not the {segment_s:g} s asked for"
         )
+    sizes = []
     for uri in uris:
         seg = playlist.parent / uri
-        if not seg.is_file() or seg.stat().st_size == 0:
+        size = seg.stat().st_size if seg.is_file() else 0
+        if size == 0:
             raise MediaError(f"segment {playlist.parent.name}/{uri} is missing or empty")
-    return len(uris), sum(durations)
+        sizes.append(size)
+    seconds = sum(durations)
+    return MediaPlaylist(len(uris), seconds, peak_bit_rate(sizes, durations, target_s), 8 * sum(sizes) / seconds)
+
+
+def peak_bit_rate(sizes: Sequence[int], durations: Sequence[float], target_s: int) -> float:
+    """The largest bit rate of any run of consecutive segments lasting 0.5 to 1.5 target durations (RFC 8216
+    §4.3.4.2). A playlist too short to hold such a run gets its fastest single segment, which no run of
+    segments can exceed."""
+    rates = []
+    for start in range(len(sizes)):
+        bits = seconds = 0.0
+        for size, duration in zip(sizes[start:], durations[start:], strict=True):
+            bits, seconds = bits + 8 * size, seconds + duration
+            if seconds > 1.5 * target_s:
+                break
+            if seconds >= 0.5 * target_s:
+                rates.append(bits / seconds)
+    return max(rates or (8 * size / duration for size, duration in zip(sizes, durations, strict=True)))
+
+
+def write_bandwidths(master: Path, measured: Sequence[MediaPlaylist]) -> None:
+    """Put the measured peak in each variant's BANDWIDTH, in variant order, and its average in
+    AVERAGE-BANDWIDTH. ffmpeg writes the configured rates plus 10 %, which segments exceed wherever the encoder
+    spends the rate-control buffer (-bufsize is two seconds of the rate): at the start and in busy scenes."""
+    lines = master.read_text().splitlines()
+    rates = iter(measured)
+    for i, line in enumerate(lines):
+        if line.startswith("#EXT-X-STREAM-INF:"):
+            m = next(rates)
+            rest = [f"{k}={v}" for k, v in _ATTR_RE.findall(line.split(":", 1)[1]) if not k.endswith("BANDWIDTH")]
+            bandwidths = [f"BANDWIDTH={math.ceil(m.peak_bps)}", f"AVERAGE-BANDWIDTH={math.ceil(m.average_bps)}"]
+            lines[i] = "#EXT-X-STREAM-INF:" + ",".join(bandwidths + rest)
+    master.write_text("\n".join(lines) + "\n")
 
 
 def encode(file_row: Mapping[str, Any], out_root: Path, settings: Settings) -> list[Row]:
@@ -142,11 +184,11 @@ def encode(file_row: Mapping[str, Any], out_root: Path, settings: Settings) -> l
         if proc.returncode != 0 or not (work / "master.m3u8").exists():
             raise MediaError(f"ffmpeg HLS encode failed: {proc.stderr.decode('utf-8', 'replace').strip()[-400:]}")
         variants = parse_master(work / "master.m3u8")
-        totals = []
-        for v, rung in zip(variants, rungs, strict=True):
-            segments, seconds = check_media_playlist(work / v["playlist"], settings.segment_s)
-            v.update(name=rung.name, segments=segments)
-            totals.append(seconds)
+        measured = [check_media_playlist(work / v["playlist"], settings.segment_s) for v in variants]
+        write_bandwidths(work / "master.m3u8", measured)
+        for v, rung, m in zip(variants, rungs, measured, strict=True):
+            v.update(name=rung.name, bandwidth=math.ceil(m.peak_bps), average_bandwidth=math.ceil(m.average_bps),
+                     segments=m.segments)  # fmt: skip
         shutil.rmtree(final, ignore_errors=True)
         os.replace(work, final)
     finally:
@@ -157,7 +199,7 @@ def encode(file_row: Mapping[str, Any], out_root: Path, settings: Settings) -> l
         **base_row(file_row),
         "master": str(final / "master.m3u8"),
         "variants": variants,
-        "duration_s": max(totals),
+        "duration_s": max(m.seconds for m in measured),
         "segment_count": variants[0]["segments"],
     }]  # fmt: skip
 

@@ -50,6 +50,7 @@ HLS_VARIANT = pa.struct(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("bandwidth", pa.int64()),
+        ("average_bandwidth", pa.int64()),
         ("codecs", pa.string()),
         ("playlist", pa.string()),
         ("segments", pa.int32()),
@@ -210,6 +211,9 @@ VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     "hashes": 2,  # video_sha512 over the demuxer's keyframe payloads, H.264/HEVC in Annex B (issue 19)
     "exif": 2,  # an f_number or exposure_time of 0 is unknown (null), as in exiftool
     "faces": 2,  # sharpness is the unclipped Laplacian variance, and quality with it
+    "hls": 2,  # BANDWIDTH is the measured peak segment bit rate; AVERAGE-BANDWIDTH added
+    "dino": 2,  # a preview decoded at reduced JPEG scale is resized with the full decode's geometry
+    "clip": 2,  # the same
 }
 VERSION_KEY = b"cl_ml_tools.version"
 # Columns with a handful of distinct values: pandas categories (less memory, faster groupby, and their
