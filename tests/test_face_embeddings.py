@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime
 import pytest
 from conftest import SAMPLE, file_row
-from PIL import Image, ImageOps
+from PIL import Image
 from skimage.transform import SimilarityTransform
 from standins import arcface
 
@@ -115,9 +115,9 @@ def norm_crop(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def sample_faces(tmp_path_factory: pytest.TempPathFactory, test_models) -> list[tuple[dict, np.ndarray, np.ndarray]]:
-    """The faces of the sample photos found by the pipeline (real BlazeFace, full range), each with the
-    image its crop was cut from (the preview, or the oriented original for a face too small in it) and its
-    keypoints in that image's pixels, from the faces table's columns."""
+    """The faces of the sample photos found by the pipeline (real BlazeFace, full range; the four are large
+    enough to be cut from the preview), each with its preview and its keypoints in the preview's pixels, from
+    the faces table's columns (which are in the oriented original's)."""
     photos = [SAMPLE / "2021 holiday" / "astronaut.jpg", *sorted((SAMPLE / "2023 reunion").glob("*.jpg"))]
     folder = tmp_path_factory.mktemp("faces")
     files = [file_row(path, media_id=f"{i:016x}") for i, path in enumerate(photos)]
@@ -127,14 +127,12 @@ def sample_faces(tmp_path_factory: pytest.TempPathFactory, test_models) -> list[
     previews = {t["media_id"]: t for t in thumbs if t["role"] == "preview"}
     found = []
     for row in rows:
-        if row["crop_source"] == "preview":
-            image = np.asarray(Image.open(previews[row["media_id"]]["file"]).convert("RGB"))
-        else:
-            image = np.asarray(ImageOps.exif_transpose(Image.open(row["path"])).convert("RGB"))
-        scale = image.shape[1] / previews[row["media_id"]]["source_width"]
+        preview = previews[row["media_id"]]
+        image = np.asarray(Image.open(preview["file"]).convert("RGB"))
+        scale = image.shape[1] / preview["source_width"]
         keypoints = np.array([[row[f"{k}_x"], row[f"{k}_y"]] for k in faces.KEYPOINTS]) * scale
         found.append((row, image, keypoints))
-    assert len(found) >= 4 and {r["crop_source"] for r, _, _ in found} >= {"preview"}
+    assert len(found) == 4 and all(row["crop_source"] == "preview" for row, _, _ in found)
     return found
 
 
@@ -155,7 +153,8 @@ def test_aligned_crops_match_insightface_norm_crop(sample_faces) -> None:
 def test_face_embeddings_match_insightface_on_real_faces(sample_faces, test_models) -> None:
     """The face_embeddings step's vector for each sample face against InsightFace's pipeline on the same
     ONNX file: ``norm_crop``, ``cv2.dnn.blobFromImages`` with mean 127.5 and scale 1/127.5 (ArcFaceONNX's
-    input for these networks), onnxruntime run directly. Our crop as aligned agrees to a cosine of 0.99994;
+    input for these networks; it swaps the BGR image it reads to RGB, these previews are RGB already),
+    onnxruntime run directly. Our crop as aligned agrees to a cosine of 0.99994;
     the step embeds it as stored, a JPEG at ``faces.crop_quality`` 95, and the stand-in's random 8×8
     filters see that compression: 0.9987-0.9994 (the reference crop stored alike gives 0.9995-0.9997)."""
     network = test_models["arcface_w600k_mbf"]
