@@ -1,15 +1,19 @@
-"""DINOv2 and MobileCLIP image embeddings: preprocessing by hand, stand-in towers with the real tensor names."""
+"""DINOv2 and MobileCLIP image embeddings: preprocessing by hand, stand-in towers with the real tensor names, and
+the step's rows against onnxruntime run directly on inputs made by Hugging Face's image processors."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
+from conftest import SAMPLE, file_row
 from PIL import Image
 from standins import dinov2, mobileclip_image
+from transformers import BitImageProcessorPil, CLIPImageProcessorPil
 
-from cl_ml_tools import embeddings, models
+from cl_ml_tools import embeddings, models, thumbnails
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +209,76 @@ def test_an_all_zero_embedding_is_an_error_row(tmp_path: Path) -> None:
     mean = by[("vid", 0)]["embedding"] + by[("vid", 2)]["embedding"]
     np.testing.assert_allclose(by[("vid", -1)]["embedding"], mean / np.linalg.norm(mean), atol=1e-6)
     assert all(np.linalg.norm(r["embedding"]) > 0.99 for r in rows if r["status"] == "ok")
+
+
+# The published preprocessing of each tower, in Hugging Face's image processors (their torch-free PIL backends).
+# DINOv2: facebook/dinov2-small's preprocessor_config.json (BitImageProcessor), value for value.
+# MobileCLIP-S2 as open_clip 3.3.0 builds it: model_configs/MobileCLIP-S2.json (image_size 256), pretrained.py's
+# MobileCLIP entries (mean (0, 0, 0), std (1, 1, 1), interpolation "bilinear", resize_mode "shortest") and
+# transform.py's eval transform (Resize shortest edge, CenterCrop, ToTensor: ×1/255, Normalize).
+HF_PREPROCESSING = {
+    "dinov2_small": (
+        BitImageProcessorPil,
+        {
+            "do_resize": True, "size": {"shortest_edge": 256}, "resample": 3,  # PIL.Image.BICUBIC
+            "do_center_crop": True, "crop_size": {"height": 224, "width": 224},
+            "do_rescale": True, "rescale_factor": 0.00392156862745098,
+            "do_normalize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+            "do_convert_rgb": True,
+        },
+        "pooler_output",
+    ),
+    "mobileclip_s2_image": (
+        CLIPImageProcessorPil,
+        {
+            "do_resize": True, "size": {"shortest_edge": 256}, "resample": 2,  # PIL.Image.BILINEAR
+            "do_center_crop": True, "crop_size": {"height": 256, "width": 256},
+            "do_rescale": True, "rescale_factor": 1 / 255,
+            "do_normalize": True, "image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0],
+            "do_convert_rgb": True,
+        },
+        "image_embeds",
+    ),
+}  # fmt: skip
+SAMPLE_PHOTOS = [
+    SAMPLE / "2021 holiday" / "astronaut.jpg",
+    SAMPLE / "2021 holiday" / "chelsea the cat.webp",
+    SAMPLE / "2021 holiday" / "coffee.png",
+    SAMPLE / "2023 reunion" / "hopper.jpg",
+    SAMPLE / "2023 reunion" / "together.jpg",
+]
+
+
+@pytest.fixture(scope="module")
+def sample_previews(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """The thumbnails step's rows for the sample photos (previews from 451×300 to 1024×577)."""
+    files = [file_row(path, media_id=f"{i:016x}") for i, path in enumerate(SAMPLE_PHOTOS)]
+    return thumbnails.thumbnail_shard(files, tmp_path_factory.mktemp("previews"), thumbnails.Settings())
+
+
+@pytest.mark.parametrize("model_id", ["dinov2_small", "mobileclip_s2_image"])
+def test_embeddings_match_onnxruntime_on_hugging_face_inputs(
+    sample_previews: list[dict], test_models, model_id: str
+) -> None:
+    """The step's row for each sample photo against the same ONNX file run by onnxruntime directly, on the
+    pixel values Hugging Face's image processor makes from the preview with the published recipe. The input
+    of a full decode is the processor's to float rounding; the step decodes JPEG previews at reduced DCT
+    scale (``embeddings.load``), which leaves cosines of 0.99975 (DINOv2) and 0.99998 (MobileCLIP) on the
+    1024×577 preview, whose odd height the half-scale decode rounds up, and over 0.99999 on the others."""
+    processor_class, config, output = HF_PREPROCESSING[model_id]
+    processor = processor_class(**config)
+    network = test_models[model_id]
+    encoder = embeddings.ImageEncoder(models.locate(model_id, {model_id: network}))
+    rows = embeddings.embed_shard(sample_previews, encoder, batch_size=4)
+    session = onnxruntime.InferenceSession(str(network), providers=["CPUExecutionProvider"])
+    previews = [row for row in sample_previews if row["role"] == "preview"]
+    assert [r["media_id"] for r in rows] == [p["media_id"] for p in previews] and len(rows) == len(SAMPLE_PHOTOS)
+    cosines = []
+    for row, preview in zip(rows, previews, strict=True):
+        with Image.open(preview["file"]) as image:
+            pixels = processor(images=image, return_tensors="np")["pixel_values"]
+            np.testing.assert_allclose(encoder.preprocess(image), pixels[0], atol=1e-5)
+        (reference,) = session.run([output], {"pixel_values": pixels})[0]
+        cosines.append(float(np.dot(row["embedding"], reference) / np.linalg.norm(reference)))
+    print(model_id, "cosine with the reference per photo:", np.round(cosines, 6).tolist())
+    assert min(cosines) >= 0.999

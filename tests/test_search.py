@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
+import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE, snakemake, write_config
+from conftest import SAMPLE, TEST_CACHE, snakemake, write_config
 from PIL import Image
+from standins import clip_vocab
+from transformers import CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from cl_ml_tools import cli, clip, embeddings, models, search, tables
+from cl_ml_tools import cli, embeddings, models, search, tables
 
 pytestmark = pytest.mark.e2e
 
@@ -26,20 +32,42 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work / "results"
 
 
-def test_text_search_ranks_by_cosine_with_the_text_tower(results: Path, test_models, capsys) -> None:
-    over = {"mobileclip_s2_text": test_models["mobileclip_s2_text"]}
-    hits = search.by_text(results, "a cat on a sofa", top=3, overrides=over)
-    text = clip.TextEncoder(models.locate("mobileclip_s2_text", over)).embed(["a cat on a sofa"])[0]
-    table = tables.load("clip", results)
-    files = tables.load("files", results).set_index("media_id").path
-    best = (
-        table.assign(score=[float(np.dot(e, text)) for e in table.embedding])
-        .groupby("media_id")
-        .score.max()
-        .sort_values(ascending=False)
-    )
-    assert [h.path for h in hits] == [files[m] for m in best.index[:3]]
-    assert [h.score for h in hits] == pytest.approx(best.iloc[:3].tolist(), abs=1e-5)
+def reference_ids(vocab_gz: Path, text: str) -> np.ndarray:
+    """(1, 77) token ids from Hugging Face's CLIPTokenizer, made from open_clip's vocabulary file as open_clip's
+    SimpleTokenizer reads it (byte alphabet, the same with "</w>", the first 48 894 merges, the two special
+    tokens), then padded with zeros as open_clip's ``tokenize`` pads (Hugging Face's pad is the end token)."""
+    with gzip.open(vocab_gz, "rt", encoding="utf-8") as f:
+        merges = [tuple(line.split()) for line in f.read().split("\n")[1 : 49152 - 256 - 2 + 1]]
+    alphabet = list(bytes_to_unicode().values())
+    words = [*alphabet, *(a + "</w>" for a in alphabet), *("".join(m) for m in merges)]
+    words += ["<|startoftext|>", "<|endoftext|>"]
+    tokens = CLIPTokenizer(vocab={w: i for i, w in enumerate(words)}, merges=merges)(text)["input_ids"]
+    ids = np.zeros((1, 77), np.int64)
+    ids[0, : len(tokens)] = tokens
+    return ids
+
+
+def test_text_search_ranks_by_cosine_with_the_text_tower(results: Path, test_models) -> None:
+    """The hits against the ranking recomputed without our code: the query's ids from Hugging Face's
+    tokenizer (``reference_ids``), the text stand-in run by onnxruntime directly, cosines in numpy with every
+    row of the clip table read by pyarrow, a file scored by its best frame."""
+    query = "a cat on a sofa"
+    folder = test_models["mobileclip_s2_text"]
+    hits = search.by_text(results, query, top=3, overrides={"mobileclip_s2_text": folder})
+    ids = reference_ids(clip_vocab(TEST_CACHE), query)
+    assert ids[0, :7].tolist() == [49406, 320, 2368, 525, 320, 15723, 49407]  # "a", "cat", "on", "a", "sofa"
+    session = onnxruntime.InferenceSession(str(folder / "text_model.onnx"), providers=["CPUExecutionProvider"])
+    (text,) = session.run(["text_embeds"], {"input_ids": ids})[0]
+    clip_rows = pq.read_table(results / "tables" / "clip.parquet").to_pylist()
+    scores: dict[str, float] = {}
+    for row in clip_rows:
+        if row["status"] == "ok":
+            score = float(np.dot(row["embedding"], text) / np.linalg.norm(text))
+            scores[row["media_id"]] = max(score, scores.get(row["media_id"], -1.0))
+    paths = {r["media_id"]: r["path"] for r in pq.read_table(results / "tables" / "files.parquet").to_pylist()}
+    best = sorted(scores, key=scores.__getitem__, reverse=True)[:3]
+    assert len(scores) >= 5 and [h.path for h in hits] == [paths[m] for m in best]
+    assert [h.score for h in hits] == pytest.approx([scores[m] for m in best], abs=1e-5)
     assert all(h.thumbnail and Path(h.thumbnail).is_file() for h in hits)
 
 

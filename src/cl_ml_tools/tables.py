@@ -210,7 +210,8 @@ TABLES = tuple(SCHEMAS)
 VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     "hashes": 2,  # video_sha512 over the demuxer's keyframe payloads, H.264/HEVC in Annex B (issue 19)
     "exif": 2,  # an f_number or exposure_time of 0 is unknown (null), as in exiftool
-    "faces": 2,  # sharpness is the unclipped Laplacian variance, and quality with it
+    "faces": 2,  # sharpness is the unclipped Laplacian variance; crops aligned as InsightFace's norm_crop
+    "face_embeddings": 2,  # embeddings of those crops
     "hls": 2,  # BANDWIDTH is the measured peak segment bit rate; AVERAGE-BANDWIDTH added
     "dino": 2,  # a preview decoded at reduced JPEG scale is resized with the full decode's geometry
     "clip": 2,  # the same
