@@ -9,6 +9,7 @@ needs it to tell TIFF-based RAW formats apart, as in the pipeline), else nothing
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -33,11 +34,12 @@ class RequestError(Exception):
     """A request the service refuses: the HTTP status, a short code and a sentence for the client (the
     JSON body of every 4xx answer: ``{"error": code, "message": sentence}``)."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
 
 
 @dataclass
@@ -158,6 +160,25 @@ class _Form:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+
+
+async def arriving(body: AsyncIterator[bytes], idle_seconds: float) -> AsyncIterator[bytes]:
+    """The body's chunks; a 408 when none comes for ``idle_seconds`` (a stalled client would otherwise hold
+    its connection, its open file and its place among the uploads for good)."""
+    chunks = aiter(body)
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), idle_seconds)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise RequestError(
+                408,
+                "upload_timeout",
+                f"no byte of the upload arrived for {idle_seconds:g} s (server.upload_idle_seconds)",
+                {"Connection": "close"},
+            ) from None
+        yield chunk
 
 
 async def receive(
