@@ -261,11 +261,12 @@ def test_rows_match_hashlib_imagehash_exiftool_and_pil_run_on_the_upload(server:
 # --------------------------------------------------------------------------------------------------- item 7
 
 
-def _partial_upload(port: int, length: int = 1_000_000, sent: int = 1000) -> socket.socket:
+def _partial_upload(port: int, api_key: str | None = None, sent: int = 1000) -> socket.socket:
     """A connection that has sent the headers of an upload and ``sent`` bytes of its body, then nothing."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    key = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
     head = (f"POST /jobs/hash HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=xyz\r\n"
-            f"Content-Length: {length}\r\n\r\n").encode()  # fmt: skip
+            f"{key}Content-Length: 1000000\r\n\r\n").encode()  # fmt: skip
     part = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
     sock.sendall(head + part + bytes(sent))
     return sock

@@ -121,12 +121,21 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _option_schemas(plugin: plugins.Plugin, config: dict[str, Any]) -> dict[str, Any]:
-    """Each option as the server takes it: its default the server's config, the bounds on cost its limits."""
+    """Each option's form field as the server reads it: text options as text, the others as JSON text whose
+    ``contentSchema`` is the option's schema, with the server's config as its default and the server's
+    limits on cost as its bounds."""
     step = plugin.step
     out = {}
     for name, schema in plugins.option_schemas(plugin).items():
         key = plugins.ALIASES.get(plugin.name, {}).get(name, name)
         schema = {k: v for k, v in copy.deepcopy(schema).items() if k != "default"}
+        if name != key:
+            out[name] = {
+                "type": "string",
+                "enum": schema["items"]["enum"],
+                "description": f"{key} as one name (or a JSON list)",
+            }
+            continue
         if key in config.get(step, {}):
             schema["default"] = config[step][key]
         if key in BOUNDS.get(step, {}):
@@ -136,16 +145,17 @@ def _option_schemas(plugin: plugins.Plugin, config: dict[str, Any]) -> dict[str,
             else:
                 schema.pop("exclusiveMinimum", None)
                 schema["minimum"] = config[section][bound_key]
+        if schema.get("type") == "string" or ("enum" in schema and all(isinstance(v, str) for v in schema["enum"])):
+            out[name] = {"type": "string", **schema}
+            continue
+        described = {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
         if schema.get("type") == "array":
-            schema["description"] = "a JSON list; one bare item is taken as a list of one"
-        if name != key:
-            schema = {"enum": schema["items"]["enum"], "description": f"the same as {key}: one name (or a JSON list)"}
-        out[name] = schema
+            described["description"] = "a JSON list; one item alone (JSON or bare text) is taken as a list of one"
+        out[name] = described
     return out
 
 
 def _upload(plugin: plugins.Plugin, config: dict[str, Any]) -> dict[str, Any]:
-    options = _option_schemas(plugin, config)
     body = {
         "type": "object",
         "required": ["file"],
@@ -156,14 +166,10 @@ def _upload(plugin: plugins.Plugin, config: dict[str, Any]) -> dict[str, Any]:
                 "contentMediaType": "application/octet-stream",
                 "description": f"the file ({plugin.describe_kinds()}; its kind is sniffed from its bytes)",
             },
-            **options,
+            **_option_schemas(plugin, config),
         },
     }
-    complex_ = {n: {"contentType": "application/json"} for n, s in options.items() if s.get("type") == "array"}
-    content: dict[str, Any] = {"schema": body}
-    if complex_:
-        content["encoding"] = complex_
-    return {"required": True, "content": {"multipart/form-data": content}}
+    return {"required": True, "content": {"multipart/form-data": {"schema": body}}}
 
 
 def _needs_key(app: FastAPI) -> set[tuple[str, str]]:
