@@ -13,6 +13,7 @@ Run it with ``cl-ml-tools serve``, ``uvicorn cl_ml_tools.master:app`` or gunicor
 | ``GET /jobs/{id}/status`` | the job's state and progress (``?wait=S``: until it finishes, at most S s) |
 | ``GET /jobs/{id}/results`` | the rows of the step's table for the file, once finished (409 before) |
 | ``GET /jobs/{id}/files/{name}`` | a file the job made (thumbnail, face crop, HLS playlist or segment) |
+| ``GET /openapi.json`` | the API's description (:mod:`cl_ml_tools.openapi`); no /docs or /redoc pages |
 """
 
 from __future__ import annotations
