@@ -20,11 +20,12 @@ from pathlib import Path
 
 import imagehash
 import pytest
-from conftest import SAMPLE, make_audio_only, make_video
+from conftest import SAMPLE, file_row, make_audio_only, make_video, write_config
 from PIL import Image, ImageOps
 from test_service import PHOTO, VIDEO, Server, processes, service_config, wait_for
 
-from cl_ml_tools import plugins
+from cl_ml_tools import plugins, runner
+from cl_ml_tools.service_config import load as load_config
 
 GUIDE_CURL = 'curl -X POST http://localhost:8000/jobs/hash -F "file=@image.jpg" -F "algorithm=sha512"'
 BOMB_LIMIT = 1_000_000
@@ -137,6 +138,18 @@ def test_a_batch_with_broken_videos_costs_only_those_files_and_keeps_their_byte_
         else:
             assert results[name]["status"] == "error" and row["status"] == "error", results[name]
             assert results[name]["error"] == row["error"] and messages[name] in row["error"], results[name]
+
+
+def test_a_batch_whose_step_fails_as_a_whole_is_run_again_file_by_file(tmp_path: Path) -> None:
+    """The runner's side of the isolation: a step that raises over a batch (here on a row it cannot read)
+    costs that row's file alone, and the other file's rows are the step's own."""
+    config = load_config(write_config(tmp_path, {"photos": str(SAMPLE)})).raw
+    good = file_row(PHOTO, "00000000000000a1")
+    bad = {k: v for k, v in file_row(PNG, "00000000000000a2").items() if k != "status"}
+    call = runner.Call("hash", {}, [good, bad], [tmp_path / "a", tmp_path / "b"], tmp_path / "work")
+    rows = runner.execute(call, runner.Toolbox(config, 1), lambda fraction, stage: None)
+    assert [[r["status"] for r in file_rows] for file_rows in rows] == [["ok"], ["error"]]
+    assert rows[0][0]["sha512"] == _hashes(PHOTO)["sha512"] and "KeyError" in rows[1][0]["error"]
 
 
 # --------------------------------------------------------------------------------------------------- item 6
