@@ -287,7 +287,7 @@ async def health(request: Request) -> dict[str, Any]:
 
 @app.get("/openapi.json", dependencies=[Depends(authorised)], include_in_schema=False)
 async def openapi_document(request: Request) -> JSONResponse:
-    return JSONResponse(openapi.document(app, _service(request).config))
+    return JSONResponse(openapi.document(app, _service(request).config, authorised))
 
 
 @app.get("/metrics", dependencies=[Depends(authorised)])

@@ -11,6 +11,7 @@ JSON bodies of the answers.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -98,7 +99,7 @@ _WHY = {
 # The refusals each route can answer, besides 401 (every route that needs the key) and 400 (every route
 # with parameters). Routes not listed (added later) keep those two.
 _ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
-    ("post", "/jobs/{plugin}"): (400, 404, 408, 413, 415, 503, 507),
+    ("post", "/jobs/{plugin}"): (400, 408, 413, 415, 503, 507),
     ("post", "/jobs/archive"): (404,),
     ("get", "/jobs/{job_id}/status"): (400, 404),
     ("get", "/jobs/{job_id}/results"): (400, 404, 409),
@@ -172,21 +173,21 @@ def _upload(plugin: plugins.Plugin, config: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"multipart/form-data": {"schema": body}}}
 
 
-def _needs_key(app: FastAPI) -> set[tuple[str, str]]:
-    from .master import authorised
-
+def _guarded_by(app: FastAPI, check: Callable[..., Any]) -> set[tuple[str, str]]:
+    """(method, path) of every route that has ``check`` among its dependencies."""
     return {
         (method.lower(), route.path_format)
         for route in app.routes
-        if any(d.call is authorised for d in getattr(getattr(route, "dependant", None), "dependencies", ()))
+        if any(d.call is check for d in getattr(getattr(route, "dependant", None), "dependencies", ()))
         for method in getattr(route, "methods", ())
     }
 
 
-def document(app: FastAPI, config: ServiceConfig) -> dict[str, Any]:
+def document(app: FastAPI, config: ServiceConfig, key_check: Callable[..., Any]) -> dict[str, Any]:
+    """The document of ``app`` as this server runs it; ``key_check`` is the dependency that asks for the key."""
     doc = get_openapi(title=app.title, version=__version__, routes=app.routes)
     keyed = config.server["api_key"] is not None
-    needs_key = _needs_key(app)
+    needs_key = _guarded_by(app, key_check)
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):

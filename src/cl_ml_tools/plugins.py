@@ -195,7 +195,9 @@ def parse_options(plugin: Plugin, fields: Mapping[str, str], config: Mapping[str
     errors = sorted(validator.iter_errors(merged), key=lambda e: list(e.path))
     if errors:
         first = errors[0]
-        where = ".".join(str(p) for p in first.path) or plugin.step
+        # Named as the client named it (``algorithm``, not ``bytes``).
+        named = {aliases.get(name, name): name for name in fields}
+        where = ".".join(str(named.get(p, p)) for p in first.path) or plugin.step
         raise OptionsError(f"option {where}: {first.message}")
     beyond = _beyond_bounds(plugin.step, options, config)
     if beyond:
