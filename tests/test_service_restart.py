@@ -77,6 +77,7 @@ def test_a_job_past_its_timeout_or_whose_runner_dies_gets_an_error_and_a_broker_
         tmp_path,
         storage,
         worker={"max_concurrent_jobs": 1, "job_timeout_seconds": 2},
+        hls={"preset": "veryslow"},  # the slowest preset a client may ask for is the server's
         mqtt={"enabled": True, "broker": f"127.0.0.1:{dead}"},
     )
     server = Server(tmp_path, config).start()

@@ -205,6 +205,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port or server["port"],
         workers=args.workers or server["workers"],
         log_level=server["log_level"],
+        # Past this many connections uvicorn answers 503 instead of running out of file descriptors.
+        limit_concurrency=server["max_connections"],
+        timeout_keep_alive=server["keep_alive_seconds"],
         # Requests waiting for a job (?wait=) would otherwise hold a stop up for as long as they wait.
         timeout_graceful_shutdown=5,
     )

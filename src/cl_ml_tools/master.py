@@ -13,6 +13,7 @@ Run it with ``cl-ml-tools serve``, ``uvicorn cl_ml_tools.master:app`` or gunicor
 | ``GET /jobs/{id}/status`` | the job's state and progress (``?wait=S``: until it finishes, at most S s) |
 | ``GET /jobs/{id}/results`` | the rows of the step's table for the file, once finished (409 before) |
 | ``GET /jobs/{id}/files/{name}`` | a file the job made (thumbnail, face crop, HLS playlist or segment) |
+| ``GET /openapi.json`` | the API's description (:mod:`cl_ml_tools.openapi`); no /docs or /redoc pages |
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
-from . import __version__, inventory, models, mqtt, plugins, service_config
+from . import __version__, inventory, models, mqtt, openapi, plugins, service_config
 from .jobs import FINISHED, JOB_ID, QUEUED, RUNNING, Job, JobStore, Layout, Owner
 from .metrics import CONTENT_TYPE, Metrics
 from .plugins import ARCHIVE, INPUT, PLUGINS, OptionsError, Plugin
-from .uploads import RequestError, receive
+from .uploads import RequestError, arriving, receive
 from .worker import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,8 @@ class Service:
         self.overrides = models.overrides_from_config(config.raw)
         self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self._waiters_lock = threading.Lock()
+        self.uploads = 0
+        """Uploads this process is receiving now (``server.max_uploads``)."""
 
     def start(self) -> None:
         self.dispatcher.start()
@@ -159,7 +163,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 # FastAPI's OpenTelemetry hooks are off: no provider is configured here, so they would only cost time on
 # every request (``/metrics`` is the service's own).
 NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
-app = FastAPI(title="cl_ml_tools", version=__version__, lifespan=lifespan, telemetry=NO_TELEMETRY)
+# No /docs or /redoc (their pages load Swagger UI and ReDoc from a CDN) and FastAPI's own /openapi.json is
+# replaced by one that needs the API key and describes the real requests and answers (see ``openapi``).
+app = FastAPI(
+    title="cl_ml_tools",
+    version=__version__,
+    lifespan=lifespan,
+    telemetry=NO_TELEMETRY,
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
 
 
 def _service(request: Request) -> Service:
@@ -175,20 +189,31 @@ def authorised(request: Request) -> None:
         raise RequestError(401, "unauthorized", "this server needs the header 'Authorization: Bearer <api key>'")
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
 
 
 @app.exception_handler(RequestError)
 async def _refused(request: Request, exc: RequestError) -> JSONResponse:
-    return _error(exc.status, exc.code, exc.message)
+    return _error(exc.status, exc.code, exc.message, exc.headers)
+
+
+CLIENT_CLOSED = 499
+"""What ``/metrics`` counts for a request whose client hung up (nginx's code): the client's doing, no 5xx."""
+
+
+@app.exception_handler(ClientDisconnect)
+async def _hung_up(request: Request, exc: ClientDisconnect) -> Response:
+    log.info("%s %s: the client hung up before its request ended", request.method, request.url.path)
+    return Response(status_code=CLIENT_CLOSED)  # nobody reads it: uvicorn drops answers to closed connections
 
 
 @app.exception_handler(HTTPException)
 async def _http(request: Request, exc: HTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-    message = "no such endpoint; see GET /docs" if exc.status_code == 404 else str(exc.detail)
+    message = "no such endpoint; see GET /openapi.json" if exc.status_code == 404 else str(exc.detail)
     return _error(exc.status_code, code, message)
 
 
@@ -260,6 +285,11 @@ async def health(request: Request) -> dict[str, Any]:
     }
 
 
+@app.get("/openapi.json", dependencies=[Depends(authorised)], include_in_schema=False)
+async def openapi_document(request: Request) -> JSONResponse:
+    return JSONResponse(openapi.document(app, _service(request).config, authorised))
+
+
 @app.get("/metrics", dependencies=[Depends(authorised)])
 async def metrics(request: Request) -> Response:
     body = await run_in_threadpool(_service(request).metrics.render)
@@ -292,15 +322,24 @@ async def submit(plugin: str, request: Request) -> JSONResponse:
     service = _service(request)
     chosen = service.plugin(plugin)
     assert chosen is not None
+    server = service.config.server
+    if service.uploads >= server["max_uploads"]:
+        raise RequestError(
+            503,
+            "busy",
+            f"this server is receiving {server['max_uploads']} uploads already (server.max_uploads); retry shortly",
+            {"Retry-After": "5"},
+        )
+    service.uploads += 1
     job_id = uuid.uuid4().hex
     folder = service.layout.job_dir(job_id)
-    folder.mkdir()
     try:
+        folder.mkdir()
         part = folder / ".upload.part"
-        limit = service.config.server["max_upload_bytes"]
         headers = request.headers
+        body = arriving(request.stream(), server["upload_idle_seconds"])
         upload = await receive(
-            headers.get("content-type", ""), headers.get("content-length"), request.stream(), part, limit
+            headers.get("content-type", ""), headers.get("content-length"), body, part, server["max_upload_bytes"]
         )
         if upload.size == 0:
             raise RequestError(400, "empty_file", "the uploaded file is empty")
@@ -329,12 +368,19 @@ async def submit(plugin: str, request: Request) -> JSONResponse:
         job = await run_in_threadpool(service.store.submit, job_id, plugin, options, file)
     except OSError as exc:
         shutil.rmtree(folder, ignore_errors=True)
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            # Out of file descriptors (LimitNOFILE): too many connections at once, not a fault of this request.
+            raise RequestError(
+                503, "busy", "this server has too many open files right now; retry shortly", {"Retry-After": "5"}
+            ) from None
         if exc.errno != errno.ENOSPC:
             raise
         raise RequestError(507, "storage_full", "the server's storage folder is full; try again later") from None
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+    finally:
+        service.uploads -= 1
     service.metrics.upload_bytes.inc(upload.size)
     service.events.publish(job.id, "status", job.status())
     service.dispatcher.wake()

@@ -92,8 +92,20 @@ def _step_schemas() -> dict[str, dict[str, Any]]:
     return {p.step: settings.section_schema(p.step) for p in PLUGINS.values()}
 
 
+# Other names a plugin takes for an option: the production guide's ``algorithm`` for ``hashes.bytes``.
+ALIASES: dict[str, dict[str, str]] = {"hash": {"algorithm": "bytes"}}
+
+
 def option_names(plugin: Plugin) -> list[str]:
-    return [k for k in _step_schemas()[plugin.step].get("properties", {}) if k not in NOT_OPTIONS]
+    names = [k for k in _step_schemas()[plugin.step].get("properties", {}) if k not in NOT_OPTIONS]
+    return names + list(ALIASES.get(plugin.name, {}))
+
+
+def option_schemas(plugin: Plugin) -> dict[str, dict[str, Any]]:
+    """Each option's JSON schema (an alias has its option's), for the OpenAPI document."""
+    properties = _step_schemas()[plugin.step].get("properties", {})
+    aliases = ALIASES.get(plugin.name, {})
+    return {name: properties[aliases.get(name, name)] for name in option_names(plugin)}
 
 
 def _value(text: str) -> Any:
@@ -104,8 +116,61 @@ def _value(text: str) -> Any:
         return text
 
 
+def _as_schema_wants(value: Any, schema: Mapping[str, Any]) -> Any:
+    """A bare value where the schema wants a list is that list's one item (``algorithm=sha512``)."""
+    return [value] if schema.get("type") == "array" and not isinstance(value, list) else value
+
+
+# Options that bound what one job may cost (pixels decoded, frames and files written, encoder work, memory,
+# threads). The server's config is the bound: a client may ask for less, never for more.
+# step → option → (the config's section and key that bound it, "max" or "min").
+BOUNDS: dict[str, dict[str, tuple[str, str, str]]] = {
+    "hashes": {"max_pixels": ("hashes", "max_pixels", "max")},
+    "thumbnails": {
+        k: ("thumbnails", k, "max") for k in ("thumb_size", "preview_size", "video_frames", "sheet_grid", "max_pixels")
+    },
+    "faces": {"max_pixels": ("faces", "max_pixels", "max"), "min_overlap": ("faces", "min_overlap", "max")},
+    "face_embeddings": {"batch_size": ("face_embeddings", "batch_size", "max")},
+    "dino": {"batch_size": ("dino", "batch_size", "max")},
+    "clip": {"batch_size": ("clip", "batch_size", "max")},
+    # A job's ffmpeg gets the threads one job may use (worker.threads); a client may ask for fewer.
+    "hls": {"segment_s": ("hls", "segment_s", "min"), "threads": ("worker", "threads", "max")},
+}
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
+def _beyond_bounds(step: str, options: Mapping[str, Any], config: Mapping[str, Any]) -> str | None:
+    """Why an option asks for more than the server's config allows, or None."""
+    for key, (section, bound_key, side) in BOUNDS.get(step, {}).items():
+        value, bound = options.get(key), config[section][bound_key]
+        if value is None or (key == "threads" and value == 0):
+            continue  # hls threads 0: the server's choice, worker.threads
+        if (side == "max" and value > bound) or (side == "min" and value < bound):
+            word = "above" if side == "max" else "below"
+            return f"option {key}: {value} is {word} this server's limit {bound} ({section}.{bound_key})"
+    if step == "faces" and "tile_size" in options:
+        # Smaller tiles are more network calls per frame; 0 (no tiles) is the cheapest.
+        tile, bound = options["tile_size"], config["faces"]["tile_size"]
+        if tile != 0 and (bound == 0 or tile < bound):
+            return f"option tile_size: {tile} is below this server's limit {bound} (faces.tile_size; 0: no tiles)"
+    if step == "hls":
+        server = config["hls"]
+        if "preset" in options and PRESETS.index(options["preset"]) > PRESETS.index(server["preset"]):
+            return (
+                f"option preset: {options['preset']} is slower than this server's limit {server['preset']} (hls.preset)"
+            )
+        ladder, most = options.get("ladder", server["ladder"]), len(server["ladder"])
+        if len(ladder) > most:
+            return f"option ladder: {len(ladder)} renditions, above this server's limit {most} (hls.ladder)"
+        highest = max(r["height"] for r in server["ladder"])
+        if any(r["height"] > highest for r in ladder):
+            return f"option ladder: a height above this server's limit {highest} (hls.ladder)"
+    return None
+
+
 def parse_options(plugin: Plugin, fields: Mapping[str, str], config: Mapping[str, Any]) -> dict[str, Any]:
-    """The options of a job from its form fields, checked with the step's schema over the server's section."""
+    """The options of a job from its form fields, checked with the step's schema over the server's section
+    and against the server's bounds on cost (:data:`BOUNDS`)."""
     import jsonschema
 
     allowed = option_names(plugin)
@@ -115,14 +180,28 @@ def parse_options(plugin: Plugin, fields: Mapping[str, str], config: Mapping[str
     if unknown:
         takes = ", ".join(allowed) if allowed else "no options"
         raise OptionsError(f"plugin {plugin.name} does not take {', '.join(map(repr, unknown))}; it takes {takes}")
-    options = {k: _value(v) for k, v in sorted(fields.items())}
+    aliases = ALIASES.get(plugin.name, {})
+    twice = [f"{alias!r} and {key!r}" for alias, key in aliases.items() if alias in fields and key in fields]
+    if twice:
+        raise OptionsError(f"give one of {twice[0]}: they are the same option")
+    schema = _step_schemas()[plugin.step]
+    properties = schema.get("properties", {})
+    options = {}
+    for name, text in sorted(fields.items()):
+        key = aliases.get(name, name)
+        options[key] = _as_schema_wants(_value(text), properties[key])
     merged = {**config.get(plugin.step, {}), **options}
-    validator = jsonschema.Draft202012Validator(_step_schemas()[plugin.step])
+    validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(merged), key=lambda e: list(e.path))
     if errors:
         first = errors[0]
-        where = ".".join(str(p) for p in first.path) or plugin.step
+        # Named as the client named it (``algorithm``, not ``bytes``).
+        named = {aliases.get(name, name): name for name in fields}
+        where = ".".join(str(named.get(p, p)) for p in first.path) or plugin.step
         raise OptionsError(f"option {where}: {first.message}")
+    beyond = _beyond_bounds(plugin.step, options, config)
+    if beyond:
+        raise OptionsError(f"{beyond}; a client may lower these limits, never raise them")
     return options
 
 

@@ -29,6 +29,7 @@ from typing import IO, Any
 from . import embeddings, exif, face_embeddings, faces, hashes, hls, models, thumbnails
 from .plugins import PLUGINS, table_rows
 from .steps import Row, describe
+from .tables import error_row
 from .worker import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,9 @@ def run_hash(call: Call, box: Toolbox, progress: Progress) -> list[Row]:
     if settings.perceptual and videos:
         # A video's perceptual hashes describe its poster frame, which the thumbnails step chooses.
         progress(0.0, "thumbnails")
-        posters = _previews(dataclasses.replace(call, files=videos), box)
+        # A video whose frames cannot be read (truncated, audio only) has an error row here, without a
+        # role: it simply has no poster, and its byte and keyframe hashes are made all the same.
+        posters = [r for r in _previews(dataclasses.replace(call, files=videos), box) if r["status"] == "ok"]
     progress(0.5, "hashes")
     return hashes.hash_shard(call.files, settings, posters, box.threads)
 
@@ -145,7 +148,9 @@ def _image_embeddings(step: str) -> Callable[[Call, Toolbox, Progress], list[Row
 
 def run_hls(call: Call, box: Toolbox, progress: Progress) -> list[Row]:
     settings = hls.Settings.from_config(box.section("hls", call.options))
-    return hls.hls_shard(call.files, call.outs[0], settings, box.threads)
+    # A job's ffmpeg gets the threads a job may use (worker.threads), or fewer if the job asked for fewer.
+    threads = call.options.get("threads") or box.threads
+    return hls.hls_shard(call.files, call.outs[0], settings, min(threads, box.threads))
 
 
 STEPS: dict[str, Callable[[Call, Toolbox, Progress], list[Row]]] = {
@@ -171,12 +176,31 @@ def execute(call: Call, box: Toolbox, progress: Progress) -> list[list[dict[str,
     tempfile.tempdir = str(call.work)
     try:
         rows = STEPS[step](call, box, progress)
+    except models.ModelError:
+        raise  # the same for every file: the error of the whole call
+    except Exception as exc:
+        if len(call.files) == 1:
+            raise
+        # Which file of the batch failed is not known: each alone, so that it costs that file only.
+        log.warning("%s call over %d files failed (%s); each file again alone", call.plugin, len(call.files), exc)
+        return [
+            _alone(dataclasses.replace(call, files=[f], outs=[out]), box)
+            for f, out in zip(call.files, call.outs, strict=True)
+        ]
     finally:
         tempfile.tempdir = None
     by_file: dict[str, list[Row]] = {f["media_id"]: [] for f in call.files}
     for row in rows:
         by_file[row["media_id"]].append(row)
     return [table_rows(step, by_file[f["media_id"]]) for f in call.files]
+
+
+def _alone(call: Call, box: Toolbox) -> list[dict[str, Any]]:
+    """The rows of a batch's one file run alone: its error row if even that fails."""
+    try:
+        return execute(call, box, lambda fraction, stage: None)[0]
+    except Exception as exc:
+        return table_rows(PLUGINS[call.plugin].step, [error_row(call.files[0], describe(exc))])
 
 
 def _send(out: IO[str], message: Mapping[str, Any]) -> None:
