@@ -439,3 +439,29 @@ def test_a_step_without_the_step_it_reads_is_refused(tmp_path: Path) -> None:
     proc = snakemake(tmp_path, "--dry-run", check=False)
     assert proc.returncode != 0
     assert "faces.enabled needs thumbnails.enabled" in proc.stdout + proc.stderr
+
+
+def test_tables_of_an_older_hashes_definition_are_recomputed(tmp_path: Path) -> None:
+    # The hashes rule as it was before its `version` param: its tables hold the old pixel hash (palette
+    # indices), and a plain rerun must recompute them rather than keep them beside new ones.
+    old = tmp_path / "old"
+    for folder in ("workflow", "envs"):
+        shutil.copytree(REPO / folder, old / folder)
+    shutil.copy(REPO / "Snakefile", old / "Snakefile")
+    rule = old / "workflow" / "rules" / "hashes.smk"
+    rule.write_text(re.sub(r"version=\d+,", "", rule.read_text()))
+    work = tmp_path / "work"
+    (work / "archive").mkdir(parents=True)
+    shutil.copy(SAMPLE / "misc" / "spinner.gif", work / "archive")
+    off = {"enabled": False}
+    others = ("exif", "thumbnails", "hls", "faces", "face_embeddings", "dino", "clip", "duplicates", "people", "report")
+    write_config(work, {"photos": "archive"}, sharding={"shards": 2, "shard_size": 1000}, **dict.fromkeys(others, off))
+    snakemake(work, "-s", str(old / "Snakefile"))  # the last -s wins
+    proc = snakemake(work, "--dry-run")
+    assert "Job stats:" in proc.stdout, proc.stdout + proc.stderr  # not "Nothing to be done"
+    assert job_counts(proc.stdout) == {"all": 1, "hashes": 2, "tables": 1}, proc.stdout
+    assert "Params have changed since last execution" in proc.stdout
+    snakemake(work)
+    with Image.open(SAMPLE / "misc" / "spinner.gif") as im:
+        colours = hashlib.sha512(b"RGB 128x128\n" + np.asarray(im.convert("RGB")).tobytes()).hexdigest()
+    assert load(work, "hashes").pixel_sha512.tolist() == [colours]

@@ -12,6 +12,11 @@ rule hashes:
         benchmark_file("hashes")
     params:
         settings=config["hashes"],
+        # The definition of the table's columns: raised whenever a value would change, so that Snakemake's
+        # params rerun trigger recomputes tables written before instead of mixing two definitions.
+        # 2: pixel_sha512 over the canonical colours; pHash with SciPy's DCT; perceptual hashes from the
+        # full decode whatever hashes.pixel says.
+        version=2,
     threads: 2
     resources:
         mem_mb=3000,
