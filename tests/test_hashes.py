@@ -279,8 +279,16 @@ def test_pixel_hash_follows_its_definition_for_every_mode(tmp_path: Path) -> Non
         deep,
     ):
         assert hashes.pixel_sha512(image) == reference_pixel_hash(image), image.mode
-    cmyk = photo.convert("CMYK")
-    assert hashes.pixel_sha512(cmyk) == hashlib.sha512(b"CMYK 301x97\n" + np.asarray(cmyk).tobytes()).hexdigest()
+    grey = np.asarray(photo.convert("L"))
+    wide = Image.fromarray(grey.astype(np.int32) * 1000 - 5)  # mode I beyond 16 bits: its values
+    floats = Image.fromarray(grey.astype(np.float32) / 255)
+    for image, mode, dtype in (
+        (photo.convert("CMYK"), "CMYK", np.uint8),
+        (wide, "I;32", ">i4"),
+        (floats, "F;32", ">f4"),
+    ):
+        expected = hashlib.sha512(f"{mode} 301x97\n".encode() + np.asarray(image).astype(dtype).tobytes())
+        assert hashes.pixel_sha512(image) == expected.hexdigest(), mode
 
 
 def test_same_colours_give_the_same_pixel_hash_whatever_the_stored_format(tmp_path: Path) -> None:
