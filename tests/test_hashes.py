@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -65,6 +66,17 @@ def prepared(path: Path) -> Image.Image:
     return im.convert("RGB")
 
 
+def swapped_primaries_profile() -> bytes:
+    """LittleCMS's sRGB profile with the red and blue primaries exchanged: a valid RGB profile under which
+    converting to sRGB visibly changes the colours (no other profile is at hand offline)."""
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    (count,) = struct.unpack(">I", icc[128:132])
+    entries = {bytes(icc[132 + 12 * i : 136 + 12 * i]): 136 + 12 * i for i in range(count)}
+    r, b = entries[b"rXYZ"], entries[b"bXYZ"]  # each entry: signature, then offset and size of the data
+    icc[r : r + 8], icc[b : b + 8] = icc[b : b + 8], icc[r : r + 8]
+    return bytes(icc)
+
+
 def assert_hashes_of(row: dict, image: Image.Image) -> None:
     """``row``'s pHash and dHash are ImageHash's of ``image``, bit for bit."""
     assert (row["phash"], row["dhash"]) == (
@@ -100,7 +112,13 @@ def test_perceptual_hashes_are_imagehash_of_the_prepared_image(tmp_path: Path) -
     image = Image.open(make_photo(tmp_path / "p.png", (700, 520))).convert("RGBA")
     image.putalpha(Image.linear_gradient("L").resize(image.size))
     image.save(translucent)
-    for path in [large, rotated, translucent, *PHOTOS]:
+    profiled = tmp_path / "profiled.jpg"  # red and blue exchanged by its ICC profile
+    Image.open(SAMPLE / "2021 holiday" / "coffee.png").save(
+        profiled, quality=90, icc_profile=swapped_primaries_profile()
+    )
+    with Image.open(profiled) as im:
+        assert imagehash.phash(prepared(profiled)) != imagehash.phash(im.convert("RGB"))  # the profile matters
+    for path in [large, rotated, translucent, profiled, *PHOTOS]:
         assert_hashes_of(hashes.hash_file(file_row(path), hashes.Settings())[0], prepared(path))
 
 
@@ -114,7 +132,8 @@ def test_perceptual_hashes_against_imagehash_on_the_original() -> None:
             p, d = int(str(imagehash.phash(im)), 16), int(str(imagehash.dhash(im)), 16)
         distances[path.name] = (int(np.bitwise_count(row["phash"] ^ p)), int(np.bitwise_count(row["dhash"] ^ d)))
     # astronaut.jpg is stored sideways (Orientation 6); the starfish (1278x720) is box-reduced by 2 first.
-    # Every other file agrees exactly: no ICC profiles, no transparency, and below 512 px no reduction.
+    # Every other file agrees exactly: none has an ICC profile or transparency, and the two others reduced
+    # by 2 (together.jpg, exiv2_DSC_3079.jpg) come out the same.
     assert {k: v for k, v in distances.items() if v != (0, 0)} == {
         "astronaut.jpg": (26, 30),
         "exifparser_starfish.jpg": (2, 0),
