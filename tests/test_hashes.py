@@ -284,6 +284,10 @@ def test_pixel_hash_follows_its_definition_for_every_mode(tmp_path: Path) -> Non
     deep = Image.fromarray(np.asarray(photo.convert("L"), dtype=np.uint16) * 257 + 3)  # not 8-bit exact
     transparent_index = photo.quantize(200)
     transparent_index.info["transparency"] = 5
+    rgba_palette = photo.quantize(200)  # alpha in the palette itself, no "transparency" entry
+    rgba_palette.putpalette(
+        [v for i, c in enumerate(rgba_palette.getpalette()[:600]) for v in ([c, 128] if i % 3 == 2 else [c])], "RGBA"
+    )
     for image in (
         photo,
         photo.convert("L"),
@@ -293,6 +297,7 @@ def test_pixel_hash_follows_its_definition_for_every_mode(tmp_path: Path) -> Non
         translucent.convert("LA"),
         photo.quantize(200),
         transparent_index,
+        rgba_palette,
         photo.convert("YCbCr"),
         Image.fromarray(np.asarray(photo.convert("L"), dtype=np.uint16) * 257),
         deep,

@@ -25,8 +25,9 @@ PIXEL_STRIP_ROWS = 32
 # Colours Pillow cannot map to RGB without a colour profile: hashed as their own samples.
 _OWN_SPACE = frozenset({"CMYK", "LAB"})
 _DEEP = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-# Modes whose pixels may be transparent even without a ``transparency`` entry in ``info``.
-_ALPHA = frozenset({"LA", "PA", "RGBA", "RGBa", "P"})
+# Modes whose pixels may be transparent without a ``transparency`` entry in ``info`` (and "P" with an RGBA
+# palette); only these pay for the pass that looks for a pixel that is not opaque.
+_ALPHA = frozenset({"LA", "PA", "RGBA", "RGBa"})
 
 
 def byte_hashes(path: str | os.PathLike[str], algorithms: Sequence[str] = ("sha512", "md5")) -> dict[str, str]:
@@ -59,7 +60,8 @@ def canonical_pixels(image: Image.Image) -> tuple[str, Iterator[bytes]]:
         return image.mode, (s.tobytes() for s in _strips(image))
     if image.mode in _DEEP:
         return _deep_pixels(image)
-    alpha = (image.mode in _ALPHA or "transparency" in image.info) and any(
+    translucent = image.mode == "P" and image.palette is not None and image.palette.mode == "RGBA"
+    alpha = (image.mode in _ALPHA or translucent or "transparency" in image.info) and any(
         s.convert("RGBA").getchannel("A").getextrema()[0] < 255 for s in _strips(image)
     )
     mode = "RGBA" if alpha else "RGB"
