@@ -313,23 +313,6 @@ def test_adding_one_file_reruns_one_shard_per_step(run) -> None:
     assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(work, "--dry-run"))
 
 
-def test_parts_of_an_earlier_table_version_are_recomputed(run) -> None:
-    """Results written before a table's version was raised are rerun, not kept beside new parts. Emulated the
-    way such results look to Snakemake: the hashes jobs' records hold the params the rule had before it
-    passed the version (settings alone)."""
-    work, _, _ = run
-    for record in (work / ".snakemake" / "metadata").rglob("*"):
-        if record.is_file() and (meta := json.loads(record.read_text())).get("rule") == "hashes":
-            meta["params"] = meta["params"][:1]
-            record.write_text(json.dumps(meta))
-    counts = job_counts(snakemake(work, "--dry-run").stdout)
-    assert counts.get("hashes") == 3 and "exif" not in counts and "files" not in counts, counts
-    snakemake(work)
-    parts = sorted((work / "results" / "parts" / "hashes").glob("*.parquet"))
-    assert [tables.part_version(pq.read_schema(p)) for p in parts] == [tables.VERSIONS["hashes"]] * 3
-    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(work, "--dry-run"))
-
-
 def test_a_file_rewritten_in_place_reruns_its_shard(run) -> None:
     """Rewritten in place (same name, same size) a file changes nothing in its folder: only its own mtime
     tells, so the parse's check that nothing changed must stat every file, not trust the folders."""
@@ -465,3 +448,31 @@ def test_a_step_without_the_step_it_reads_is_refused(tmp_path: Path) -> None:
     proc = snakemake(tmp_path, "--dry-run", check=False)
     assert proc.returncode != 0
     assert "faces.enabled needs thumbnails.enabled" in proc.stdout + proc.stderr
+
+
+def test_tables_of_an_older_hashes_definition_are_recomputed(tmp_path: Path) -> None:
+    # The hashes rule as it was before its `version` param: its tables hold the old pixel hash (palette
+    # indices), and a plain rerun must recompute them rather than keep them beside new ones.
+    old = tmp_path / "old"
+    for folder in ("workflow", "envs"):
+        shutil.copytree(REPO / folder, old / folder)
+    shutil.copy(REPO / "Snakefile", old / "Snakefile")
+    rule = old / "workflow" / "rules" / "hashes.smk"
+    rule.write_text(rule.read_text().replace('version=tables.VERSIONS["hashes"],', ""))
+    work = tmp_path / "work"
+    (work / "archive").mkdir(parents=True)
+    shutil.copy(SAMPLE / "misc" / "spinner.gif", work / "archive")
+    off = {"enabled": False}
+    others = ("exif", "thumbnails", "hls", "faces", "face_embeddings", "dino", "clip", "duplicates", "people", "report")
+    write_config(work, {"photos": "archive"}, sharding={"shards": 2, "shard_size": 1000}, **dict.fromkeys(others, off))
+    snakemake(work, "-s", str(old / "Snakefile"))  # the last -s wins
+    proc = snakemake(work, "--dry-run")
+    assert "Job stats:" in proc.stdout, proc.stdout + proc.stderr  # not "Nothing to be done"
+    assert job_counts(proc.stdout) == {"all": 1, "hashes": 2, "tables": 1}, proc.stdout
+    assert "Params have changed since last execution" in proc.stdout
+    snakemake(work)
+    with Image.open(SAMPLE / "misc" / "spinner.gif") as im:
+        colours = hashlib.sha512(b"RGB 128x128\n" + np.asarray(im.convert("RGB")).tobytes()).hexdigest()
+    assert load(work, "hashes").pixel_sha512.tolist() == [colours]
+    parts = sorted((work / "results" / "parts" / "hashes").glob("*.parquet"))
+    assert [tables.part_version(pq.read_schema(p)) for p in parts] == [tables.VERSIONS["hashes"]] * 2

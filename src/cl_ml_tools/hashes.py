@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -22,6 +22,12 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 PIXEL_STRIP_ROWS = 32
+# Colours Pillow cannot map to RGB without a colour profile: hashed as their own samples.
+_OWN_SPACE = frozenset({"CMYK", "LAB"})
+_DEEP = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+# Modes whose pixels may be transparent without a ``transparency`` entry in ``info`` (and "P" with an RGBA
+# palette); only these pay for the pass that looks for a pixel that is not opaque.
+_ALPHA = frozenset({"LA", "PA", "RGBA", "RGBa"})
 
 
 def byte_hashes(path: str | os.PathLike[str], algorithms: Sequence[str] = ("sha512", "md5")) -> dict[str, str]:
@@ -37,16 +43,66 @@ def byte_hashes(path: str | os.PathLike[str], algorithms: Sequence[str] = ("sha5
     return {name: h.hexdigest() for name, h in hashers}
 
 
-def pixel_sha512(image: Image.Image) -> str:
-    """SHA-512 of a decoded frame as stored (before EXIF orientation), so editing metadata, orientation
-    included, keeps it. The mode and size are hashed too so different layouts of equal bytes differ."""
-    image.load()
-    h = hashlib.sha512(f"{image.mode} {image.width}x{image.height}\n".encode())
-    # Strips of rows give the same digest as the whole ``tobytes()`` but never build a second full-size
-    # copy of the frame (36 MB for 12 MP), which measured 22 ms per photo cheaper.
+def _strips(image: Image.Image) -> Iterator[Image.Image]:
+    # Strips of rows never build a second full-size copy of the frame (36 MB for 12 MP), which measured
+    # 22 ms per photo cheaper than one ``tobytes()``.
     w, height = image.size
     for y in range(0, height, PIXEL_STRIP_ROWS):
-        h.update(image.crop((0, y, w, min(height, y + PIXEL_STRIP_ROWS))).tobytes())
+        yield image.crop((0, y, w, min(height, y + PIXEL_STRIP_ROWS)))
+
+
+def canonical_pixels(image: Image.Image) -> tuple[str, Iterator[bytes]]:
+    """The decoded colours of a frame in the canonical form the pixel hash covers (docs/tables.md), as its
+    mode name and its bytes in strips of rows: 8-bit RGB, or RGBA when some pixel is not opaque; 16-bit
+    greyscale that 8 bits cannot hold exactly as 16-bit RGB(A); CMYK and LAB as their own samples."""
+    image.load()
+    if image.mode in _OWN_SPACE:
+        return image.mode, (s.tobytes() for s in _strips(image))
+    if image.mode in _DEEP:
+        return _deep_pixels(image)
+    translucent = image.mode == "P" and image.palette is not None and image.palette.mode == "RGBA"
+    alpha = (image.mode in _ALPHA or translucent or "transparency" in image.info) and any(
+        s.convert("RGBA").getchannel("A").getextrema()[0] < 255 for s in _strips(image)
+    )
+    mode = "RGBA" if alpha else "RGB"
+    return mode, (s.tobytes() if s.mode == mode else s.convert(mode).tobytes() for s in _strips(image))
+
+
+def _deep_pixels(image: Image.Image) -> tuple[str, Iterator[bytes]]:
+    """Greyscale deeper than 8 bits. Integers within 0..65535 are samples on a 16-bit scale, so that ``v``
+    and the 8-bit ``v / 257`` are one colour; anything else (floats, wider integers) has no colour scale
+    and is hashed as its values."""
+    if image.mode == "F":
+        return "F;32", (np.asarray(s).astype(">f4").tobytes() for s in _strips(image))
+    trns = image.info.get("transparency")  # PNG's tRNS: the grey value that is fully transparent
+    lo, hi, eight, alpha = 0, 0, True, False
+    for s in _strips(image):
+        v = np.asarray(s)
+        lo, hi = min(lo, int(v.min())), max(hi, int(v.max()))
+        eight = eight and not (v % 257).any()
+        alpha = alpha or (trns is not None and bool((v == trns).any()))
+    if lo < 0 or hi > 65535:
+        return "I;32", (np.asarray(s).astype(">i4").tobytes() for s in _strips(image))
+    grey = np.dtype(np.uint8 if eight else ">u2")
+    opaque = np.iinfo(grey).max
+
+    def encode(s: Image.Image) -> bytes:
+        v = np.asarray(s).astype(np.int64)
+        g = (v // 257 if eight else v).astype(grey)
+        channels = [g, g, g, np.where(v == trns, 0, opaque).astype(grey)] if alpha else [g, g, g]
+        return np.stack(channels, axis=-1).tobytes()
+
+    return ("RGBA" if alpha else "RGB") + ("" if eight else ";16"), (encode(s) for s in _strips(image))
+
+
+def pixel_sha512(image: Image.Image) -> str:
+    """SHA-512 of ``"<canonical mode> <width>x<height>\\n"`` and the frame's canonical pixels
+    (:func:`canonical_pixels`), as stored (before EXIF orientation): the same colours give the same hash
+    whatever the stored pixel format, and editing metadata, orientation included, keeps it."""
+    mode, strips = canonical_pixels(image)
+    h = hashlib.sha512(f"{mode} {image.width}x{image.height}\n".encode())
+    for data in strips:
+        h.update(data)
     return h.hexdigest()
 
 
@@ -57,21 +113,15 @@ def _bits_to_int(bits: np.ndarray) -> int:
     return value
 
 
-def _dct_matrix(n: int) -> np.ndarray:
-    # Orthonormal DCT-II basis; scaling does not change which coefficients exceed the median.
-    k = np.arange(n)[:, None]
-    i = np.arange(n)[None, :]
-    return np.cos(np.pi * (2 * i + 1) * k / (2 * n))
-
-
-_DCT32 = _dct_matrix(32)
-
-
 def phash(image: Image.Image) -> int:
     """64-bit DCT perceptual hash (the pHash algorithm as ImageHash implements it): 32×32 grey, 2-D DCT,
-    the 8×8 lowest frequencies compared with their median; bit order row-major, first bit most significant."""
+    the 8×8 lowest frequencies compared with their median; bit order row-major, first bit most significant.
+    The DCT is SciPy's, as in ImageHash: on flat or symmetric pictures most coefficients are rounding noise
+    around zero, and another DCT's noise sets other bits."""
+    from scipy.fftpack import dct
+
     grey = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
-    low = (_DCT32 @ grey @ _DCT32.T)[:8, :8]
+    low = dct(dct(grey, axis=0), axis=1)[:8, :8]
     return _bits_to_int(low > np.median(low))
 
 
@@ -103,12 +153,11 @@ class Settings(StepSettings):
 
 
 def hash_image(path: str, fmt: str, settings: Settings) -> dict[str, Any]:
-    """Pixel hash and perceptual hashes of an image, from one decode: full size for the pixel hash, else
-    (perceptual hashes alone) a JPEG draft at the smallest DCT scale above 256 px."""
+    """Pixel hash and perceptual hashes of an image, from one full-size decode. The perceptual hashes come
+    from that decode with the pixel hash off too: a JPEG draft (DCT-scaled decode) would save ~30 ms a
+    12 MP photo there but flips a bit or two of them on some photos, so a setting would change them."""
     opened = imaging.open_image(path, fmt, settings.max_pixels)
     image = opened.image
-    if not settings.pixel and image.format == "JPEG":
-        image.draft("RGB", (256, 256))
     image.load()
     out: dict[str, Any] = {}
     if settings.pixel:

@@ -208,7 +208,9 @@ TABLES = tuple(SCHEMAS)
 # triggers) and a table never mixes parts of two meanings (each part records it; ``consolidate`` checks it).
 # Parts written before versions were recorded count as version 1.
 VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
-    "hashes": 2,  # video_sha512 over the demuxer's keyframe payloads, H.264/HEVC in Annex B (issue 19)
+    # pixel_sha512 over canonical colours; video_sha512 over the demuxer's keyframe payloads; pHash with SciPy's
+    # DCT, and both perceptual hashes from the full decode whatever hashes.pixel says (issue 19)
+    "hashes": 2,
     "exif": 2,  # an f_number or exposure_time of 0 is unknown (null), as in exiftool
     "faces": 2,  # sharpness is the unclipped Laplacian variance; crops aligned as InsightFace's norm_crop
     "face_embeddings": 2,  # embeddings of those crops
