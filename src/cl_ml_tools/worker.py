@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -413,8 +414,18 @@ class Dispatcher:
         for job_id in ids:
             self.events.publish(job_id, "progress", {"job_id": job_id, "progress": fraction, "message": message})
 
+    def _drop_cancelled(self, claimed: Sequence[Job]) -> list[Job]:
+        """``claimed`` without the jobs DELETE cancelled; their folders (what a killed runner may have written
+        after DELETE removed them) are deleted."""
+        with self._lock:
+            cancelled = {job.id for job in claimed} & self._cancelled
+            self._cancelled -= cancelled
+        for job_id in cancelled:
+            self.layout.remove_job(job_id)
+        return [job for job in claimed if job.id not in cancelled]
+
     def _run_files(self, claimed: Sequence[Job], runner: RunnerProcess) -> None:
-        claimed = [job for job in claimed if job.id not in self._cancelled]
+        claimed = self._drop_cancelled(claimed)
         if not claimed:
             return
         first = claimed[0]
@@ -458,10 +469,9 @@ class Dispatcher:
             shutil.rmtree(work, ignore_errors=True)
             for folder in attempts:
                 shutil.rmtree(folder, ignore_errors=True)  # adopted ones are gone already
+        kept = self._drop_cancelled(claimed)
         for i, (job, folder) in enumerate(zip(claimed, attempts, strict=True)):
-            if job.id in self._cancelled:
-                self._cancelled.discard(job.id)
-                self.layout.remove_job(job.id)  # what the killed runner wrote after DELETE removed the folder
+            if job not in kept:
                 continue
             rows = reply["rows"][i] if "rows" in reply else None
             if rows is not None:
@@ -485,7 +495,8 @@ class Dispatcher:
             # A full disk, typically. The job ends all the same (an error, recorded in the queue, which
             # GET /results turns into the job's error result): its slot is freed, and nobody waits for good.
             log.error("job %s: cannot write its result: %s", job.id, describe(exc))
-            self.disk.release()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.disk.release()
             shutil.rmtree(self.layout.out_dir(job.id), ignore_errors=True)
             message = f"the server could not store this job's result ({describe(exc)}); submit the file again"
             document = error_result(self.layout, job, message)
