@@ -451,6 +451,8 @@ class Dispatcher:
         try:
             reply = runner.call(request, timeout, lambda fraction, stage: self._progress(ids, fraction, stage))
         except (RunnerTimeout, RunnerDied) as exc:
+            for folder in attempts:
+                shutil.rmtree(folder, ignore_errors=True)  # nothing of a call that was stopped is kept
             if self._stopping.is_set():
                 return  # stop() puts these jobs back in the queue
             if len(claimed) > 1:
@@ -467,8 +469,6 @@ class Dispatcher:
                 for job_id in ids:
                     self._running.pop(job_id, None)
             shutil.rmtree(work, ignore_errors=True)
-            for folder in attempts:
-                shutil.rmtree(folder, ignore_errors=True)  # adopted ones are gone already
         kept = self._drop_cancelled(claimed)
         for i, (job, folder) in enumerate(zip(claimed, attempts, strict=True)):
             if job not in kept:
@@ -476,6 +476,7 @@ class Dispatcher:
             rows = reply["rows"][i] if "rows" in reply else None
             if rows is not None:
                 rows = self.layout.adopt_attempt(job.id, folder, rows)
+            shutil.rmtree(folder, ignore_errors=True)  # a call that failed as a whole: its files are not kept
             self._complete(job, rows, reply.get("error"))
 
     def _complete(self, job: Job, rows: list[dict[str, Any]] | None, error: str | None) -> None:
