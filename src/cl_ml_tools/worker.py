@@ -469,9 +469,9 @@ class Dispatcher:
                 for job_id in ids:
                     self._running.pop(job_id, None)
             shutil.rmtree(work, ignore_errors=True)
-        kept = self._drop_cancelled(claimed)
+        kept = {job.id for job in self._drop_cancelled(claimed)}
         for i, (job, folder) in enumerate(zip(claimed, attempts, strict=True)):
-            if job not in kept:
+            if job.id not in kept:
                 continue
             rows = reply["rows"][i] if "rows" in reply else None
             if rows is not None:
