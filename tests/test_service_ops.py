@@ -9,6 +9,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -114,6 +115,38 @@ def test_sigkill_of_the_server_ends_its_jobs_ffmpeg_and_the_rerun_writes_a_fresh
     assert second.result(second.submit("hash", PHOTO)["job_id"])["status"] == "ok"  # the slot is free
     assert second.stop() in (0, -15)
     assert processes(storage) == [] and ffmpegs(storage) == []
+
+
+def working_in(folder: Path) -> list[int]:
+    """Processes whose working directory is inside ``folder`` (the archive's pipeline and every job of it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")).is_relative_to(folder):
+                found.append(int(entry.name))
+    return found
+
+
+def test_sigkill_of_the_server_ends_the_archive_pipeline_with_its_jobs(
+    tmp_path: Path, long_video: Path, launch: Callable[..., Server]
+) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(long_video, inputs / long_video.name)
+    storage = tmp_path / "storage"
+    config = service_config(
+        tmp_path,
+        storage,
+        {"videos": str(inputs)},
+        hls={"enabled": True, **SLOW},
+        plugins={"archive": {"snakefile": str(Path(__file__).parents[1] / "Snakefile"), "cores": 1}},
+    )
+    server = launch(tmp_path, config)
+    assert server.client.post("/jobs/archive").status_code == 202
+    # Snakemake runs each rule's script as a child process; the HLS one runs ffmpeg for a long while.
+    wait_for(lambda: ffmpegs(storage), "the pipeline's ffmpeg to start", seconds=90)
+    server.kill()
+    wait_for(lambda: working_in(storage) == [], "the pipeline and its jobs to end", seconds=10)
 
 
 # --------------------------------------------------------------------------------------------------- SIGTERM
