@@ -71,6 +71,7 @@ def die_with_parent(group: bool = False) -> None:
     when the main thread is inside native code that does not return to Python soon."""
     parent = os.environ.get(PARENT_ENV, "")
     expected = int(parent) if parent.isdigit() else os.getppid()
+    group = group and os.getpgrp() == os.getpid()  # never the group of a shell that started this by hand
     if group:
         signal.signal(signal.SIGTERM, lambda signum, frame: _kill_own_group())
         threading.Thread(target=_watch_parent, args=(expected,), name="parent-watchdog", daemon=True).start()
