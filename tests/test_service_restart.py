@@ -86,6 +86,9 @@ def test_a_job_past_its_timeout_or_whose_runner_dies_gets_an_error_and_a_broker_
     stuck = server.result(server.submit("hls_streaming", video, preset="veryslow", ladder=ladder)["job_id"])
     assert stuck["status"] == "error" and "did not finish within 2 s" in stuck["error"], stuck
     assert stuck["rows"][0]["status"] == "error"
+    # Nothing of the stopped attempt is left: no partial HLS folder, no files in its result.
+    assert stuck["files"] == {}
+    assert sorted(p.name for p in (storage / "jobs" / stuck["job_id"]).iterdir()) == ["result.json"]
     # The runner was killed with its ffmpeg; the next job gets a fresh runner.
     assert processes(storage, (b"ffmpeg",)) == []
     assert server.result(server.submit("hash", PHOTO)["job_id"])["status"] == "ok"

@@ -10,7 +10,8 @@ Layout of the storage directory::
 
     jobs.sqlite3          the queue (WAL journal)
     jobs/<id>/            upload<ext> (the file; deleted when the job ends unless storage.keep_uploads),
-                          out/ (files the job made: thumbnails, crops, HLS renditions), result.json
+                          out/ (files the job made: thumbnails, crops, HLS renditions), result.json,
+                          .attempt-<run>/ (where a run writes them; renamed to out/ when it ends)
     tmp/<pid>-<token>/    scratch space of one server process's runs, deleted after each run
     archive/              the archive job's pipeline run (config, results, Snakemake's state)
 """
@@ -39,6 +40,7 @@ FINISHED = (DONE, ERROR)
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 RESULT_FILE = "result.json"
 OUT_DIR = "out"
+ATTEMPT_PREFIX = ".attempt-"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -68,7 +70,27 @@ CREATE TABLE IF NOT EXISTS finished (
     seconds REAL NOT NULL,
     PRIMARY KEY (plugin, state)
 );
+CREATE TABLE IF NOT EXISTS histograms (
+    name TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    total REAL NOT NULL,
+    PRIMARY KEY (name, plugin, bucket)
+);
 """
+# Upper bounds (seconds) of the buckets of the histograms /metrics reports; the last one is +Inf.
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
+RUN_SECONDS, WAIT_SECONDS = "run", "wait"
+
+
+def _observe(db: sqlite3.Connection, name: str, plugin: str, value: float) -> None:
+    bucket = next(i for i, bound in enumerate(BUCKETS) if value <= bound)
+    db.execute(
+        "INSERT INTO histograms (name, plugin, bucket, count, total) VALUES (?, ?, ?, 1, ?) "
+        "ON CONFLICT (name, plugin, bucket) DO UPDATE SET count = count + 1, total = total + excluded.total",
+        (name, plugin, bucket, value),
+    )
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -186,6 +208,34 @@ class Layout:
     def scratch(self, owner: Owner) -> Path:
         return self.tmp / owner.name
 
+    def attempt_dir(self, job_id: str, run: str) -> Path:
+        """Where one attempt at a job writes its files, until :meth:`adopt_attempt` makes them its ``out/``."""
+        return self.job_dir(job_id) / f"{ATTEMPT_PREFIX}{run}"
+
+    def clear_attempts(self, job_id: str) -> None:
+        for folder in self.job_dir(job_id).glob(f"{ATTEMPT_PREFIX}*"):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def adopt_attempt(self, job_id: str, attempt: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Make an attempt's folder the job's ``out/``; ``rows`` with the paths into it changed to match."""
+        out = self.out_dir(job_id)
+        shutil.rmtree(out, ignore_errors=True)
+        if not attempt.is_dir():
+            return rows
+        os.replace(attempt, out)
+        old, new = str(attempt), str(out)
+
+        def moved(value: Any) -> Any:  # HLS variants are a list of structs holding paths
+            if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
+                return new + value[len(old) :]
+            if isinstance(value, list):
+                return [moved(v) for v in value]
+            if isinstance(value, dict):
+                return {k: moved(v) for k, v in value.items()}
+            return value
+
+        return [moved(row) for row in rows]
+
     def write_result(self, job_id: str, document: Mapping[str, Any]) -> None:
         data = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
         write_bytes_atomic(self.job_dir(job_id) / RESULT_FILE, data)
@@ -236,10 +286,13 @@ class JobStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # Also when COMMIT itself failed (a full disk): else the connection would stay inside this
+                # transaction, and every later BEGIN would fail.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -309,7 +362,10 @@ class JobStore:
                 [(RUNNING, run, self.owner.pid, self.owner.token, now, now, i) for i in ids],
             )
             rows = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE run = ? ORDER BY seq", (run,)).fetchall()
-        return [_job(r) for r in rows]
+            jobs = [_job(r) for r in rows]
+            for job in jobs:
+                _observe(db, WAIT_SECONDS, job.plugin, max(0.0, now - job.created_at))
+        return jobs
 
     def progress(self, job_ids: Sequence[str], fraction: float, message: str | None) -> None:
         with self._transaction() as db:
@@ -340,6 +396,7 @@ class JobStore:
                 "ON CONFLICT (plugin, state) DO UPDATE SET count = count + 1, seconds = seconds + excluded.seconds",
                 (plugin, state, max(0.0, now - (started or now))),
             )
+            _observe(db, RUN_SECONDS, plugin, max(0.0, now - (started or now)))
         return self.get(job_id)
 
     def heartbeat(self) -> None:
@@ -384,17 +441,53 @@ class JobStore:
         return requeued, given_up
 
     def expired(self, before: float) -> list[str]:
+        """Finished jobs that ended before ``before``, the oldest first."""
         marks = ",".join("?" * len(FINISHED))
         return [
             i
             for (i,) in self._query(
-                f"SELECT id FROM jobs WHERE state IN ({marks}) AND finished_at < ?", (*FINISHED, before)
+                f"SELECT id FROM jobs WHERE state IN ({marks}) AND finished_at < ? ORDER BY finished_at",
+                (*FINISHED, before),
             )
         ]
 
     def delete(self, job_ids: Sequence[str]) -> None:
         with self._transaction() as db:
             db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in job_ids])
+
+    def remove(self, job_id: str) -> Job | None:
+        """Delete a job from the queue, whatever its state (DELETE /jobs/{id}); the job as it was, if it was
+        there. A running job's owner notices at its next heartbeat and stops it."""
+        with self._transaction() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return _job(row) if row else None
+
+    def page(
+        self, state: str | None, plugin: str | None, before: int | None, limit: int
+    ) -> tuple[list[Job], int | None]:
+        """Jobs newest first, optionally of one state and plugin, older than the cursor ``before``; with the
+        cursor of the next page (None on the last)."""
+        where, params = ["1 = 1"], []
+        for column, value in (("state", state), ("plugin", plugin)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if before is not None:
+            where.append("seq < ?")
+            params.append(before)
+        rows = self._query(
+            f"SELECT seq, {_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
+            [*params, limit + 1],
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [_job(r[1:]) for r in rows], (rows[-1][0] if more else None)
+
+    def queued(self) -> tuple[int, float | None]:
+        """How many jobs are queued, and when the oldest of them was created."""
+        ((count, oldest),) = self._query("SELECT count(*), min(created_at) FROM jobs WHERE state = ?", (QUEUED,))
+        return count, oldest
 
     def known(self, job_ids: Sequence[str]) -> set[str]:
         if not job_ids:
@@ -414,3 +507,11 @@ class JobStore:
         jobs themselves so that deleting old jobs never makes a counter go down."""
         rows = self._query("SELECT plugin, state, count, seconds FROM finished")
         return {(plugin, state): (n, s) for plugin, state, n, s in rows}
+
+    def histograms(self) -> dict[tuple[str, str], list[tuple[int, float]]]:
+        """By (histogram name, plugin): (count, sum of values) of each bucket of :data:`BUCKETS`."""
+        found: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        rows = self._query("SELECT name, plugin, bucket, count, total FROM histograms")
+        for name, plugin, bucket, count, total in rows:
+            found.setdefault((name, plugin), [(0, 0.0)] * len(BUCKETS))[bucket] = (count, total)
+        return found

@@ -24,9 +24,11 @@ import errno
 import hmac
 import json
 import logging
+import math
 import mimetypes
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -43,16 +45,19 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from . import __version__, inventory, models, mqtt, openapi, plugins, service_config
-from .jobs import FINISHED, JOB_ID, QUEUED, RUNNING, Job, JobStore, Layout, Owner
+from .jobs import ERROR, FINISHED, JOB_ID, QUEUED, RUNNING, Job, JobStore, Layout, Owner
 from .metrics import CONTENT_TYPE, Metrics
 from .plugins import ARCHIVE, INPUT, PLUGINS, OptionsError, Plugin
 from .uploads import RequestError, arriving, receive
-from .worker import Dispatcher
+from .worker import Dispatcher, error_result
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 60.0
+RETRY_AFTER_S = 5
+MAX_RETRY_AFTER_S = 300
 WAIT_POLL_S = 0.5
+ERROR_CAUSE = "cl_ml_tools.error"  # the scope key where a refusal's code waits for the request counter
 FILE_TYPES = {".m3u8": "application/vnd.apple.mpegurl", ".ts": "video/mp2t"}
 
 
@@ -65,13 +70,15 @@ class Service:
         self.layout.prepare()
         self.store = JobStore(self.layout, Owner.this_process())
         self.events = mqtt.events(config.mqtt)
-        self.metrics = Metrics(self.store, self.events)
         self.dispatcher = Dispatcher(config, self.layout, self.store, self.events, finished=self._finished)
+        self.disk = self.dispatcher.disk
+        self.metrics = Metrics(self.store, self.events, self.disk)
         self.overrides = models.overrides_from_config(config.raw)
         self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self._waiters_lock = threading.Lock()
         self.uploads = 0
         """Uploads this process is receiving now (``server.max_uploads``)."""
+        self.shutting_down = False
 
     def start(self) -> None:
         self.dispatcher.start()
@@ -95,6 +102,24 @@ class Service:
         for loop, event in waiting:
             loop.call_soon_threadsafe(event.set)
 
+    def begin_shutdown(self) -> None:
+        """The server was told to stop: answer every request waiting on a job now (503, Retry-After), so
+        that the ASGI server, which waits for open requests before it stops, stops at once."""
+        self.shutting_down = True
+        with self._waiters_lock:
+            waiting = [entry for entries in self._waiters.values() for entry in entries]
+        for loop, event in waiting:
+            loop.call_soon_threadsafe(event.set)
+
+    def retry_after(self, queued: int) -> int:
+        """Seconds until a queue of ``queued`` jobs has likely moved on: their mean run time so far, spread
+        over the job slots."""
+        counts = [(n, seconds) for (plugin, _), (n, seconds) in self.store.totals().items() if plugin != ARCHIVE]
+        runs = sum(n for n, _ in counts)
+        mean = sum(seconds for _, seconds in counts) / runs if runs else RETRY_AFTER_S
+        estimate = math.ceil(mean * queued / self.config.max_concurrent_jobs)
+        return max(1, min(MAX_RETRY_AFTER_S, estimate))
+
     async def job(self, job_id: str, wait: float = 0.0) -> Job:
         """The job, after waiting up to ``wait`` s for it to finish; 404 for an unknown id."""
         if not JOB_ID.match(job_id):
@@ -116,6 +141,10 @@ class Service:
                 remaining = deadline - time.monotonic()
                 if job.finished or remaining <= 0:
                     return job
+                if self.shutting_down:
+                    raise Unavailable(
+                        503, "shutting_down", f"the server is stopping; job {job_id} is {job.state}", RETRY_AFTER_S
+                    )
                 # Woken by this process's dispatcher; the poll catches jobs that another process ran.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), min(remaining, WAIT_POLL_S))
@@ -146,6 +175,24 @@ def _configure_logging(level: str) -> None:
     logger.propagate = False
 
 
+def _on_stop_signals(act: Callable[[], None]) -> None:
+    """Run ``act`` first when SIGTERM or SIGINT arrives, then the ASGI server's own handler (uvicorn's, also
+    under gunicorn's uvicorn worker and ``cl-ml-tools serve``), which begins the graceful stop. Only where the
+    server installed a handler of its own, in the main thread, as uvicorn does before the app starts."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+        if not callable(previous):
+            continue
+
+        def handler(number: int, frame: Any, previous: Callable[..., Any] = previous) -> None:
+            act()
+            previous(number, frame)
+
+        signal.signal(signum, handler)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     config = service_config.load()
@@ -153,6 +200,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     service = Service(config)
     service.start()
     app.state.service = service
+    _on_stop_signals(service.begin_shutdown)
     log.info("serving plugins %s from %s", ", ".join(config.enabled_plugins), config.path)
     try:
         yield
@@ -189,6 +237,13 @@ def authorised(request: Request) -> None:
         raise RequestError(401, "unauthorized", "this server needs the header 'Authorization: Bearer <api key>'")
 
 
+class Unavailable(RequestError):
+    """A refusal the client should retry after ``retry_after`` seconds (the ``Retry-After`` header)."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: int):
+        super().__init__(status, code, message, {"Retry-After": str(retry_after)})
+
+
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     if status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
@@ -197,6 +252,7 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 @app.exception_handler(RequestError)
 async def _refused(request: Request, exc: RequestError) -> JSONResponse:
+    request.scope[ERROR_CAUSE] = exc.code
     return _error(exc.status, exc.code, exc.message, exc.headers)
 
 
@@ -241,7 +297,7 @@ class _CountRequests:
         if scope["type"] != "http":
             await self.inner(scope, receive, send)
             return
-        status = 500
+        status, cause = 500, None
 
         async def sending(message: dict[str, Any]) -> None:
             nonlocal status
@@ -251,11 +307,14 @@ class _CountRequests:
 
         try:
             await self.inner(scope, receive, sending)
+        except Exception as exc:
+            cause = type(exc).__name__
+            raise
         finally:
             service = getattr(scope["app"].state, "service", None)
             if service is not None:
                 route = getattr(scope.get("route"), "path", "unmatched")
-                service.metrics.count_request(scope["method"], route, status)
+                service.metrics.count_request(scope["method"], route, status, scope.get(ERROR_CAUSE) or cause)
 
 
 app.add_middleware(_CountRequests)
@@ -282,6 +341,7 @@ async def health(request: Request) -> dict[str, Any]:
         "queue": queue,
         "mqtt": service.events.state,
         "models": await run_in_threadpool(service.model_states),
+        "disk": await run_in_threadpool(service.disk.describe),
     }
 
 
@@ -313,11 +373,25 @@ async def submit_archive(request: Request) -> JSONResponse:
     return _accepted(job)
 
 
+async def admitted(request: Request) -> None:
+    """Refuse an upload before reading it when the queue is at ``worker.max_queued_jobs`` (429) or the
+    storage folder is low on space (507), both with ``Retry-After``."""
+    service = _service(request)
+    queued, _ = await run_in_threadpool(service.store.queued)
+    cap = service.config.worker["max_queued_jobs"]
+    if queued >= cap:
+        wait = await run_in_threadpool(service.retry_after, queued)
+        raise Unavailable(429, "queue_full", f"{queued} jobs are queued (worker.max_queued_jobs {cap})", wait)
+    if await run_in_threadpool(service.disk.low):
+        message = "the server's storage folder is low on space (storage.min_free_bytes); try again later"
+        raise Unavailable(507, "storage_full", message, MAX_RETRY_AFTER_S)
+
+
 def _sniffed(kind: str, fmt: str) -> str:
     return f"{kind} ({fmt})" if kind in ("image", "video", "audio") else f"{fmt} data"
 
 
-@app.post("/jobs/{plugin}", dependencies=[Depends(authorised)])
+@app.post("/jobs/{plugin}", dependencies=[Depends(authorised), Depends(admitted)])
 async def submit(plugin: str, request: Request) -> JSONResponse:
     service = _service(request)
     chosen = service.plugin(plugin)
@@ -405,6 +479,8 @@ async def _finished_result(request: Request, job_id: str, wait: float) -> tuple[
     try:
         return service, await run_in_threadpool(path.read_bytes)
     except FileNotFoundError:
+        if job.state == ERROR and job.error:  # the server could not store the result (a full disk)
+            return service, json.dumps(error_result(service.layout, job, job.error)).encode()
         raise RequestError(404, "unknown_job", f"job {job.id}'s result was deleted (storage.retention_hours)") from None
 
 
@@ -426,3 +502,77 @@ async def job_file(job_id: str, name: str, request: Request) -> FileResponse:
     path = service.layout.out_dir(job_id).joinpath(*next(n for n in made if n == name).split("/"))
     media_type = FILE_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return FileResponse(path, media_type=media_type)
+
+
+# --------------------------------------------------------------------------------------------------- operator
+
+
+@app.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    """Readiness, apart from the liveness of ``/health``: 200 when the queue can be read, the storage
+    folder has space, every model the enabled plugins use is in place and MQTT (when on) is connected;
+    else 503, with each check's state."""
+    service = _service(request)
+    try:
+        await run_in_threadpool(service.store.queued)
+        queue = "ok"
+    except Exception as exc:  # any failure to read the queue means not ready, whatever its kind
+        queue = f"error: {exc}"
+    disk = await run_in_threadpool(service.disk.describe)
+    model_states = await run_in_threadpool(service.model_states)
+    missing = sorted(m for m, state in model_states.items() if state in ("missing", "bad-size"))
+    checks = {
+        "queue": queue,
+        "disk": disk,
+        "models": {"state": "missing" if missing else "ok", "missing": missing},
+        "mqtt": service.events.state,
+        "stopping": service.shutting_down,
+    }
+    usable = (
+        queue == "ok"
+        and disk["state"] == "ok"
+        and not missing
+        and service.events.state != "disconnected"
+        and not service.shutting_down
+    )
+    return JSONResponse({"ready": usable, "checks": checks}, status_code=200 if usable else 503)
+
+
+STATES = (QUEUED, RUNNING, *FINISHED)
+
+
+@app.get("/jobs", dependencies=[Depends(authorised)])
+async def list_jobs(
+    request: Request,
+    status: str | None = Query(None, description=f"one of {', '.join(STATES)}"),
+    plugin: str | None = Query(None, max_length=64),
+    limit: int = Query(100, ge=1, le=1000),
+    cursor: str | None = Query(None, max_length=20, description="next_cursor of the previous page"),
+) -> dict[str, Any]:
+    """Jobs newest first (their status documents), by status and plugin, a page at a time."""
+    if status is not None and status not in STATES:
+        raise RequestError(400, "bad_request", f"status must be one of {', '.join(STATES)}, not {status[:32]!r}")
+    if cursor is not None and not cursor.isdigit():
+        raise RequestError(400, "bad_request", "cursor must be the next_cursor of a previous page")
+    service = _service(request)
+    found, after = await run_in_threadpool(service.store.page, status, plugin, int(cursor) if cursor else None, limit)
+    return {"jobs": [job.status() for job in found], "next_cursor": None if after is None else str(after)}
+
+
+@app.delete("/jobs/{job_id}", dependencies=[Depends(authorised)])
+async def delete_job(job_id: str, request: Request) -> dict[str, Any]:
+    """Cancel a queued or running job (its runner is killed, with what it started) or forget a finished
+    one; its files are deleted."""
+    service = _service(request)
+    if not JOB_ID.match(job_id):
+        raise RequestError(404, "unknown_job", f"no job {job_id[:64]!r}: job ids are 32 hexadecimal digits")
+    job = await run_in_threadpool(service.store.remove, job_id)
+    if job is None:
+        raise RequestError(404, "unknown_job", f"no job {job_id}")
+    if job.state == RUNNING:
+        # Run by this process: stopped now; by another: at its next heartbeat.
+        await run_in_threadpool(service.dispatcher.cancel, job_id)
+    await run_in_threadpool(service.layout.remove_job, job_id)
+    service.events.forget(job_id)
+    service._finished(job_id)
+    return {"job_id": job_id, "deleted": True, "status": job.state}

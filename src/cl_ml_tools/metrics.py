@@ -6,23 +6,46 @@ Job figures are read from the queue at each scrape, so every server process answ
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .jobs import JobStore
+from .diskspace import DiskSpace
+from .jobs import BUCKETS, RUN_SECONDS, WAIT_SECONDS, JobStore
 from .mqtt import Events
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+HISTOGRAMS = {
+    RUN_SECONDS: ("cl_ml_tools_job_duration_seconds", "Run time of finished jobs (start to end), by plugin."),
+    WAIT_SECONDS: ("cl_ml_tools_job_queue_wait_seconds", "Time jobs waited in the queue before a start, by plugin."),
+}
+
+
 class _Queue(Collector):
-    def __init__(self, store: JobStore, events: Events):
+    def __init__(self, store: JobStore, events: Events, disk: DiskSpace):
         self.store = store
         self.events = events
+        self.disk = disk
+
+    def _histograms(self) -> Iterator[Metric]:
+        found = self.store.histograms()
+        for key, (name, text) in HISTOGRAMS.items():
+            family = HistogramMetricFamily(name, text, labels=["plugin"])
+            for (kind, plugin), buckets in sorted(found.items()):
+                if kind != key:
+                    continue
+                cumulative, running = [], 0
+                for bound, (count, _) in zip(BUCKETS, buckets, strict=True):
+                    running += count
+                    cumulative.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+                family.add_metric([plugin], cumulative, sum(total for _, total in buckets))
+            yield family
 
     def collect(self) -> Iterator[Metric]:
         jobs = GaugeMetricFamily(
@@ -47,6 +70,21 @@ class _Queue(Collector):
             seconds.add_metric([plugin, state], s)
         yield finished
         yield seconds
+        yield from self._histograms()
+        _, oldest = self.store.queued()
+        age = GaugeMetricFamily(
+            "cl_ml_tools_oldest_queued_job_age_seconds", "Age of the oldest queued job (0 when none is queued)."
+        )
+        age.add_metric([], max(0.0, time.time() - oldest) if oldest is not None else 0.0)
+        yield age
+        free = GaugeMetricFamily("cl_ml_tools_storage_free_bytes", "Free space in the storage folder's filesystem.")
+        free.add_metric([], self.disk.free_bytes())
+        yield free
+        low = GaugeMetricFamily(
+            "cl_ml_tools_storage_low", "1 when the free space is under storage.min_free_bytes (no job starts)."
+        )
+        low.add_metric([], 1 if self.disk.low() else 0)
+        yield low
         mqtt = GaugeMetricFamily("cl_ml_tools_mqtt_connected", "1 when MQTT is on and connected.")
         mqtt.add_metric([], 1 if self.events.state == "connected" else 0)
         yield mqtt
@@ -56,7 +94,7 @@ class _Queue(Collector):
 
 
 class Metrics:
-    def __init__(self, store: JobStore, events: Events):
+    def __init__(self, store: JobStore, events: Events, disk: DiskSpace):
         # The *_created series (when each counter was first touched) only double the output here.
         disable_created_metrics()
         self.registry = CollectorRegistry()
@@ -69,10 +107,19 @@ class Metrics:
         self.upload_bytes = Counter(
             "cl_ml_tools_upload_bytes", "Bytes of files accepted by this server process.", registry=self.registry
         )
-        self.registry.register(_Queue(store, events))
+        self.server_errors = Counter(
+            "cl_ml_tools_http_server_errors",
+            "5xx answers of this server process, by route, status code and cause (the error code of the answer, "
+            "or the exception's class for a failure).",
+            ["route", "code", "cause"],
+            registry=self.registry,
+        )
+        self.registry.register(_Queue(store, events, disk))
 
-    def count_request(self, method: str, route: str, code: int) -> None:
+    def count_request(self, method: str, route: str, code: int, cause: str | None = None) -> None:
         self.requests.labels(method, route, str(code)).inc()
+        if code >= 500:
+            self.server_errors.labels(route, str(code), cause or "unknown").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

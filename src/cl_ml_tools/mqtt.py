@@ -2,9 +2,13 @@
 JSON object (the same documents as ``GET /jobs/{id}/status`` and ``/results``; progress is
 ``{"job_id", "progress", "message"}``).
 
-Best effort, by design: the HTTP API is the record of every job. When the broker cannot be reached the
-jobs run all the same, one warning per outage is logged, the events of that time are dropped (not queued
-in memory without bound), and the client keeps reconnecting in the background.
+A job's end is delivered: its final ``status`` and its ``result`` are published with QoS 1 (at least) and
+retained, so that a subscriber that connects later, after a broker outage included, gets the final status
+of every job at once. While the broker cannot be reached they wait in memory (paho's queue, at most
+``MAX_QUEUED`` messages) and go out when the connection is back. Everything else (``queued``/``running``
+statuses, progress) is best effort: dropped during an outage. The jobs run all the same, one warning per
+outage is logged, and the client keeps reconnecting in the background. A deleted job's retained messages
+are cleared.
 """
 
 from __future__ import annotations
@@ -19,11 +23,15 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 EVENTS = ("status", "progress", "result")
+FINAL_STATES = ("done", "error")
 DEFAULT_PORT = 1883
+MAX_QUEUED = 10000
 
 
 class Events(Protocol):
     def publish(self, job_id: str, event: str, document: Mapping[str, Any]) -> None: ...
+
+    def forget(self, job_id: str) -> None: ...
 
     @property
     def state(self) -> str: ...
@@ -37,6 +45,9 @@ class NoEvents:
     state = "off"
 
     def publish(self, job_id: str, event: str, document: Mapping[str, Any]) -> None:
+        return None
+
+    def forget(self, job_id: str) -> None:
         return None
 
     def close(self) -> None:
@@ -77,6 +88,7 @@ class MqttEvents:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.reconnect_delay_set(1, 30)
+        self._client.max_queued_messages_set(MAX_QUEUED)
         self._client.connect_async(self.host, self.port, keepalive=30)
         self._client.loop_start()
 
@@ -113,11 +125,20 @@ class MqttEvents:
 
     def publish(self, job_id: str, event: str, document: Mapping[str, Any]) -> None:
         assert event in EVENTS
+        final = event == "result" or (event == "status" and document.get("status") in FINAL_STATES)
         if not self._connected.is_set():
             self._warn("not connected")
-            return
+            if not final:
+                return
         payload = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        self._client.publish(self.topic(job_id, event), payload, qos=self.qos)
+        # paho keeps QoS 1 messages published while disconnected and sends them on reconnection.
+        qos = max(1, self.qos) if final else self.qos
+        self._client.publish(self.topic(job_id, event), payload, qos=qos, retain=final)
+
+    def forget(self, job_id: str) -> None:
+        """Clear a deleted job's retained messages (an empty retained message removes one)."""
+        for event in ("status", "result"):
+            self._client.publish(self.topic(job_id, event), b"", qos=max(1, self.qos), retain=True)
 
     def close(self) -> None:
         self._closing = True

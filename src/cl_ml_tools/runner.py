@@ -235,7 +235,7 @@ def serve(requests: IO[str], out: IO[str], box: Toolbox) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m cl_ml_tools.runner CONFIG_JSON``: the config as the server validated it."""
     args = list(sys.argv[1:] if argv is None else argv)
-    die_with_parent()
+    die_with_parent(group=True)
     # The protocol gets its own copy of stdout; stdout itself then points at stderr, so that whatever a
     # library prints cannot corrupt the protocol.
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")

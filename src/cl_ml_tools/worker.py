@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import logging
 import os
 import select
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -28,11 +30,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from . import archive, jobs
+from . import archive
+from .diskspace import DiskSpace
 from .fileio import write_bytes_atomic
-from .jobs import DONE, ERROR, Job, JobStore, Layout
+from .jobs import DONE, ERROR, RESULT_FILE, Job, JobStore, Layout
 from .mqtt import Events
 from .plugins import ARCHIVE, INPUT, PLUGINS, columns, table_rows
+from .retention import Retention
 from .service_config import ServiceConfig
 from .steps import describe
 from .tables import error_row
@@ -41,35 +45,57 @@ log = logging.getLogger(__name__)
 
 PARENT_ENV = "CL_ML_TOOLS_PARENT_PID"
 PR_SET_PDEATHSIG = 1
+PARENT_POLL_S = 0.25
 RUNNER_START_S = 120.0
 HEARTBEAT_S = 2.0
 LEASE_S = 30.0
 RECOVER_S = 5.0
-SWEEP_S = 600.0
+SWEEP_S = 60.0
 IDLE_POLL_S = 0.5
-ORPHAN_AGE_S = 3600.0
+DISK_POLL_S = 2.0
 BATCHABLE = tuple(name for name, p in PLUGINS.items() if p.batchable)
 
 
 # --------------------------------------------------------------------------------------------------- children
 
 
-def die_with_parent() -> None:
+def die_with_parent(group: bool = False) -> None:
     """Have Linux kill this process when the thread that started it ends, so that a server killed with
     SIGKILL leaves no runner or pipeline behind (the setting survives ``execve``); exit at once if that
-    parent is already gone. Elsewhere a runner ends when it next reads from its closed pipe."""
+    parent is already gone. Elsewhere a runner ends when it next reads from its closed pipe.
+
+    ``group``, in a process that leads its own process group (a runner, the archive's guardian): the whole
+    group dies with the parent. The children of this process (ffmpeg, exiftool, Snakemake's jobs) do not
+    get the parent-death signal themselves, and without this they would run on, orphaned, after a SIGKILL
+    of the server. The signal is SIGTERM, handled by killing the group; a watchdog thread does the same
+    when the main thread is inside native code that does not return to Python soon."""
+    parent = os.environ.get(PARENT_ENV, "")
+    expected = int(parent) if parent.isdigit() else os.getppid()
+    group = group and os.getpgrp() == os.getpid()  # never the group of a shell that started this by hand
+    if group:
+        signal.signal(signal.SIGTERM, lambda signum, frame: _kill_own_group())
+        threading.Thread(target=_watch_parent, args=(expected,), name="parent-watchdog", daemon=True).start()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM if group else signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         return
-    parent = os.environ.get(PARENT_ENV, "")
-    if parent.isdigit() and os.getppid() != int(parent):
-        os._exit(1)
+    if os.getppid() != expected:
+        _kill_own_group() if group else os._exit(1)
+
+
+def _kill_own_group() -> None:
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    _kill_own_group()
 
 
 def guarded(args: Sequence[str]) -> list[str]:
-    """``args`` started through :func:`die_with_parent` (``python -m cl_ml_tools.worker PROGRAM ARGS``)."""
+    """``args`` started under a guardian (``python -m cl_ml_tools.worker PROGRAM ARGS``, :func:`_guard`)."""
     return [sys.executable, "-m", "cl_ml_tools.worker", *args]
 
 
@@ -253,6 +279,15 @@ def result_document(
     }
 
 
+def error_result(layout: Layout, job: Job, message: str) -> dict[str, Any]:
+    """The result of a job that failed as a whole: the one error row the pipeline's table would have for its
+    file (none for the archive job)."""
+    if job.plugin not in PLUGINS:
+        return result_document(job, "error", message, [], {})
+    rows = table_rows(PLUGINS[job.plugin].step, [error_row(file_row(layout, job), message)])
+    return result_document(job, "error", message, rows, {})
+
+
 # --------------------------------------------------------------------------------------------------- dispatcher
 
 
@@ -273,6 +308,9 @@ class Dispatcher:
         self.events = events
         self.finished = finished
         self.scratch = layout.scratch(store.owner)
+        storage = config.raw["storage"]
+        self.disk = DiskSpace(layout.root, storage["min_free_bytes"])
+        self.retention = Retention(layout, store, float(storage["retention_hours"]), storage["max_bytes"])
         self.config_json = self.scratch / "config.json"
         # Children write their temporary files into this process's scratch folder, never /tmp.
         self.env = {**os.environ, PARENT_ENV: str(os.getpid()), "TMPDIR": str(self.scratch)}
@@ -281,6 +319,10 @@ class Dispatcher:
         self._threads: list[threading.Thread] = []
         self._runners: list[RunnerProcess] = []
         self._pipeline: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._running: dict[str, RunnerProcess] = {}
+        self._cancelled: set[str] = set()
+        self._unrecorded: dict[str, tuple[Job, str, Mapping[str, Any]]] = {}
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -289,6 +331,7 @@ class Dispatcher:
         # The runners need the config but not the API key.
         runner_config = {**self.config.raw, "server": {**self.config.server, "api_key": None}}
         write_bytes_atomic(self.config_json, json.dumps(runner_config).encode())
+        self.disk.upkeep()
         self._recover()
         self._sweep()
         slots = self.config.max_concurrent_jobs
@@ -327,6 +370,9 @@ class Dispatcher:
             while not self._stopping.is_set():
                 claimed: list[Job] = []
                 try:
+                    if self.disk.low():
+                        self._stopping.wait(DISK_POLL_S)  # no job starts that could not store its result
+                        continue
                     claimed = self._claim()
                     if not claimed:
                         with self._wake:
@@ -349,10 +395,7 @@ class Dispatcher:
             if current is None or current.finished:
                 continue
             try:
-                if job.plugin == ARCHIVE:
-                    self._finish(job, result_document(job, "error", message, [], {}))
-                else:
-                    self._complete(job, None, message)
+                self._finish(job, error_result(self.layout, job, message))
             except Exception:
                 log.exception("job %s: cannot record its failure", job.id)
 
@@ -365,28 +408,52 @@ class Dispatcher:
         return claimed
 
     def _progress(self, ids: Sequence[str], fraction: float, message: str) -> None:
-        self.store.progress(ids, fraction, message)
+        try:
+            self.store.progress(ids, fraction, message)
+        except sqlite3.Error as exc:  # a full disk: the job goes on; its end is what must be recorded
+            log.warning("jobs %s: cannot record progress: %s", ",".join(ids), exc)
         for job_id in ids:
             self.events.publish(job_id, "progress", {"job_id": job_id, "progress": fraction, "message": message})
 
+    def _drop_cancelled(self, claimed: Sequence[Job]) -> list[Job]:
+        """``claimed`` without the jobs DELETE cancelled; their folders (what a killed runner may have written
+        after DELETE removed them) are deleted."""
+        with self._lock:
+            cancelled = {job.id for job in claimed} & self._cancelled
+            self._cancelled -= cancelled
+        for job_id in cancelled:
+            self.layout.remove_job(job_id)
+        return [job for job in claimed if job.id not in cancelled]
+
     def _run_files(self, claimed: Sequence[Job], runner: RunnerProcess) -> None:
+        claimed = self._drop_cancelled(claimed)
+        if not claimed:
+            return
         first = claimed[0]
-        work = self.scratch / (first.run or first.id)
-        outs = [self.layout.out_dir(job.id) for job in claimed]
-        for out in outs:
-            shutil.rmtree(out, ignore_errors=True)  # what an interrupted earlier attempt left
+        run = first.run or first.id
+        work = self.scratch / run
+        # Each attempt writes into a folder of its own, which becomes the job's out/ only when the call
+        # returns: a process of an earlier attempt that is still writing never mixes its files with this
+        # one's, and a job that times out or dies leaves no partial files behind.
+        attempts = [self.layout.attempt_dir(job.id, run) for job in claimed]
+        for job in claimed:
+            self.layout.clear_attempts(job.id)
         request = {
             "plugin": first.plugin,
             "options": first.options,
             "files": [file_row(self.layout, job) for job in claimed],
-            "outs": [str(out) for out in outs],
+            "outs": [str(folder) for folder in attempts],
             "work": str(work),
         }
         timeout = float(self.config.worker["job_timeout_seconds"])
         ids = [job.id for job in claimed]
+        with self._lock:
+            self._running.update(dict.fromkeys(ids, runner))
         try:
             reply = runner.call(request, timeout, lambda fraction, stage: self._progress(ids, fraction, stage))
         except (RunnerTimeout, RunnerDied) as exc:
+            for folder in attempts:
+                shutil.rmtree(folder, ignore_errors=True)  # nothing of a call that was stopped is kept
             if self._stopping.is_set():
                 return  # stop() puts these jobs back in the queue
             if len(claimed) > 1:
@@ -399,30 +466,90 @@ class Dispatcher:
             else:
                 reply = {"error": str(exc)}
         finally:
+            with self._lock:
+                for job_id in ids:
+                    self._running.pop(job_id, None)
             shutil.rmtree(work, ignore_errors=True)
-        for i, job in enumerate(claimed):
+        kept = {job.id for job in self._drop_cancelled(claimed)}
+        for i, (job, folder) in enumerate(zip(claimed, attempts, strict=True)):
+            if job.id not in kept:
+                continue
             rows = reply["rows"][i] if "rows" in reply else None
+            if rows is not None:
+                rows = self.layout.adopt_attempt(job.id, folder, rows)
+            shutil.rmtree(folder, ignore_errors=True)  # a call that failed as a whole: its files are not kept
             self._complete(job, rows, reply.get("error"))
 
     def _complete(self, job: Job, rows: list[dict[str, Any]] | None, error: str | None) -> None:
         """Write a job's result and mark it finished. ``rows`` None: the call failed with ``error``, and the
         job's rows are the one error row the pipeline's table would have for the file."""
         if rows is None:
-            rows = table_rows(PLUGINS[job.plugin].step, [error_row(file_row(self.layout, job), error or "failed")])
+            self._finish(job, error_result(self.layout, job, error or "failed"))
+            return
         failed = [r["error"] for r in rows if r.get("status") != "ok"]
         status, message = ("error", error or failed[0]) if error or failed else ("ok", None)
         self._finish(job, result_document(job, status, message, rows, manifest(self.layout, job.id)))
 
     def _finish(self, job: Job, document: Mapping[str, Any]) -> None:
-        self.layout.write_result(job.id, document)
-        finished = self.store.finish(job.id, DONE if document["status"] == "ok" else ERROR, document["error"])
+        try:
+            self.layout.write_result(job.id, document)
+        except OSError as exc:
+            # A full disk, typically. The job ends all the same (an error, recorded in the queue, which
+            # GET /results turns into the job's error result): its slot is freed, and nobody waits for good.
+            log.error("job %s: cannot write its result: %s", job.id, describe(exc))
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.disk.release()
+            shutil.rmtree(self.layout.out_dir(job.id), ignore_errors=True)
+            message = f"the server could not store this job's result ({describe(exc)}); submit the file again"
+            document = error_result(self.layout, job, message)
+            with contextlib.suppress(OSError):
+                (self.layout.job_dir(job.id) / RESULT_FILE).unlink()
+        state = DONE if document["status"] == "ok" else ERROR
         if job.file and not self.config.raw["storage"]["keep_uploads"]:
             with contextlib.suppress(FileNotFoundError):
                 (self.layout.job_dir(job.id) / job.file["upload"]).unlink()
+        try:
+            finished = self.store.finish(job.id, state, document["error"])
+        except sqlite3.Error:
+            # The database cannot be written either: the maintenance thread records the end once it can.
+            log.exception("job %s: cannot record its end yet", job.id)
+            with self._lock:
+                self._unrecorded[job.id] = (job, state, document)
+            return
+        self._announce(job, finished, document)
+
+    def _announce(self, job: Job, finished: Job | None, document: Mapping[str, Any]) -> None:
         if finished is not None:
             self.events.publish(job.id, "status", finished.status())
         self.events.publish(job.id, "result", document)
         self.finished(job.id)
+
+    def _record_unrecorded(self) -> None:
+        with self._lock:
+            pending = list(self._unrecorded.items())
+        for job_id, (job, state, document) in pending:
+            finished = self.store.finish(job_id, state, document["error"])
+            with self._lock:
+                del self._unrecorded[job_id]
+            self._announce(job, finished, document)
+
+    def cancel(self, job_id: str) -> None:
+        """Stop a job that DELETE /jobs/{id} removed from the queue, if this process runs it: its runner is
+        killed (with what it started), and the slot removes the job's folder."""
+        with self._lock:
+            runner = self._running.get(job_id)
+            if runner is None:
+                return
+            self._cancelled.add(job_id)
+        log.info("job %s: deleted while running; stopping its runner", job_id)
+        runner.kill()
+
+    def _cancel_deleted(self) -> None:
+        """Jobs this process runs that another server process deleted."""
+        with self._lock:
+            ids = list(self._running)
+        for job_id in set(ids) - self.store.known(ids):
+            self.cancel(job_id)
 
     # ------------------------------------------------------------------------------------------ archive
 
@@ -474,7 +601,10 @@ class Dispatcher:
         next_recover = next_sweep = time.monotonic()
         while not self._stopping.wait(HEARTBEAT_S):
             try:
+                self.disk.upkeep()
                 self.store.heartbeat()
+                self._record_unrecorded()
+                self._cancel_deleted()
                 now = time.monotonic()
                 if now >= next_recover:
                     self._recover()
@@ -497,35 +627,21 @@ class Dispatcher:
         self._give_up([job for job in map(self.store.get, given_up) if job is not None], message)
 
     def _sweep(self) -> None:
-        """Delete finished jobs past ``storage.retention_hours``, folders of uploads that never became a
-        job (a server killed mid-upload), and scratch folders of dead server processes."""
-        hours = float(self.config.raw["storage"]["retention_hours"])
-        if hours > 0:
-            expired = self.store.expired(time.time() - hours * 3600)
-            for job_id in expired:
-                self.layout.remove_job(job_id)
-            self.store.delete(expired)
-        folders = [d for d in self.layout.jobs.iterdir() if jobs.JOB_ID.match(d.name)]
-        known = self.store.known([d.name for d in folders])
-        for folder in folders:
-            if folder.name not in known and time.time() - _last_change(folder) > ORPHAN_AGE_S:
-                shutil.rmtree(folder, ignore_errors=True)
-        self.layout.clean_scratch(self.store.owner)
+        for job_id in self.retention.sweep():
+            self.events.forget(job_id)
 
 
-def _last_change(folder: Path) -> float:
-    """The latest mtime of a folder and its files (an upload in progress keeps growing its file)."""
-    times = [folder.stat().st_mtime]
-    with contextlib.suppress(OSError):
-        times += [entry.stat().st_mtime for entry in folder.iterdir()]
-    return max(times)
-
-
-def _exec(argv: Sequence[str]) -> None:
-    """``python -m cl_ml_tools.worker PROGRAM ARGS``: PROGRAM under :func:`die_with_parent`."""
-    die_with_parent()
-    os.execv(argv[0], list(argv))
+def _guard(argv: Sequence[str]) -> int:
+    """``python -m cl_ml_tools.worker PROGRAM ARGS``: PROGRAM as the child of a guardian that leads its process
+    group and kills all of it when the server dies (:func:`die_with_parent`); PROGRAM's exit status."""
+    die_with_parent(group=True)
+    code = subprocess.call(list(argv))
+    if code < 0:  # end as PROGRAM did, so that the server reports the same signal
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
 
 
 if __name__ == "__main__":
-    _exec(sys.argv[1:])
+    sys.exit(_guard(sys.argv[1:]))
