@@ -30,6 +30,8 @@ from cl_ml_tools import jobs
 from cl_ml_tools.jobs import DONE, JobStore, Layout, Owner
 
 BIN = Path(sys.executable).parent
+# A client may ask for no slower preset and no taller rendition than the server's own settings allow, so the
+# servers that get SLOW jobs are configured with it.
 SLOW = {"preset": "veryslow", "ladder": [{"height": 720, "video_kbps": 4000}]}
 GUNICORN = [str(BIN / "gunicorn"), "-k", "uvicorn_worker.UvicornWorker", "--no-control-socket"]
 
@@ -88,7 +90,7 @@ def test_sigkill_of_the_server_ends_its_jobs_ffmpeg_and_the_rerun_writes_a_fresh
     tmp_path: Path, long_video: Path, launch: Callable[..., Server]
 ) -> None:
     storage = tmp_path / "storage"
-    config = service_config(tmp_path, storage, worker={"max_concurrent_jobs": 1})
+    config = service_config(tmp_path, storage, worker={"max_concurrent_jobs": 1}, hls=SLOW)
     serve = [str(BIN / "cl-ml-tools"), "serve", "--config", str(config), "--port", "{port}"]
     first = launch(tmp_path, config, command=serve)
     job_id = first.submit("hls_streaming", long_video, **SLOW)["job_id"]
@@ -157,7 +159,7 @@ def test_sigterm_answers_waiting_clients_at_once_and_the_server_stops_within_sec
     tmp_path: Path, long_video: Path, how: str, launch: Callable[..., Server]
 ) -> None:
     storage = tmp_path / "storage"
-    config = service_config(tmp_path, storage, worker={"max_concurrent_jobs": 1})
+    config = service_config(tmp_path, storage, worker={"max_concurrent_jobs": 1}, hls=SLOW)
     commands = {
         "cl-ml-tools serve": [str(BIN / "cl-ml-tools"), "serve", "--config", str(config), "--port", "{port}"],
         "uvicorn": None,
@@ -252,6 +254,7 @@ def test_a_job_that_cannot_store_its_result_ends_frees_its_slot_and_low_space_is
         {"photos": str(SAMPLE)},
         storage={"dir": str(small_disk), "min_free_bytes": 4 << 20},
         worker={"max_concurrent_jobs": 1},
+        hls={**SLOW, "segment_s": 1},
     )
     server = launch(tmp_path, config)
     # An encoding that writes a segment every second or so, for several seconds.
@@ -300,6 +303,7 @@ def test_list_delete_queue_cap_readiness_and_metrics(
         tmp_path,
         storage,
         worker={"max_concurrent_jobs": 1, "max_queued_jobs": 3},
+        hls=SLOW,
         mqtt={"enabled": True, "broker": f"127.0.0.1:{free_port()}"},  # nothing listens there
         server={"api_key": API_KEY},
     )
