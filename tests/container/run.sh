@@ -4,9 +4,10 @@
 # podman's image store for the next run), the project's Dockerfile built on it without models, then the image
 # run on loopback with the real BlazeFace network mounted as its model cache, and checked: /health, a hash,
 # an exif and a face_detection job against hashlib, exiftool and MediaPipe on the host, every process the
-# non-root user, nothing writable but the volume, a running job requeued by SIGTERM within the stop timeout,
-# ffmpeg and exiftool inside; and deploy/cl-ml-tools.service verified against the image's install. Run by
-# .ci/run after the SLURM test (`make test` made .venv). Needs root: apt-get, debootstrap, podman.
+# non-root user, nothing writable but the volume (and temporary folders), a running job requeued by SIGTERM
+# within the stop timeout, ffmpeg and exiftool inside; and deploy/cl-ml-tools.service verified against the
+# image's install. Run by .ci/run after the SLURM test (`make test` made .venv). Needs root: apt-get,
+# debootstrap, podman.
 #   [VENV=.venv] [KEEP=1 (keep the temporary directory)] [REBUILD_BASE=1] tests/container/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -116,21 +117,30 @@ took "serving on $URL" "$t"
 podman exec "$NAME" ffmpeg -hide_banner -version | head -n 1 | sed 's/^/container test: inside: /' >&2
 podman exec "$NAME" exiftool -ver | sed 's/^/container test: inside: exiftool /' >&2
 
-# Every folder and file the service user may write to, on every mount but /proc and /sys: the volume, and the
-# container's own in-memory IPC folders; then writes tried where the image's files are, also in a container
-# without --read-only (the files' owners and modes alone).
-writable=$(podman exec "$NAME" find / \( -path /proc -o -path /sys -o -path /var/lib/cl_ml_tools/\* \) -prune \
-  -o \( -type d -o -type f \) -writable -print 2>/dev/null || true)  # (unreadable folders: root's)
-if [ "$(echo "$writable" | sort | tr '\n' ' ')" != "/dev/mqueue /dev/shm /var/lib/cl_ml_tools " ]; then
-  say "writable outside the volume: $writable"
+# What the service user can write to. In the service's container (--read-only), on every mount but /proc and
+# /sys: the volume and the container's own in-memory IPC folders. In one without --read-only, on the image's
+# own file system (the files' owners and modes alone): the volume and the usual world-writable temporary
+# folders. And in both, writes tried where the image's files are.
+writable() {  # writable FIND-ARGS...: the folders and files found writable, on one line, sorted
+  "$@" \( -type d -o -type f \) -writable -print 2>/dev/null | sort | tr '\n' ' ' || true  # (root's unreadable)
+}
+in_service=$(writable podman exec "$NAME" find / \( -path /proc -o -path /sys -o -path /var/lib/cl_ml_tools/\* \) \
+  -prune -o)
+in_image=$(writable podman run --rm "${LIMITS[@]}" --no-healthcheck "$IMAGE" find / -xdev)
+if [ "$in_service" != "/dev/mqueue /dev/shm /var/lib/cl_ml_tools " ] ||
+  [ "$in_image" != "/run/lock /tmp /var/lib/cl_ml_tools /var/tmp " ]; then
+  say "writable by the service user: ${in_service% } (the service's container);" \
+    "${in_image% } (the image without --read-only)"
   exit 1
 fi
-try_writes='for d in / /opt /opt/cl_ml_tools /opt/cl_ml_tools/.venv /opt/cl_ml_tools/models /etc /etc/cl_ml_tools /usr; do
-  touch "$d/written" 2>/dev/null && echo "$d"; done; touch /var/lib/cl_ml_tools/written && rm /var/lib/cl_ml_tools/written'
+try_writes='for d in / /opt /opt/cl_ml_tools /opt/cl_ml_tools/.venv /opt/cl_ml_tools/models /etc /etc/cl_ml_tools \
+  /usr; do touch "$d/written" 2>/dev/null && echo "$d"; done
+  touch /var/lib/cl_ml_tools/written && rm /var/lib/cl_ml_tools/written'
 bad=$(podman exec "$NAME" sh -c "$try_writes")
 bad+=$(podman run --rm "${LIMITS[@]}" --no-healthcheck "$IMAGE" sh -c "$try_writes")
 [ -z "$bad" ] || { say "the service user could write to: $bad"; exit 1; }
-say "writable: the volume, /dev/shm and /dev/mqueue only; writes to / /opt /etc /usr and the venv refused, with and without --read-only"
+say "writable by the service user: ${in_service% } (--read-only); ${in_image% } (without);" \
+  "writes to / /opt /etc /usr and the venv refused"
 
 t=$SECONDS
 job=$("$VENV/bin/python" tests/container/check.py jobs "$URL" "$KEY" "$WORK/long.mp4" "$WORK/models")
@@ -142,7 +152,8 @@ for _ in $(seq 100); do
   echo "$processes" | grep -qw ffmpeg && break
   sleep 0.3
 done
-if echo "$processes" | awk '$1 != "cl-ml-tools" {bad = 1} END {exit !bad}' || ! echo "$processes" | grep -qw ffmpeg; then
+if echo "$processes" | awk '$1 != "cl-ml-tools" {bad = 1} END {exit !bad}' ||
+  ! echo "$processes" | grep -qw ffmpeg; then
   say "not every process runs as cl-ml-tools, or no ffmpeg runs:"
   echo "$processes" >&2
   exit 1
@@ -163,9 +174,12 @@ say "SIGTERM: the container ended after $stopped s (stop timeout $STOP_TIMEOUT s
 
 # The unit's ExecStart and paths are the image's: verified with the image's /opt/cl_ml_tools in place.
 image_mount=$(podman image mount "$IMAGE")
-verified=$(unshare --mount sh -c 'mount -t tmpfs tmpfs /opt && mkdir /opt/cl_ml_tools &&
-  mount --bind "$1" /opt/cl_ml_tools && systemd-analyze verify deploy/cl-ml-tools.service 2>&1' sh "$image_mount/opt/cl_ml_tools")
-[ -z "$verified" ] || { say "systemd-analyze verify deploy/cl-ml-tools.service: $verified"; exit 1; }
+if ! verified=$(unshare --mount sh -c 'mount -t tmpfs tmpfs /opt && mkdir /opt/cl_ml_tools &&
+  mount --bind "$1" /opt/cl_ml_tools && systemd-analyze verify deploy/cl-ml-tools.service 2>&1' \
+  sh "$image_mount/opt/cl_ml_tools") || [ -n "$verified" ]; then
+  say "systemd-analyze verify deploy/cl-ml-tools.service: $verified"
+  exit 1
+fi
 say "systemd-analyze verify deploy/cl-ml-tools.service: clean"
 
 say "passed in $((SECONDS - start)) s"
