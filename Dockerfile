@@ -19,13 +19,14 @@ ENV PYTHONUNBUFFERED=1 \
     CL_ML_TOOLS_MODEL_CACHE=/opt/cl_ml_tools/models
 
 WORKDIR /opt/cl_ml_tools
-COPY pyproject.toml README.md Snakefile config.yaml ./
-COPY src ./src
-COPY workflow ./workflow
-COPY profiles ./profiles
-# Editable, so that the service finds the workflow (the Snakefile for the archive job) beside
-# the package, as in a checkout.
-RUN pip install -e '.[service]'
+COPY pyproject.toml setup.py README.md Snakefile config.yaml /tmp/build/
+COPY src /tmp/build/src
+COPY workflow /tmp/build/workflow
+COPY profiles /tmp/build/profiles
+COPY envs /tmp/build/envs
+# Not editable: the wheel carries the workflow (the archive job's Snakefile, rules, scripts, profiles) inside
+# the package, and the sources are gone once it is installed.
+RUN pip install '/tmp/build[service]' && rm -rf /tmp/build
 COPY deploy/config.yaml /etc/cl_ml_tools/config.yaml
 
 USER cl-ml-tools
