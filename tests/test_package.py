@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import tomllib
 import zipfile
 from pathlib import Path
@@ -29,11 +30,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, TEST_MODELS
+from conftest import REPO, TEST_MODELS, write_config
 from test_service import Server, service_config
 from test_workflow import comparable
 
-from cl_ml_tools import tables
+from cl_ml_tools import cli, pipeline, tables
+from cl_ml_tools import config as settings
 
 pytestmark = pytest.mark.e2e
 
@@ -121,6 +123,56 @@ def assert_inside(venv: Path, probe: Path) -> set[str]:
     return set(found)
 
 
+# ------------------------------------------------------------------------------------ the run command, in-process
+
+
+def test_folders_become_inputs_named_after_themselves(tmp_path: Path) -> None:
+    for name in ("2021 holiday", "phone", "Café", "a=b"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "other" / "phone").mkdir(parents=True)
+    args = [str(tmp_path / "2021 holiday"), f"mine={tmp_path / 'phone'}", str(tmp_path / "Café"), str(tmp_path / "a=b")]
+    inputs = pipeline.inputs_from(args)
+    assert inputs == {
+        "2021_holiday": str(tmp_path / "2021 holiday"),
+        "mine": str(tmp_path / "phone"),
+        "Caf": str(tmp_path / "Café"),
+        "a_b": str(tmp_path / "a=b"),
+    }
+    # The names are ones the config schema takes.
+    settings.validate({**yaml.safe_load((REPO / "config.yaml").read_text()), "inputs": inputs})
+    with pytest.raises(pipeline.PipelineError, match="two folders would be input 'phone'"):
+        pipeline.inputs_from([str(tmp_path / "phone"), str(tmp_path / "other" / "phone")])
+    with pytest.raises(pipeline.PipelineError, match="is not a folder"):
+        pipeline.inputs_from([str(tmp_path / "missing")])
+
+
+def test_run_without_folders_or_a_config_says_what_to_give(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run"]) == cli.EXIT_USAGE
+    assert "name the folders to process" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
+def test_run_replaces_the_inputs_of_the_working_directorys_config_and_passes_on_what_follows_double_dash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ./config.yaml gives the settings; the folders named replace its inputs, also for Snakemake, which
+    would otherwise merge that file's inputs (its Snakefile says ``configfile: config.yaml``) with them."""
+    for name in ("named", "other"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.txt").write_text(name)
+    write_config(tmp_path, {"other": str(tmp_path / "other")}, hls={"enabled": False})
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", str(tmp_path / "named"), "--results", "out", "--", "--dry-run", "--quiet"]) == 0
+    used = yaml.safe_load((tmp_path / "out" / "run-config.yaml").read_text())
+    assert used["inputs"] == {"named": str(tmp_path / "named")} and used["hls"]["enabled"] is False
+    listed = "".join(p.read_text() for p in (tmp_path / "out" / "inventory").glob("*.jsonl"))
+    assert "named.txt" in listed and "other.txt" not in listed
+    assert not (tmp_path / "out" / "tables").exists()  # --dry-run reached Snakemake
+
+
 # ----------------------------------------------------------------------------------------------------- tests
 
 
@@ -136,6 +188,10 @@ def test_sdist_and_wheel_pass_twine_check_and_the_wheel_carries_the_workflow(dis
     with zipfile.ZipFile(wheel) as zf:
         packaged = {n.removeprefix("cl_ml_tools/workflow/"): zf.read(n) for n in zf.namelist() if "/workflow/" in n}
         assert not [n for n in zf.namelist() if n.startswith(("tests/", "examples/"))]
+    (sdist,) = dist.glob("*.tar.gz")
+    with tarfile.open(sdist) as tf:
+        shipped = {Path(n).parts[1] for n in tf.getnames() if "/" in n}
+    assert not shipped & {"tests", "examples"}, shipped
     # Every file of the checkout's workflow folders, byte for byte.
     expected = {
         str(p.relative_to(REPO)): p.read_bytes()
@@ -241,7 +297,7 @@ def test_the_archive_job_of_a_server_from_the_wheel_runs_the_packaged_pipeline(
         result = server.result(response.json()["job_id"], seconds=300)
     finally:
         server.stop()
-    assert result["status"] == "ok", result["log"]
+    assert result["status"] == "ok", result
     assert set(result["tables"]) == {"files", "hashes", "exif"}
     # Videos' perceptual hashes are of their poster frame, a thumbnail: with thumbnails off they are null.
     columns = {"files": None, "exif": None, "hashes": ["media_id", "status", "sha512", "md5", "pixel_sha512"]}
