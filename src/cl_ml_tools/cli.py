@@ -232,7 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     after -- go to snakemake (e.g. -- --dry-run, -- --unlock)."""
     try:
         config = pipeline.run_config(args.paths, args.config, args.results)
-        argv = pipeline.command(config, args.cores, args.report, getattr(args, "snakemake_args", []))
+        argv = pipeline.command(config, args.cores, args.report, args.snakemake_args)
     except pipeline.PipelineError as exc:
         raise UsageError(str(exc)) from None
     return pipeline.run(argv)
@@ -244,6 +244,7 @@ def add_run(commands: argparse._SubParsersAction, common: argparse.ArgumentParse
     parser.add_argument("--results", metavar="DIR", help="where the tables go (default: the config's, ./results)")
     parser.add_argument("--cores", type=int, metavar="N", help="cores to use (default: all)")
     parser.add_argument("--report", metavar="FILE", help="also write the HTML report to FILE")
+    parser.set_defaults(snakemake_args=[])  # what follows --, set by parse()
 
 
 # Each entry registers one top-level command: (subparsers, parent parser holding the shared options).
