@@ -40,14 +40,16 @@ RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf --mount=type=secret,id=
 print("\n".join(p["dependencies"] + p["optional-dependencies"]["service"]))' >/tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
-COPY README.md Snakefile config.yaml ./
-COPY src ./src
-COPY workflow ./workflow
-COPY profiles ./profiles
-# Editable, so that the service finds the workflow (the Snakefile for the archive job) beside the package, as
-# in a checkout. Compiled here because the service user cannot write __pycache__ folders.
+COPY pyproject.toml setup.py README.md Snakefile config.yaml /tmp/build/
+COPY src /tmp/build/src
+COPY workflow /tmp/build/workflow
+COPY profiles /tmp/build/profiles
+COPY envs /tmp/build/envs
+# Not editable: the wheel carries the workflow (the archive job's Snakefile, rules, scripts, profiles) inside
+# the package, and the sources are gone once it is installed (pip compiles it: the service user cannot write
+# __pycache__ folders).
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf --mount=type=secret,id=pip-cert \
-    pip install --no-deps -e . && python -m compileall -q src
+    pip install --no-deps /tmp/build && rm -rf /tmp/build
 COPY deploy/config.yaml /etc/cl_ml_tools/config.yaml
 
 # MODELS=all: every registered model, checked against its pinned sha256; the jobs never download anything.

@@ -1,8 +1,12 @@
 """cl_ml_tools: turn a photo and video archive into Parquet tables."""
 
 import os
+from importlib import metadata
 
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("cl_ml_tools")
+except metadata.PackageNotFoundError:  # src/ on PYTHONPATH without an install: no metadata to read
+    __version__ = "unknown"
 
 # onnxruntime 1.29+ sends usage telemetry from Linux too, and writes a device id under ~/.cache and a file in
 # $TMPDIR when it is imported. A tool that reads people's photo archives should not phone home; set

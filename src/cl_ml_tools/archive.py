@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from . import pipeline
 from .fileio import write_bytes_atomic
 from .models import RUNTIME_KEYS
 
@@ -51,7 +52,11 @@ def pipeline_config(config: Mapping[str, Any], folder: Path) -> dict[str, Any]:
 def command(config: Mapping[str, Any], folder: Path) -> tuple[list[str], Path]:
     """The Snakemake command line for an archive run, and the config file it reads (written here)."""
     settings = config["plugins"]["archive"]
-    snakefile = Path(_absolute(settings["snakefile"]))
+    try:
+        # By default the pipeline this package carries (the wheel's, or the checkout's).
+        snakefile = Path(_absolute(settings["snakefile"])) if settings["snakefile"] else pipeline.snakefile()
+    except pipeline.PipelineError as exc:
+        raise ArchiveError(str(exc)) from None
     if not snakefile.is_file():
         raise ArchiveError(f"plugins.archive.snakefile: there is no Snakefile at {snakefile}")
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""The ``cl-ml-tools`` command: the model cache (``models list|fetch|verify``), ``search`` and ``serve``.
+"""The ``cl-ml-tools`` command: the pipeline (``run``), the model cache (``models list|fetch|verify``), ``search``
+and ``serve``.
 
 Each top-level command is added by one function in ``COMMANDS`` that registers its subparser and sets
 ``func`` on the leaf parsers; ``func(args)`` returns the exit status.
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, models, search, service_config
+from . import __version__, models, pipeline, search, service_config
 from .models import ModelError, Resolved
 
 PROG = "cl-ml-tools"
@@ -221,8 +222,34 @@ def add_serve(commands: argparse._SubParsersAction, common: argparse.ArgumentPar
     parser.add_argument("--workers", type=int, help="server processes (default: server.workers)")
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """run the pipeline: the photos and videos in FOLDERs → Parquet tables under results/
+
+    Snakemake on the workflow this package carries, in the working directory, with its progress as Snakemake
+    prints it; run it again to resume or to take in new files. Each FOLDER is an input named after the folder
+    (NAME=FOLDER names it yourself; the name is part of every file's media_id); without FOLDERs, the inputs of
+    --config FILE or ./config.yaml. The config a run used is written to RESULTS/run-config.yaml. Arguments
+    after -- go to snakemake (e.g. -- --dry-run, -- --unlock)."""
+    try:
+        config = pipeline.run_config(args.paths, args.config, args.results)
+        argv = pipeline.command(config, args.cores, args.report, args.snakemake_args)
+    except pipeline.PipelineError as exc:
+        raise UsageError(str(exc)) from None
+    return pipeline.run(argv)
+
+
+def add_run(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = _command(commands, common, cmd_run)
+    parser.add_argument("paths", nargs="*", metavar="FOLDER", help="folders to process (NAME=FOLDER to name one)")
+    parser.add_argument("--results", metavar="DIR", help="where the tables go (default: the config's, ./results)")
+    parser.add_argument("--cores", type=int, metavar="N", help="cores to use (default: all)")
+    parser.add_argument("--report", metavar="FILE", help="also write the HTML report to FILE")
+    parser.set_defaults(snakemake_args=[])  # what follows --, set by parse()
+
+
 # Each entry registers one top-level command: (subparsers, parent parser holding the shared options).
 COMMANDS: list[Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]] = [
+    add_run,
     add_models,
     add_search,
     add_serve,
@@ -246,6 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
 _CONFIG_HELP = f"workflow config whose `models:` section overrides model paths (default: {DEFAULT_CONFIG} if present)"
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line; for `run`, what follows the first ``--`` is snakemake's (``snakemake_args``)."""
+    parser = build_parser()
+    if "--" in argv:
+        cut = argv.index("--")
+        args = parser.parse_args(argv[:cut])
+        if args.command == "run":
+            args.snakemake_args = argv[cut + 1 :]
+            return args
+    return parser.parse_args(argv)
+
+
 class _Stderr(logging.Handler):
     """Writes to whatever ``sys.stderr`` is at emit time (pytest swaps it per test)."""
 
@@ -257,7 +296,7 @@ class _Stderr(logging.Handler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(sys.argv[1:] if argv is None else argv)
     logger = logging.getLogger("cl_ml_tools")
     handler = _Stderr(logging.WARNING)
     logger.addHandler(handler)
