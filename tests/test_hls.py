@@ -154,6 +154,21 @@ def test_bandwidth_is_the_measured_peak_of_a_busy_clip(tmp_path: Path) -> None:
     assert row["variants"][0]["bandwidth"] > 1.2 * configured  # what this clip is for
 
 
+def test_encoding_the_same_video_again_gives_the_same_bytes_and_row(tmp_path: Path) -> None:
+    """A rerun (after a kill, or of a changed shard) must give the same table: BANDWIDTH is measured from the
+    segments, so the encode itself has to be reproducible with the threads the pipeline gives it."""
+    video = make_video(tmp_path / "in.mp4", seconds=4, size="640x360")
+    settings = hls.Settings(threads=2)
+    runs = []
+    for i in range(3):
+        [row] = hls.encode(file_row(video), tmp_path / f"out{i}", settings)
+        assert row["status"] == "ok"
+        folder = Path(row["master"]).parent
+        segments = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.ts"))}
+        runs.append((segments, [{k: v for k, v in r.items() if k != "playlist"} for r in row["variants"]]))
+    assert runs[0][0] and all(run == runs[0] for run in runs[1:])
+
+
 def test_video_without_audio_and_rotation(tmp_path: Path) -> None:
     video = make_video(tmp_path / "in.mp4", seconds=2, size="320x240", audio=False)
     subprocess.run(["exiftool", "-q", "-overwrite_original", "-Rotation=90", str(video)], check=True)

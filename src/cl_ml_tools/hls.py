@@ -69,6 +69,9 @@ def ffmpeg_args(src: str, out_dir: Path, rungs: Sequence[Rung], has_audio: bool,
     seg = f"{settings.segment_s:g}"
     args += [
         "-threads", str(settings.threads), "-preset", settings.preset, "-pix_fmt", "yuv420p", "-profile:v", "high",
+        # x264's frame threads under a VBV (maxrate) give other bytes on every run (measured: 2 of 3 encodes
+        # of the sample clip differed), and so another measured BANDWIDTH; its slice threads do not.
+        "-x264-params", "sliced-threads=1",
         # A keyframe exactly every segment length makes every segment the same length and independent.
         "-force_key_frames", f"expr:gte(t,n_forced*{seg})", "-sc_threshold", "0",
         "-f", "hls", "-hls_time", seg, "-hls_playlist_type", "vod", "-hls_flags", "independent_segments",

@@ -214,7 +214,9 @@ VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     "exif": 2,  # an f_number or exposure_time of 0 is unknown (null), as in exiftool
     "faces": 2,  # sharpness is the unclipped Laplacian variance; crops aligned as InsightFace's norm_crop
     "face_embeddings": 2,  # embeddings of those crops
-    "hls": 2,  # BANDWIDTH is the measured peak segment bit rate; AVERAGE-BANDWIDTH added
+    # BANDWIDTH is the measured peak segment bit rate, AVERAGE-BANDWIDTH added; x264's slice threads (the same
+    # bytes on every run)
+    "hls": 2,
     "dino": 2,  # a preview decoded at reduced JPEG scale is resized with the full decode's geometry
     "clip": 2,  # the same
 }
