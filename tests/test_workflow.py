@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, SAMPLE, SNAKEMAKE, TEST_MODELS, make_audio_only, snakemake, write_config
@@ -451,8 +452,9 @@ def test_a_step_without_the_step_it_reads_is_refused(tmp_path: Path) -> None:
 
 
 def test_tables_of_an_older_hashes_definition_are_recomputed(tmp_path: Path) -> None:
-    # The hashes rule as it was before its `version` param: its tables hold the old pixel hash (palette
-    # indices), and a plain rerun must recompute them rather than keep them beside new ones.
+    # The hashes rule as it was before its `version` param, and parts as the code of then wrote them: no
+    # version recorded, and (for this palette GIF) another pixel hash, the hash of its palette indices. A plain
+    # rerun must recompute them rather than keep them beside new ones.
     old = tmp_path / "old"
     for folder in ("workflow", "envs"):
         shutil.copytree(REPO / folder, old / folder)
@@ -466,6 +468,12 @@ def test_tables_of_an_older_hashes_definition_are_recomputed(tmp_path: Path) -> 
     others = ("exif", "thumbnails", "hls", "faces", "face_embeddings", "dino", "clip", "duplicates", "people", "report")
     write_config(work, {"photos": "archive"}, sharding={"shards": 2, "shard_size": 1000}, **dict.fromkeys(others, off))
     snakemake(work, "-s", str(old / "Snakefile"))  # the last -s wins
+    for part in (work / "results" / "parts" / "hashes").glob("*.parquet"):
+        written = pq.read_table(part)
+        column = written.schema.get_field_index("pixel_sha512")
+        stale = [None if h is None else "0" * 128 for h in written.column(column).to_pylist()]
+        written = written.set_column(column, "pixel_sha512", pa.array(stale, pa.string()))
+        pq.write_table(written.replace_schema_metadata(None), part)
     proc = snakemake(work, "--dry-run")
     assert "Job stats:" in proc.stdout, proc.stdout + proc.stderr  # not "Nothing to be done"
     assert job_counts(proc.stdout) == {"all": 1, "hashes": 2, "tables": 1}, proc.stdout
