@@ -35,12 +35,13 @@ PNG = SAMPLE / "2021 holiday" / "coffee.png"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """No API key (the guide's curl command sends none), one job slot (so that queued jobs form a batch), two
-    threads a job, and a decompression-bomb guard of 1 MP for the hash plugin."""
+    threads a job, a decompression-bomb guard of 1 MP for the hash plugin, and faces without refinement."""
     work = tmp_path_factory.mktemp("api")
     config = service_config(
         work,
         work / "storage",
         hashes={"max_pixels": BOMB_LIMIT},
+        faces={"refine": False},  # work a client may not turn back on
         worker={"max_concurrent_jobs": 1, "threads": 2},
         plugins={"enabled": [p for p in plugins.PLUGINS]},
     )
@@ -191,6 +192,11 @@ def test_a_client_cannot_lift_the_decompression_bomb_guard(server: Server, tmp_p
         ("hls_streaming", {"preset": "veryslow"}, "hls.preset"),
         ("hls_streaming", {"ladder": json.dumps([{"height": 240, "video_kbps": 300}] * 4)}, "hls.ladder"),
         ("hls_streaming", {"ladder": json.dumps([{"height": 2160, "video_kbps": 9000}])}, "hls.ladder"),
+        ("hls_streaming", {"ladder": json.dumps([{"height": 240, "video_kbps": 500000}])}, "a video_kbps above"),
+        ("hls_streaming", {"ladder": json.dumps([{"height": 240, "video_kbps": 400, "audio_kbps": 4000}])}, "audio"),
+        ("face_detection", {"refine": "true"}, "faces.refine"),
+        ("face_detection", {"min_size": "1"}, "faces.min_size"),
+        ("face_detection", {"min_score": "0.01"}, "faces.min_score"),
         ("media_thumbnail", {"preview_size": "8192"}, "thumbnails.preview_size"),
         ("face_detection", {"tile_size": "16"}, "faces.tile_size"),
         ("dino_embedding", {"batch_size": "4096"}, "dino.batch_size"),

@@ -129,7 +129,7 @@ def working_in(folder: Path) -> list[int]:
     return found
 
 
-def test_sigkill_of_the_server_ends_the_archive_pipeline_with_its_jobs(
+def test_delete_of_the_archive_job_and_sigkill_of_the_server_end_its_pipeline_with_its_jobs(
     tmp_path: Path, long_video: Path, launch: Callable[..., Server]
 ) -> None:
     inputs = tmp_path / "inputs"
@@ -144,9 +144,19 @@ def test_sigkill_of_the_server_ends_the_archive_pipeline_with_its_jobs(
         plugins={"archive": {"snakefile": str(Path(__file__).parents[1] / "Snakefile"), "cores": 1}},
     )
     server = launch(tmp_path, config)
-    assert server.client.post("/jobs/archive").status_code == 202
+    deleted = server.client.post("/jobs/archive")
+    assert deleted.status_code == 202
     # Snakemake runs each rule's script as a child process; the HLS one runs ffmpeg for a long while.
     wait_for(lambda: ffmpegs(storage), "the pipeline's ffmpeg to start", seconds=90)
+    # DELETE stops the pipeline at once (it used to run on, and a new archive job beside it), and its result
+    # is never written.
+    response = server.client.delete(f"/jobs/{deleted.json()['job_id']}")
+    assert response.status_code == 200 and response.json()["status"] == "running", response.text
+    wait_for(lambda: working_in(storage) == [], "the deleted archive job's pipeline to end", seconds=10)
+    again = server.client.post("/jobs/archive")
+    assert again.status_code == 202 and again.json()["job_id"] != deleted.json()["job_id"], again.text
+    wait_for(lambda: ffmpegs(storage), "the new archive job's ffmpeg to start", seconds=90)
+    assert not (storage / "jobs" / deleted.json()["job_id"]).exists()
     server.kill()
     wait_for(lambda: working_in(storage) == [], "the pipeline and its jobs to end", seconds=10)
 
@@ -332,7 +342,8 @@ def test_list_delete_queue_cap_readiness_and_metrics(
     assert [j["job_id"] for j in rest["jobs"]] == [queued[0]] and rest["next_cursor"] is None
     assert [j["job_id"] for j in server.client.get("/jobs", params={"plugin": "exif"}).json()["jobs"]] == [queued[1]]
     assert server.client.get("/jobs", params={"status": "finished"}).status_code == 400
-    assert server.client.get("/jobs", params={"cursor": "abc"}).status_code == 400
+    for cursor in ("abc", "²", "9" * 20):  # "²" passes str.isdigit, 20 digits overflow SQLite: both were 500s
+        assert server.client.get("/jobs", params={"cursor": cursor}).status_code == 400, cursor
 
     # Age of the oldest queued job, while it waits.
     time.sleep(1.1)

@@ -27,6 +27,7 @@ import logging
 import math
 import mimetypes
 import os
+import re
 import shutil
 import signal
 import sys
@@ -552,7 +553,8 @@ async def list_jobs(
     """Jobs newest first (their status documents), by status and plugin, a page at a time."""
     if status is not None and status not in STATES:
         raise RequestError(400, "bad_request", f"status must be one of {', '.join(STATES)}, not {status[:32]!r}")
-    if cursor is not None and not cursor.isdigit():
+    # ASCII digits only (str.isdigit also takes '²', which int() refuses), at most 18 of them (SQLite's integers).
+    if cursor is not None and not re.fullmatch(r"[0-9]{1,18}", cursor):
         raise RequestError(400, "bad_request", "cursor must be the next_cursor of a previous page")
     service = _service(request)
     found, after = await run_in_threadpool(service.store.page, status, plugin, int(cursor) if cursor else None, limit)

@@ -93,17 +93,20 @@ _WHY = {
     409: "the job has not finished yet",
     413: "the file is larger than server.max_upload_bytes",
     415: "not multipart/form-data, or a kind of file the plugin does not take",
-    503: "the server is receiving server.max_uploads uploads already; see Retry-After",
-    507: "the server's storage is full",
+    429: "worker.max_queued_jobs jobs are queued already; see Retry-After",
+    503: "the server is stopping, or is receiving server.max_uploads uploads already; see Retry-After",
+    507: "the server's storage is full or below storage.min_free_bytes; see Retry-After",
 }
 # The refusals each route can answer, besides 401 (every route that needs the key) and 400 (every route
 # with parameters). Routes not listed (added later) keep those two.
 _ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
-    ("post", "/jobs/{plugin}"): (400, 408, 413, 415, 503, 507),
+    ("post", "/jobs/{plugin}"): (400, 408, 413, 415, 429, 503, 507),
     ("post", "/jobs/archive"): (404,),
-    ("get", "/jobs/{job_id}/status"): (400, 404),
-    ("get", "/jobs/{job_id}/results"): (400, 404, 409),
+    ("get", "/jobs/{job_id}/status"): (400, 404, 503),
+    ("get", "/jobs/{job_id}/results"): (400, 404, 409, 503),
     ("get", "/jobs/{job_id}/files/{name}"): (404, 409),
+    ("get", "/jobs"): (400,),
+    ("delete", "/jobs/{job_id}"): (404,),
 }
 _ANSWERS: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/jobs/{plugin}"): {"202": ("the job, queued", STATUS)},
@@ -143,9 +146,11 @@ def _option_schemas(plugin: plugins.Plugin, config: dict[str, Any]) -> dict[str,
             section, bound_key, side = BOUNDS[step][key]
             if side == "max":
                 schema["maximum"] = config[section][bound_key]
-            else:
+            elif side == "min":
                 schema.pop("exclusiveMinimum", None)
                 schema["minimum"] = config[section][bound_key]
+            elif not config[section][bound_key]:
+                schema["const"] = False  # off on this server: a client may not turn it on
         if schema.get("type") == "string" or ("enum" in schema and all(isinstance(v, str) for v in schema["enum"])):
             out[name] = {"type": "string", **schema}
             continue

@@ -30,6 +30,7 @@ from typing import Any
 
 from . import config as settings
 from . import tables
+from .hls import Rung
 
 IMAGES_AND_VIDEOS = frozenset({"image", "video"})
 INPUT = "service"
@@ -122,14 +123,25 @@ def _as_schema_wants(value: Any, schema: Mapping[str, Any]) -> Any:
 
 
 # Options that bound what one job may cost (pixels decoded, frames and files written, encoder work, memory,
-# threads). The server's config is the bound: a client may ask for less, never for more.
-# step → option → (the config's section and key that bound it, "max" or "min").
+# threads, extra network calls). The server's config is the bound: a client may ask for less, never for more.
+# step → option → (the config's section and key that bound it, "max", "min", or "off": work a client may
+# turn off, and on only where the server has it on).
 BOUNDS: dict[str, dict[str, tuple[str, str, str]]] = {
-    "hashes": {"max_pixels": ("hashes", "max_pixels", "max")},
+    "hashes": {
+        "max_pixels": ("hashes", "max_pixels", "max"),
+        **{k: ("hashes", k, "off") for k in ("pixel", "video", "perceptual")},
+    },
     "thumbnails": {
         k: ("thumbnails", k, "max") for k in ("thumb_size", "preview_size", "video_frames", "sheet_grid", "max_pixels")
     },
-    "faces": {"max_pixels": ("faces", "max_pixels", "max"), "min_overlap": ("faces", "min_overlap", "max")},
+    "faces": {
+        "max_pixels": ("faces", "max_pixels", "max"),
+        "min_overlap": ("faces", "min_overlap", "max"),
+        # Smaller or less certain faces are more faces: more crops, more embeddings.
+        "min_size": ("faces", "min_size", "min"),
+        "min_score": ("faces", "min_score", "min"),
+        **{k: ("faces", k, "off") for k in ("refine", "crop_from_original")},
+    },
     "face_embeddings": {"batch_size": ("face_embeddings", "batch_size", "max")},
     "dino": {"batch_size": ("dino", "batch_size", "max")},
     "clip": {"batch_size": ("clip", "batch_size", "max")},
@@ -145,6 +157,8 @@ def _beyond_bounds(step: str, options: Mapping[str, Any], config: Mapping[str, A
         value, bound = options.get(key), config[section][bound_key]
         if value is None or (key == "threads" and value == 0):
             continue  # hls threads 0: the server's choice, worker.threads
+        if side == "off" and value and not bound:
+            return f"option {key}: this server has it off ({section}.{bound_key}: false); a client may not turn it on"
         if (side == "max" and value > bound) or (side == "min" and value < bound):
             word = "above" if side == "max" else "below"
             return f"option {key}: {value} is {word} this server's limit {bound} ({section}.{bound_key})"
@@ -162,9 +176,10 @@ def _beyond_bounds(step: str, options: Mapping[str, Any], config: Mapping[str, A
         ladder, most = options.get("ladder", server["ladder"]), len(server["ladder"])
         if len(ladder) > most:
             return f"option ladder: {len(ladder)} renditions, above this server's limit {most} (hls.ladder)"
-        highest = max(r["height"] for r in server["ladder"])
-        if any(r["height"] > highest for r in ladder):
-            return f"option ladder: a height above this server's limit {highest} (hls.ladder)"
+        for field in ("height", "video_kbps", "audio_kbps"):
+            highest = max(r.get(field, Rung.audio_kbps) for r in server["ladder"])
+            if any(r.get(field, Rung.audio_kbps) > highest for r in ladder):
+                return f"option ladder: a {field} above this server's limit {highest} (hls.ladder)"
     return None
 
 

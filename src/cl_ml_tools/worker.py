@@ -319,6 +319,7 @@ class Dispatcher:
         self._threads: list[threading.Thread] = []
         self._runners: list[RunnerProcess] = []
         self._pipeline: subprocess.Popen[bytes] | None = None
+        self._archive_job: str | None = None  # the archive job whose pipeline runs now, so DELETE can stop it
         self._lock = threading.Lock()
         self._running: dict[str, RunnerProcess] = {}
         self._cancelled: set[str] = set()
@@ -519,9 +520,12 @@ class Dispatcher:
         self._announce(job, finished, document)
 
     def _announce(self, job: Job, finished: Job | None, document: Mapping[str, Any]) -> None:
+        # None: the job is not this run's to end any more. DELETE removed it (and cleared its retained messages:
+        # publishing now would leave a retained result of a job that no longer exists), or it was requeued
+        # and its rerun will announce its end.
         if finished is not None:
             self.events.publish(job.id, "status", finished.status())
-        self.events.publish(job.id, "result", document)
+            self.events.publish(job.id, "result", document)
         self.finished(job.id)
 
     def _record_unrecorded(self) -> None:
@@ -538,16 +542,21 @@ class Dispatcher:
         killed (with what it started), and the slot removes the job's folder."""
         with self._lock:
             runner = self._running.get(job_id)
-            if runner is None:
+            pipeline = self._pipeline if job_id == self._archive_job else None
+            if runner is None and pipeline is None:
                 return
             self._cancelled.add(job_id)
-        log.info("job %s: deleted while running; stopping its runner", job_id)
-        runner.kill()
+        log.info("job %s: deleted while running; stopping it", job_id)
+        if runner is not None:
+            runner.kill()
+        elif pipeline is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pipeline.pid, signal.SIGKILL)  # the guardian's group: Snakemake and its jobs
 
     def _cancel_deleted(self) -> None:
         """Jobs this process runs that another server process deleted."""
         with self._lock:
-            ids = list(self._running)
+            ids = [*self._running, *([self._archive_job] if self._archive_job else [])]
         for job_id in set(ids) - self.store.known(ids):
             self.cancel(job_id)
 
@@ -563,7 +572,7 @@ class Dispatcher:
         env = {**self.env, "XDG_CACHE_HOME": str(folder / ".cache")}
         timeout = float(self.config.raw["plugins"]["archive"]["timeout_seconds"])
         tail: deque[str] = deque(maxlen=40)
-        self._pipeline = proc = subprocess.Popen(
+        proc = subprocess.Popen(
             guarded(args),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -572,6 +581,8 @@ class Dispatcher:
             cwd=folder,
             process_group=0,
         )
+        with self._lock:
+            self._pipeline, self._archive_job = proc, job.id
         assert proc.stdout is not None
         lines, deadline, error = Lines(proc.stdout.fileno()), time.monotonic() + timeout, None
         try:
@@ -587,9 +598,12 @@ class Dispatcher:
                 os.killpg(proc.pid, signal.SIGKILL)
         code = proc.wait()
         proc.stdout.close()
-        self._pipeline = None
-        if self._stopping.is_set():
-            return
+        with self._lock:
+            self._pipeline = self._archive_job = None
+            deleted = job.id in self._cancelled
+            self._cancelled.discard(job.id)
+        if self._stopping.is_set() or deleted:
+            return  # stop() requeues it; DELETE has removed it, and its result is nobody's
         if error is None and code != 0:
             error = f"the pipeline failed ({how_it_ended(code)}); the end of its output is in 'log'"
         document = result_document(job, "error" if error else "ok", error, [], {})
