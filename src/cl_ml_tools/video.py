@@ -150,7 +150,7 @@ def read_keyframes(path: str | os.PathLike[str], consume: Callable[[bytes], obje
     One ffmpeg process copies the stream twice: the payloads, concatenated, to a pipe, and a line per packet
     (``framecrc``: size and Adler-32) to a file, which gives the count and proves the pipe carried every byte.
     """
-    codec = _first_video_codec(path)
+    codec = probe(path).codec
     bsf = ",".join(["noise=drop=not(key)", *([CANONICAL_BSF[codec]] if codec in CANONICAL_BSF else [])])
     copy = ["-map", f"0:{FIRST_VIDEO}", "-c", "copy", "-bsf:v", bsf]
     with tempfile.TemporaryDirectory(prefix="cl_ml_tools_keyframes_") as tmp:
@@ -185,24 +185,6 @@ def read_keyframes(path: str | os.PathLike[str], consume: Callable[[bytes], obje
     if sum(sizes) != total:
         raise MediaError(f"ffmpeg listed {sum(sizes)} bytes of keyframe packets but passed {total}")
     return len(sizes)
-
-
-def _first_video_codec(path: str | os.PathLike[str]) -> str:
-    if os.path.getsize(path) == 0:
-        raise MediaError("empty file (0 bytes)")
-    proc = run_tool(
-        [
-            FFPROBE, "-v", "error", "-select_streams", FIRST_VIDEO, "-show_entries", "stream=codec_name",
-            "-of", "json", "--", os.fspath(path),
-        ]
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise MediaError(f"ffprobe cannot read this file: {_last_lines(proc.stderr, path)}")
-    streams = json.loads(proc.stdout or b"{}").get("streams", [])
-    if not streams:
-        probe(path)  # says "no video stream" and which streams there are
-        raise MediaError("no video stream (only still images)")
-    return str(streams[0].get("codec_name") or "")
 
 
 def fit_filter(box: int) -> str:
