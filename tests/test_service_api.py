@@ -148,9 +148,14 @@ def test_a_batch_whose_step_fails_as_a_whole_is_run_again_file_by_file(tmp_path:
     good = file_row(PHOTO, "00000000000000a1")
     bad = {k: v for k, v in file_row(PNG, "00000000000000a2").items() if k != "status"}
     call = runner.Call("hash", {}, [good, bad], [tmp_path / "a", tmp_path / "b"], tmp_path / "work")
+    # What the failed batch call wrote (the step here writes no files: put there as a step would have) is
+    # not left beside what the file's own run writes.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "partial.jpg").write_bytes(b"half a thumbnail")
     rows = runner.execute(call, runner.Toolbox(config, 1), lambda fraction, stage: None)
     assert [[r["status"] for r in file_rows] for file_rows in rows] == [["ok"], ["error"]]
     assert rows[0][0]["sha512"] == _hashes(PHOTO)["sha512"] and "KeyError" in rows[1][0]["error"]
+    assert not (tmp_path / "a" / "partial.jpg").exists()
 
 
 # --------------------------------------------------------------------------------------------------- item 6

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -196,7 +197,10 @@ def execute(call: Call, box: Toolbox, progress: Progress) -> list[list[dict[str,
 
 
 def _alone(call: Call, box: Toolbox) -> list[dict[str, Any]]:
-    """The rows of a batch's one file run alone: its error row if even that fails."""
+    """The rows of a batch's one file run alone: its error row if even that fails. Its folder starts empty
+    again: the failed batch may have written part of what this run writes."""
+    for out in call.outs:
+        shutil.rmtree(out, ignore_errors=True)
     try:
         return execute(call, box, lambda fraction, stage: None)[0]
     except Exception as exc:
