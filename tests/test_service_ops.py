@@ -333,6 +333,8 @@ def test_list_delete_queue_cap_readiness_and_metrics(
     full = server.client.post("/jobs/hash", files={"file": ("a.jpg", PHOTO.read_bytes())})
     assert full.status_code == 429 and full.json()["error"] == "queue_full", full.text
     assert 1 <= int(full.headers["Retry-After"]) <= 300
+    nosuch = server.client.post("/jobs/nosuch", files={"file": ("a.jpg", PHOTO.read_bytes())})
+    assert nosuch.status_code == 404, nosuch.text  # not 429: no queue would take it
 
     listed = server.client.get("/jobs").json()
     assert [j["job_id"] for j in listed["jobs"]] == [*reversed(queued), slow] and listed["next_cursor"] is None

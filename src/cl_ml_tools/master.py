@@ -376,8 +376,9 @@ async def submit_archive(request: Request) -> JSONResponse:
 
 async def admitted(request: Request) -> None:
     """Refuse an upload before reading it when the queue is at ``worker.max_queued_jobs`` (429) or the
-    storage folder is low on space (507), both with ``Retry-After``."""
+    storage folder is low on space (507), both with ``Retry-After``; a plugin this server lacks is a 404 first."""
     service = _service(request)
+    service.plugin(request.path_params["plugin"])
     queued, _ = await run_in_threadpool(service.store.queued)
     cap = service.config.worker["max_queued_jobs"]
     if queued >= cap:
@@ -399,11 +400,11 @@ async def submit(plugin: str, request: Request) -> JSONResponse:
     assert chosen is not None
     server = service.config.server
     if service.uploads >= server["max_uploads"]:
-        raise RequestError(
+        raise Unavailable(
             503,
             "busy",
             f"this server is receiving {server['max_uploads']} uploads already (server.max_uploads); retry shortly",
-            {"Retry-After": "5"},
+            RETRY_AFTER_S,
         )
     service.uploads += 1
     job_id = uuid.uuid4().hex
@@ -445,12 +446,14 @@ async def submit(plugin: str, request: Request) -> JSONResponse:
         shutil.rmtree(folder, ignore_errors=True)
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             # Out of file descriptors (LimitNOFILE): too many connections at once, not a fault of this request.
-            raise RequestError(
-                503, "busy", "this server has too many open files right now; retry shortly", {"Retry-After": "5"}
+            raise Unavailable(
+                503, "busy", "this server has too many open files right now; retry shortly", RETRY_AFTER_S
             ) from None
         if exc.errno != errno.ENOSPC:
             raise
-        raise RequestError(507, "storage_full", "the server's storage folder is full; try again later") from None
+        raise Unavailable(
+            507, "storage_full", "the server's storage folder is full; try again later", MAX_RETRY_AFTER_S
+        ) from None
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
