@@ -77,7 +77,8 @@ def test_a_job_past_its_timeout_or_whose_runner_dies_gets_an_error_and_a_broker_
         tmp_path,
         storage,
         worker={"max_concurrent_jobs": 1, "job_timeout_seconds": 2},
-        hls={"preset": "veryslow"},  # the slowest preset a client may ask for is the server's
+        # The slowest preset and the largest rendition a client may ask for are the server's.
+        hls={"preset": "veryslow", "ladder": [{"height": 720, "video_kbps": 4000}]},
         mqtt={"enabled": True, "broker": f"127.0.0.1:{dead}"},
     )
     server = Server(tmp_path, config).start()

@@ -338,6 +338,9 @@ class Dispatcher:
         slots = self.config.max_concurrent_jobs
         self._threads = [threading.Thread(target=self._slot, name=f"job-slot-{i}", daemon=True) for i in range(slots)]
         self._threads.append(threading.Thread(target=self._maintain, name="job-maintenance", daemon=True))
+        # Its own thread: with storage.max_bytes it walks the whole storage folder, which must never hold up
+        # the heartbeat (a late heartbeat gets this process's running jobs requeued by the others).
+        self._threads.append(threading.Thread(target=self._retain, name="job-retention", daemon=True))
         for thread in self._threads:
             thread.start()
         log.info("dispatcher: %d job slot(s), storage %s", slots, self.layout.root)
@@ -612,7 +615,7 @@ class Dispatcher:
     # ------------------------------------------------------------------------------------------ upkeep
 
     def _maintain(self) -> None:
-        next_recover = next_sweep = time.monotonic()
+        next_recover = time.monotonic()
         while not self._stopping.wait(HEARTBEAT_S):
             try:
                 self.disk.upkeep()
@@ -623,11 +626,17 @@ class Dispatcher:
                 if now >= next_recover:
                     self._recover()
                     next_recover = now + RECOVER_S
-                if now >= next_sweep:
-                    self._sweep()
-                    next_sweep = now + SWEEP_S
             except Exception:
                 log.exception("job maintenance: unexpected failure; carrying on")
+
+    def _retain(self) -> None:
+        while True:
+            try:
+                self._sweep()
+            except Exception:
+                log.exception("retention: unexpected failure; carrying on")
+            if self._stopping.wait(SWEEP_S):
+                return
 
     def _recover(self) -> None:
         """Requeue the jobs of server processes that are gone; give up on those tried too often."""
