@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 from standins import arcface, blazeface_files, clip_vocab, dinov2, mobileclip_image, mobileclip_text
 
-from cl_ml_tools import inventory
+from cl_ml_tools.media import sniff
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "archive"
@@ -84,7 +84,7 @@ def make_photo(path: Path, size: tuple[int, int] = (640, 480), **save: object) -
 
 def file_row(path: Path, media_id: str = "00000000000000aa") -> dict:
     """A row of the ``files`` table for ``path``, sniffed the way the files step does it."""
-    kind, fmt = inventory.sniff(path)
+    kind, fmt = sniff.sniff(path)
     return {"media_id": media_id, "input": "t", "path": str(path), "status": "ok", "kind": kind, "format": fmt}
 
 

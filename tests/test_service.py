@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 from conftest import SAMPLE, make_audio_only, write_config
 
-from cl_ml_tools import plugins
+from cl_ml_tools.service import plugins
 
 API_KEY = "test-key-0123456789abcdef"
 PREFIX = "cl_ml_tools_test"
@@ -145,7 +145,7 @@ class Server:
                 return response.json()
 
 
-def processes(storage: Path, programs: tuple[bytes, ...] = (b"cl_ml_tools.runner", b"snakemake")) -> list[int]:
+def processes(storage: Path, programs: tuple[bytes, ...] = (b"cl_ml_tools.service.runner", b"snakemake")) -> list[int]:
     """Processes working on ``storage`` (their command lines name it) that run one of ``programs``: by
     default the runners and pipelines a server started."""
     found = []

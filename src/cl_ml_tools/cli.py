@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, models, search, service_config
+from . import __version__, models, search
 from .models import ModelError, Resolved
+from .service import service_config
 
 PROG = "cl-ml-tools"
 DEFAULT_CONFIG = "config.yaml"

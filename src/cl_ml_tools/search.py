@@ -16,9 +16,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import embeddings, imaging, models, tables
-from .clip import TextEncoder
-from .tables import STATUS_OK
+from . import models
+from .data import tables
+from .data.tables import STATUS_OK
+from .media import imaging
+from .models.encoders import ImageEncoder, TextEncoder
 
 
 @dataclass(frozen=True)
@@ -138,5 +140,5 @@ def by_example(
     opened = imaging.open_image(path, "")
     # The archive's embeddings were made from previews; go through the same size first.
     image = imaging.to_srgb(imaging.orient(imaging.fit(opened.image, preview_size), opened.orientation))
-    query = embeddings.ImageEncoder(resolved).embed([image])[0]
+    query = ImageEncoder(resolved).embed([image])[0]
     return _rank(results, ids, matrix @ query, top, files)

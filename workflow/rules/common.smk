@@ -4,9 +4,11 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
-from cl_ml_tools import config as settings
-from cl_ml_tools import inventory, models, people, tables
-from cl_ml_tools.report import PAGES as REPORT_PAGES
+from cl_ml_tools import models
+from cl_ml_tools.data import config as settings
+from cl_ml_tools.data import inventory, tables
+from cl_ml_tools.steps import people
+from cl_ml_tools.steps.report import PAGES as REPORT_PAGES
 
 min_version("9.0")
 

@@ -1,5 +1,8 @@
-from cl_ml_tools import embeddings, steps
+from cl_ml_tools.steps import common as steps
+from cl_ml_tools.steps import image_embeddings
 
 steps.log_to(snakemake.log[0])
 inputs = snakemake.input
-embeddings.embed_part("clip", inputs.thumbnails, inputs.model, snakemake.output[0], snakemake.config, snakemake.threads)
+image_embeddings.embed_part(
+    "clip", inputs.thumbnails, inputs.model, snakemake.output[0], snakemake.config, snakemake.threads
+)

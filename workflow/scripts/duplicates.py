@@ -1,4 +1,5 @@
-from cl_ml_tools import duplicates, steps
+from cl_ml_tools.steps import common as steps
+from cl_ml_tools.steps import duplicates
 
 steps.log_to(snakemake.log[0])
 settings = duplicates.Settings.from_config(snakemake.params.settings)

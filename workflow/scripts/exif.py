@@ -1,4 +1,6 @@
-from cl_ml_tools import exif, steps, tables
+from cl_ml_tools.data import tables
+from cl_ml_tools.steps import common as steps
+from cl_ml_tools.steps import exif
 
 steps.log_to(snakemake.log[0])
 with steps.work():

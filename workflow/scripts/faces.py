@@ -1,6 +1,9 @@
 from pathlib import Path
 
-from cl_ml_tools import faces, models, steps, tables
+from cl_ml_tools import models
+from cl_ml_tools.data import tables
+from cl_ml_tools.steps import common as steps
+from cl_ml_tools.steps import faces
 
 steps.log_to(snakemake.log[0])
 settings = faces.Settings.from_config(snakemake.params.settings)

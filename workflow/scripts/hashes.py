@@ -1,4 +1,6 @@
-from cl_ml_tools import hashes, steps, tables
+from cl_ml_tools.data import tables
+from cl_ml_tools.steps import common as steps
+from cl_ml_tools.steps import hashes
 
 steps.log_to(snakemake.log[0])
 with steps.work():

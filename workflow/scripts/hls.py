@@ -1,6 +1,8 @@
 from pathlib import Path
 
-from cl_ml_tools import hls, steps, tables
+from cl_ml_tools.data import tables
+from cl_ml_tools.steps import common as steps
+from cl_ml_tools.steps import hls
 
 steps.log_to(snakemake.log[0])
 with steps.work():

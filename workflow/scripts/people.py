@@ -1,4 +1,5 @@
-from cl_ml_tools import people, steps
+from cl_ml_tools.steps import common as steps
+from cl_ml_tools.steps import people
 
 steps.log_to(snakemake.log[0])
 settings = people.Settings.from_config(snakemake.params.settings)

@@ -35,12 +35,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import neighbours
-from .config import schema_defaults
-from .fileio import atomic_path
-from .models import l2_normalise
-from .steps import StepSettings
-from .tables import FACE, STATUS_OK, embedding_rows, read_columns, write_part
+from ..data import neighbours
+from ..data.config import schema_defaults
+from ..data.tables import FACE, STATUS_OK, embedding_rows, read_columns, write_part
+from ..media.fileio import atomic_path
+from ..models import l2_normalise
+from .common import StepSettings
 
 log = logging.getLogger(__name__)
 

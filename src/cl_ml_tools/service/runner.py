@@ -26,10 +26,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from . import embeddings, exif, face_embeddings, faces, hashes, hls, models, thumbnails
+from .. import models
+from ..data.tables import error_row
+from ..models import encoders
+from ..steps import exif, face_embeddings, faces, hashes, hls, image_embeddings, thumbnails
+from ..steps.common import Row, describe
 from .plugins import PLUGINS, table_rows
-from .steps import Row, describe
-from .tables import error_row
 from .worker import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -57,8 +59,8 @@ class Toolbox:
         """The model's files (no network: a model that is not there is an error naming where to put it)."""
         return self._cached("resolved", model_id, lambda: models.locate(model_id, self.overrides))
 
-    def arcface(self, model_id: str) -> face_embeddings.ArcFace:
-        load = lambda: face_embeddings.ArcFace(self.resolved(model_id), self.threads, self.runtime.device)  # noqa: E731
+    def arcface(self, model_id: str) -> encoders.ArcFace:
+        load = lambda: encoders.ArcFace(self.resolved(model_id), self.threads, self.runtime.device)  # noqa: E731
         return self._cached("arcface", model_id, load)
 
     def detector(self, settings: faces.Settings) -> faces.Detector:
@@ -66,8 +68,8 @@ class Toolbox:
         load = lambda: faces.Detector(self.resolved(settings.model).path, settings)  # noqa: E731
         return self._cached("faces", repr(settings), load)
 
-    def encoder(self, step: str, model_id: str) -> embeddings.ImageEncoder:
-        load = lambda: embeddings.ImageEncoder(self.resolved(model_id), self.threads, self.runtime.device)  # noqa: E731
+    def encoder(self, step: str, model_id: str) -> encoders.ImageEncoder:
+        load = lambda: encoders.ImageEncoder(self.resolved(model_id), self.threads, self.runtime.device)  # noqa: E731
         return self._cached(step, model_id, load)
 
     def section(self, step: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -136,12 +138,12 @@ def run_face_embeddings(call: Call, box: Toolbox, progress: Progress) -> list[Ro
 
 def _image_embeddings(step: str) -> Callable[[Call, Toolbox, Progress], list[Row]]:
     def run(call: Call, box: Toolbox, progress: Progress) -> list[Row]:
-        settings = embeddings.Settings.from_config(box.section(step, call.options))
+        settings = image_embeddings.Settings.from_config(box.section(step, call.options))
         encoder = box.encoder(step, settings.model)
         progress(0.0, "thumbnails")
         previews = _previews(call, box)
         progress(0.5, step)
-        return embeddings.embed_shard(previews, encoder, box.runtime.batch(settings.batch_size))
+        return image_embeddings.embed_shard(previews, encoder, box.runtime.batch(settings.batch_size))
 
     return run
 
@@ -233,7 +235,7 @@ def serve(requests: IO[str], out: IO[str], box: Toolbox) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m cl_ml_tools.runner CONFIG_JSON``: the config as the server validated it."""
+    """``python -m cl_ml_tools.service.runner CONFIG_JSON``: the config as the server validated it."""
     args = list(sys.argv[1:] if argv is None else argv)
     die_with_parent(group=True)
     # The protocol gets its own copy of stdout; stdout itself then points at stderr, so that whatever a

@@ -1,6 +1,6 @@
-"""Image embeddings of the preview frames: the ``dino`` step (DINOv2 ViT-S/14: visual similarity, near
-duplicates, ``search --like``) and the ``clip`` step (MobileCLIP-S2: images and text in one space, text
-search; its text tower is in :mod:`cl_ml_tools.clip`).
+"""Image embeddings of the preview frames, shared by the ``dino`` step (DINOv2 ViT-S/14: visual similarity,
+near duplicates, ``search --like``) and the ``clip`` step (MobileCLIP-S2: images and text in one space, text
+search; the encoders are in :mod:`cl_ml_tools.models.encoders`).
 
 Each step reads its shard's preview frames (images: frame 0; videos: every preview frame), preprocesses them
 the way the model's own preprocessor does, runs them through the ONNX image tower in batches that span the
@@ -15,93 +15,19 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from . import models, tables
-from .steps import Row, StepSettings, describe, work
-from .tables import STATUS_OK, base_row, error_row
+from .. import models
+from ..data import tables
+from ..data.tables import STATUS_OK, base_row, error_row
+from ..models.encoders import ImageEncoder, Preprocess, load
+from .common import Row, StepSettings, describe, work
 
 log = logging.getLogger(__name__)
 
 VIDEO_MEAN_FRAME = -1
-Box = tuple[float, float, float, float]
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """A registry entry's :class:`~cl_ml_tools.models.ImageInput` applied to a PIL image: the (N, 3, H, W)
-    rows the network takes."""
-
-    recipe: models.ImageInput
-
-    @property
-    def resize(self) -> int:
-        return self.recipe.resize
-
-    def __call__(self, image: Image.Image, box: Box | None = None) -> np.ndarray:
-        """``box``: for an image decoded at a reduced JPEG scale, the region of it that the full decode's
-        pixels map to (what ``Image.draft`` returns); see :func:`resize_shortest_edge`."""
-        r = self.recipe
-        resample = Image.Resampling[r.resample.upper()]
-        image = center_crop(resize_shortest_edge(image.convert("RGB"), r.resize, resample, box), r.crop)
-        x = np.asarray(image, dtype=np.float32) * (1.0 / 255.0)
-        return ((x - np.asarray(r.mean, np.float32)) / np.asarray(r.std, np.float32)).transpose(2, 0, 1)
-
-
-def preprocessing(model_id: str) -> Preprocess:
-    """How ``model_id``'s registry entry prepares an image."""
-    recipe = models.spec_of(model_id).image_input
-    if recipe is None:
-        raise models.ModelError(f"model {model_id} takes no image input")
-    return Preprocess(recipe)
-
-
-def resize_shortest_edge(
-    image: Image.Image, size: int, resample: Image.Resampling, box: Box | None = None
-) -> Image.Image:
-    """The shorter side to ``size``, the longer one scaled and truncated to an integer, as
-    ``transformers.image_transforms.get_resize_output_image_size`` does.
-
-    With ``box`` (``Image.draft``'s (0, 0, width / scale, height / scale)), the output size and the resize's
-    sampling positions are the full decode's: a reduced decode rounds an odd side up (577 px → 289 at 1/2),
-    and sizing from that image gives 453 px where the full decode gives 454, shifted and stretched by up to a
-    pixel. Dividing by a power of two is exact, so the box's aspect ratio is the full decode's to the bit."""
-    w, h = (box[2] - box[0], box[3] - box[1]) if box else image.size
-    new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-    if box is None and new == image.size:
-        return image
-    return image.resize(new, resample, box=box)
-
-
-def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """A ``size``×``size`` crop from the centre (offsets rounded down, like Hugging Face's ``center_crop``);
-    an image smaller than the crop is padded with black first, as there."""
-    w, h = image.size
-    if w < size or h < size:
-        padded = Image.new("RGB", (max(w, size), max(h, size)))
-        padded.paste(image, ((padded.width - w) // 2, (padded.height - h) // 2))
-        image, (w, h) = padded, padded.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
-class ImageEncoder(models.OnnxModel):
-    """An ONNX image tower with its registry entry's preprocessing."""
-
-    def __init__(self, resolved: models.Resolved, threads: int = 1, device: str = "cpu"):
-        self.preprocess = preprocessing(resolved.id)
-        super().__init__(resolved, threads, device)
-
-    def embed_batch(self, batch: np.ndarray) -> np.ndarray:
-        """L2-normalised embeddings of preprocessed images (N, 3, H, W)."""
-        return self.embed_inputs(batch)
-
-    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self.embed_batch(np.stack([self.preprocess(im) for im in images]))
 
 
 @dataclass(frozen=True)
@@ -111,17 +37,6 @@ class Settings(StepSettings):
 
     model: str
     batch_size: int
-
-
-def load(path: str | Path, preprocess: Preprocess) -> np.ndarray:
-    """A preview file, decoded and preprocessed for the network. A JPEG preview is decoded at the smallest
-    DCT scale whose shorter side still covers the resize (1/2 for a 1024 × 768 preview) and resized with the
-    full decode's geometry: the input then differs from a full decode's by a few grey levels at edges
-    (docs/models.md), and decoding plus resizing cost half as much (8.1 → 3.9 ms per DINOv2 input, 6.0 →
-    2.8 ms per MobileCLIP one; docs/performance.md)."""
-    with Image.open(path) as image:
-        drafted = image.draft("RGB", (preprocess.resize, preprocess.resize))
-        return preprocess(image, drafted[1] if drafted else None)
 
 
 def _prepared(

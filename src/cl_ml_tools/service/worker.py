@@ -1,6 +1,6 @@
 """Running the queue inside a server process: slot threads that claim jobs and hand them to runner processes
-(:mod:`cl_ml_tools.runner`), the archive job (the pipeline itself), heartbeats, the recovery of jobs whose
-server died, and the clean-up of old jobs and scratch files.
+(:mod:`cl_ml_tools.service.runner`), the archive job (the pipeline itself), heartbeats, the recovery of jobs
+whose server died, and the clean-up of old jobs and scratch files.
 
 ``worker.max_concurrent_jobs`` slots run at once across every process sharing the storage folder (the
 queue counts running calls, so ``--workers 4`` does not make four times as many). A call is one job, or up
@@ -30,16 +30,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ..data.tables import error_row
+from ..media.fileio import write_bytes_atomic
+from ..steps.common import describe
 from . import archive
 from .diskspace import DiskSpace
-from .fileio import write_bytes_atomic
 from .jobs import DONE, ERROR, RESULT_FILE, Job, JobStore, Layout
 from .mqtt import Events
 from .plugins import ARCHIVE, INPUT, PLUGINS, columns, table_rows
 from .retention import Retention
 from .service_config import ServiceConfig
-from .steps import describe
-from .tables import error_row
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ def _watch_parent(parent: int) -> None:
 
 
 def guarded(args: Sequence[str]) -> list[str]:
-    """``args`` started under a guardian (``python -m cl_ml_tools.worker PROGRAM ARGS``, :func:`_guard`)."""
-    return [sys.executable, "-m", "cl_ml_tools.worker", *args]
+    """``args`` started under a guardian (``python -m cl_ml_tools.service.worker PROGRAM ARGS``, :func:`_guard`)."""
+    return [sys.executable, "-m", "cl_ml_tools.service.worker", *args]
 
 
 def how_it_ended(returncode: int) -> str:
@@ -153,7 +153,7 @@ class RunnerProcess:
     def _start(self) -> None:
         # Its own process group: a timeout kills the runner together with the ffmpeg or exiftool it started.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cl_ml_tools.runner", str(self.config_json)],
+            [sys.executable, "-m", "cl_ml_tools.service.runner", str(self.config_json)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=self.env,
@@ -632,7 +632,7 @@ class Dispatcher:
 
 
 def _guard(argv: Sequence[str]) -> int:
-    """``python -m cl_ml_tools.worker PROGRAM ARGS``: PROGRAM as the child of a guardian that leads its process
+    """``python -m cl_ml_tools.service.worker PROGRAM ARGS``: PROGRAM as the child of a guardian that leads its process
     group and kills all of it when the server dies (:func:`die_with_parent`); PROGRAM's exit status."""
     die_with_parent(group=True)
     code = subprocess.call(list(argv))

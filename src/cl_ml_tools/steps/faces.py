@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from . import imaging, models
-from .config import schema_defaults
-from .fileio import atomic_path
-from .steps import MediaError, Row, StepSettings, map_files
-from .tables import KEYPOINTS, STATUS_OK, base_row
+from .. import models
+from ..data.config import schema_defaults
+from ..data.tables import KEYPOINTS, STATUS_OK, base_row
+from ..media import imaging
+from ..media.errors import MediaError
+from ..media.fileio import atomic_path
+from .common import Row, StepSettings, map_files
 
 if TYPE_CHECKING:
     from mediapipe.tasks.python.vision import FaceDetector

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .steps import MediaError
+from .errors import MediaError
 
 FFPROBE = os.environ.get("CL_ML_TOOLS_FFPROBE", "ffprobe")
 FFMPEG = os.environ.get("CL_ML_TOOLS_FFMPEG", "ffmpeg")

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .fileio import write_bytes_atomic
+from ..media.fileio import write_bytes_atomic
 
 QUEUED, RUNNING, DONE, ERROR = "queued", "running", "done", "error"
 FINISHED = (DONE, ERROR)

@@ -15,12 +15,12 @@ from typing import Any
 
 from PIL import Image
 
-from . import imaging, video
-from .config import schema_defaults
-from .fileio import atomic_path
-from .inventory import media_kind
-from .steps import Row, StepSettings, map_files, select
-from .tables import base_row
+from ..data.config import schema_defaults
+from ..data.tables import base_row
+from ..media import imaging, video
+from ..media.fileio import atomic_path
+from ..media.sniff import media_kind
+from .common import Row, StepSettings, map_files, select
 
 # Candidate poster times (seconds) tried when the very first frame is black or flat.
 POSTER_CANDIDATES_S = (0.5, 1.0, 2.0, 3.0, 5.0)

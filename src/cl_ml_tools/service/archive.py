@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from .fileio import write_bytes_atomic
-from .models import RUNTIME_KEYS
+from ..media.fileio import write_bytes_atomic
+from ..models import RUNTIME_KEYS
 
 PROGRESS = re.compile(r"(\d+) of (\d+) steps \((\d+(?:\.\d+)?)%\) done")
 RESULTS = "results"

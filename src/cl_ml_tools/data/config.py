@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import jsonschema
 import yaml
 
-from .models.registry import REGISTRY, step_models
-from .models.runtime import RUNTIME_KEYS
+from ..models.registry import REGISTRY, step_models
+from ..models.runtime import RUNTIME_KEYS
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 

@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Self
 
-from .inventory import media_kind
-from .tables import STATUS_SKIPPED, error_row
+from ..data.tables import STATUS_SKIPPED, error_row
+from ..media.errors import MediaError
+from ..media.sniff import media_kind
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,6 @@ def _cpu_seconds() -> float:
     """CPU time of this process's threads and of the children it waited for (exiftool, ffmpeg)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-class MediaError(Exception):
-    """A problem with one input file, worded for the person reading the ``error`` column."""
 
 
 def describe(exc: BaseException) -> str:

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-from . import video
-from .config import schema_defaults
-from .steps import Converters, MediaError, Row, StepSettings, map_files, select
-from .tables import base_row
+from ..data.config import schema_defaults
+from ..data.tables import base_row
+from ..media import video
+from ..media.errors import MediaError
+from .common import Converters, Row, StepSettings, map_files, select
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ that step's table would have for that file.
 A job's options are the keys of its step's section in ``config.yaml`` (``hashes.pixel``,
 ``thumbnails.preview_size`` …; not ``enabled``), given as form fields beside the file; the server's config
 gives the rest, and the workflow's schema checks the result. This module is the light half, imported by the
-HTTP server; the steps run in :mod:`cl_ml_tools.runner`.
+HTTP server; the steps run in :mod:`cl_ml_tools.service.runner`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from . import config as settings
-from . import tables
+from ..data import config as settings
+from ..data import tables
 
 IMAGES_AND_VIDEOS = frozenset({"image", "video"})
 INPUT = "service"
@@ -214,7 +214,7 @@ def model_ids(plugin: str, config: Mapping[str, Any], options: Mapping[str, Any]
     ]
 
 
-# Formats named by inventory.sniff_bytes → the MIME type reported for an upload.
+# Formats named by sniff.sniff_bytes → the MIME type reported for an upload.
 MIME_TYPES = {
     "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp", "heic": "image/heic",
     "heif": "image/heif", "avif": "image/avif", "tiff": "image/tiff", "bmp": "image/bmp",

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import schema_defaults
-from .fileio import atomic_path, write_bytes_atomic
-from .steps import StepSettings
+from ..data.config import schema_defaults
+from ..media.fileio import atomic_path, write_bytes_atomic
+from .common import StepSettings
 
 if TYPE_CHECKING:
     import pandas as pd

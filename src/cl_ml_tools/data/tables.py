@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .fileio import atomic_path, displayable
-from .models.registry import step_embedding_size
+from ..media.fileio import atomic_path, displayable
+from ..models.registry import step_embedding_size
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -20,8 +20,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .steps import MediaError, Row, describe
-from .tables import STATUS_SKIPPED, base_row, error_row
+from ..data.tables import STATUS_SKIPPED, base_row, error_row
+from ..media.errors import MediaError
+from .common import Row, describe
 
 EXIFTOOL = os.environ.get("CL_ML_TOOLS_EXIFTOOL", "exiftool")
 TIMEOUT_PER_FILE_S = 30

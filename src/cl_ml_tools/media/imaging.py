@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
-from .inventory import RAW_FORMATS
-from .steps import MediaError
+from .errors import MediaError
+from .sniff import RAW_FORMATS
 
 try:  # HEIC/HEIF/AVIF decoding; registered once per process.
     import pillow_heif

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, disable_created_metric
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from . import __version__
+from .. import __version__
 from .diskspace import DiskSpace
 from .jobs import BUCKETS, RUN_SECONDS, WAIT_SECONDS, JobStore
 from .mqtt import Events

@@ -1,7 +1,7 @@
 """The OpenAPI document of the service, as ``GET /openapi.json`` serves it (with the API key when one is set).
 
 FastAPI's own document describes what its routes declare: no body for ``POST /jobs/{plugin}`` (the upload is
-parsed by a streaming parser, :mod:`cl_ml_tools.uploads`), 200 and 422 where the service answers 202, 400,
+parsed by a streaming parser, :mod:`cl_ml_tools.service.uploads`), 200 and 422 where the service answers 202, 400,
 401, 404, 409, 413 or 415. This starts from FastAPI's document (so every route is in it) and makes it say
 what the service does: one ``POST /jobs/<plugin>`` per enabled plugin with its multipart body (the file and
 the plugin's options, their defaults and bounds from the server's config), the real status codes and the
@@ -17,7 +17,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from . import __version__, plugins
+from .. import __version__
+from . import plugins
 from .jobs import JOB_ID
 from .plugins import ARCHIVE, BOUNDS, PLUGINS
 from .service_config import ServiceConfig

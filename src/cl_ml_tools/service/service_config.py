@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from . import config as settings
+from ..data import config as settings
 
 CONFIG_ENV = "CL_ML_TOOLS_CONFIG"
 DEFAULT_CONFIG = "config.yaml"

@@ -28,12 +28,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import neighbours
-from .config import schema_defaults
-from .embeddings import VIDEO_MEAN_FRAME
-from .inventory import media_kind
-from .steps import Row, StepSettings
-from .tables import STATUS_OK, Source, base_row, embedding_rows, read_columns, write_part
+from ..data import neighbours
+from ..data.config import schema_defaults
+from ..data.tables import STATUS_OK, Source, base_row, embedding_rows, read_columns, write_part
+from ..media.sniff import media_kind
+from .common import Row, StepSettings
+from .image_embeddings import VIDEO_MEAN_FRAME
 
 EXACT, PIXEL, NEAR = "exact", "pixel", "near"
 # Pairs are found by blocks of this many rows of the embedding matrix, so memory stays at block × n floats.

@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from . import models
-from .config import schema_defaults
+from .. import models
+from ..data.config import schema_defaults
+from ..data.tables import STATUS_OK, base_row, error_row
+from ..models.encoders import ArcFace
+from .common import Row, StepSettings, describe
 from .faces import CROP_SIZE
-from .steps import Row, StepSettings, describe
-from .tables import STATUS_OK, base_row, error_row
 
 log = logging.getLogger(__name__)
 
@@ -24,27 +25,6 @@ log = logging.getLogger(__name__)
 class Settings(StepSettings):
     model: str
     batch_size: int
-
-
-def preprocess(crops: np.ndarray, recipe: models.ImageInput) -> np.ndarray:
-    """(N, 112, 112, 3) RGB uint8 aligned crops → (N, 3, 112, 112) float32, ×1/255 then (x − mean) / std
-    (for ArcFace, InsightFace's (x − 127.5) / 127.5: [-1, 1])."""
-    scaled = crops.astype(np.float32) * (1.0 / 255.0)
-    return (
-        ((scaled - np.asarray(recipe.mean, np.float32)) / np.asarray(recipe.std, np.float32))
-        .transpose(0, 3, 1, 2)
-        .copy()
-    )
-
-
-class ArcFace(models.OnnxModel):
-    """An ArcFace network (tensor names from the session, shapes checked against the registry)."""
-
-    def embed(self, crops: np.ndarray) -> np.ndarray:
-        """L2-normalised float32 embeddings of (N, 112, 112, 3) RGB uint8 crops."""
-        recipe = self.resolved.spec.image_input
-        assert recipe is not None, f"{self.resolved.id} has no image input in the registry"
-        return self.embed_inputs(preprocess(crops, recipe))
 
 
 def _face_key(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,11 +12,11 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from . import imaging, video
-from .config import schema_defaults
-from .inventory import media_kind
-from .steps import Converters, Row, StepSettings, describe, map_files
-from .tables import STATUS_SKIPPED, base_row
+from ..data.config import schema_defaults
+from ..data.tables import STATUS_SKIPPED, base_row
+from ..media import imaging, video
+from ..media.sniff import media_kind
+from .common import Converters, Row, StepSettings, describe, map_files
 
 log = logging.getLogger(__name__)
 
