@@ -1,6 +1,7 @@
 """Model manager: the registry of the networks the ML steps use (:mod:`.registry`), a verified local cache
-(:mod:`.cache`), downloads (:mod:`.download`), the config's ``models`` section (:mod:`.runtime`) and ONNX
-Runtime sessions (:mod:`.onnx`).
+(:mod:`.cache`), downloads (:mod:`.download`), the config's ``models`` section (:mod:`.runtime`), ONNX
+Runtime sessions (:mod:`.onnx`), and the encoders built on them (:mod:`.encoders`, with the CLIP
+:mod:`.tokenizer`).
 
 Every file the steps load is identified by its sha256. Registry pins are checked on download; a cached file is
 hashed once on first use and then trusted through a stamp beside it (size, mtime, inode, sha256), so a job
