@@ -1,8 +1,3 @@
-from cl_ml_tools.steps import common as steps
-from cl_ml_tools.steps import image_embeddings
+from cl_ml_tools.steps import registry
 
-steps.log_to(snakemake.log[0])
-inputs = snakemake.input
-image_embeddings.embed_part(
-    "dino", inputs.thumbnails, inputs.model, snakemake.output[0], snakemake.config, snakemake.threads
-)
+registry.run_job("dino", snakemake)

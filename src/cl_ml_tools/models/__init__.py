@@ -10,6 +10,7 @@ only pays a ``stat``. Nothing is ever placed under its final name before it has 
 
 from .cache import CACHE_ENV, LOCK_NAME, cache_dir, cache_state, identity, locate, read_record, verify, write_record
 from .download import OFFLINE_ENV, fetch
+from .loader import Loader
 from .onnx import (
     OnnxModel,
     check_io,
@@ -42,6 +43,7 @@ __all__ = [
     "REGISTRY",
     "RUNTIME_KEYS",
     "ImageInput",
+    "Loader",
     "ModelError",
     "ModelFile",
     "ModelSpec",

@@ -30,8 +30,8 @@ from typing import Any
 
 from ..data import config as settings
 from ..data import tables
+from ..steps import registry
 
-IMAGES_AND_VIDEOS = frozenset({"image", "video"})
 INPUT = "service"
 """The ``input`` column of a job's rows (the pipeline puts the input directory's name there)."""
 ARCHIVE = "archive"
@@ -40,14 +40,13 @@ ARCHIVE = "archive"
 
 @dataclass(frozen=True)
 class Plugin:
+    """A plugin as the server offers it: its name, the pipeline step it runs (whose table's columns its rows
+    have), and what the step registry's entry says of it (:class:`cl_ml_tools.steps.registry.Plugin`)."""
+
     name: str
     step: str
-    """The pipeline step whose function the plugin calls and whose table's columns its rows have."""
     kinds: frozenset[str] | None
-    """File kinds accepted (``inventory.sniff_bytes``); None: every non-empty file."""
     batchable: bool = False
-    """Queued jobs of this plugin with equal options may be handed to one call of the step (one exiftool
-    process for many files, as in the pipeline)."""
 
     def accepts(self, kind: str) -> bool:
         return self.kinds is None or kind in self.kinds
@@ -59,27 +58,16 @@ class Plugin:
 
 
 PLUGINS: dict[str, Plugin] = {
-    p.name: p
-    for p in (
-        Plugin("hash", "hashes", None, batchable=True),
-        Plugin("media_thumbnail", "thumbnails", IMAGES_AND_VIDEOS),
-        Plugin("face_detection", "faces", IMAGES_AND_VIDEOS),
-        Plugin("face_embedding", "face_embeddings", IMAGES_AND_VIDEOS),
-        Plugin("dino_embedding", "dino", IMAGES_AND_VIDEOS),
-        Plugin("clip_embedding", "clip", IMAGES_AND_VIDEOS),
-        Plugin("exif", "exif", None, batchable=True),
-        Plugin("hls_streaming", "hls", frozenset({"video"})),
-    )
+    name: Plugin(name, step.name, step.plugin.kinds, step.plugin.batchable)
+    for name, step in registry.PLUGINS.items()
+    if step.plugin is not None
 }
 NOT_OPTIONS = ("enabled",)
 MAX_OPTIONS = 32
 
 # What each plugin's models are chosen by: (step section, key) for every model the plugin loads.
 MODEL_KEYS: dict[str, tuple[str, ...]] = {
-    "face_detection": ("faces",),
-    "face_embedding": ("faces", "face_embeddings"),
-    "dino_embedding": ("dino",),
-    "clip_embedding": ("clip",),
+    name: keys for name, plugin in PLUGINS.items() if (keys := registry.model_keys(plugin.step))
 }
 
 

@@ -28,8 +28,7 @@ from typing import IO, Any
 
 from .. import models
 from ..data.tables import error_row
-from ..models import encoders
-from ..steps import exif, face_embeddings, faces, hashes, hls, image_embeddings, thumbnails
+from ..steps import registry
 from ..steps.common import Row, describe
 from .plugins import PLUGINS, table_rows
 from .worker import die_with_parent
@@ -40,37 +39,13 @@ Progress = Callable[[float, str], None]
 
 
 class Toolbox:
-    """What a runner keeps between calls: resolved models, loaded ONNX sessions (keyed by model id) and face
-    detectors (keyed by their settings)."""
+    """What a runner keeps between calls: the server's config and its models (:class:`models.Loader`: ONNX
+    sessions and face detectors, loaded on first use)."""
 
     def __init__(self, config: Mapping[str, Any], threads: int):
         self.config = config
         self.threads = threads
-        self.overrides = models.overrides_from_config(config)
-        self.runtime = models.runtime_from_config(config)
-        self._loaded: dict[tuple[str, str], Any] = {}
-
-    def _cached(self, kind: str, model_id: str, load: Callable[[], Any]) -> Any:
-        if (kind, model_id) not in self._loaded:
-            self._loaded[(kind, model_id)] = load()
-        return self._loaded[(kind, model_id)]
-
-    def resolved(self, model_id: str) -> models.Resolved:
-        """The model's files (no network: a model that is not there is an error naming where to put it)."""
-        return self._cached("resolved", model_id, lambda: models.locate(model_id, self.overrides))
-
-    def arcface(self, model_id: str) -> encoders.ArcFace:
-        load = lambda: encoders.ArcFace(self.resolved(model_id), self.threads, self.runtime.device)  # noqa: E731
-        return self._cached("arcface", model_id, load)
-
-    def detector(self, settings: faces.Settings) -> faces.Detector:
-        """A face detector for these settings, its MediaPipe graphs loaded once for every later job."""
-        load = lambda: faces.Detector(self.resolved(settings.model).path, settings)  # noqa: E731
-        return self._cached("faces", repr(settings), load)
-
-    def encoder(self, step: str, model_id: str) -> encoders.ImageEncoder:
-        load = lambda: encoders.ImageEncoder(self.resolved(model_id), self.threads, self.runtime.device)  # noqa: E731
-        return self._cached(step, model_id, load)
+        self.loader = models.Loader.from_cache(config, threads)
 
     def section(self, step: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         return {**self.config.get(step, {}), **(options or {})}
@@ -85,88 +60,6 @@ class Call:
     work: Path
 
 
-def _previews(call: Call, box: Toolbox) -> list[Row]:
-    """The thumbnails step into the scratch folder: the previews the ML steps read."""
-    settings = thumbnails.Settings.from_config(box.section("thumbnails"))
-    return thumbnails.thumbnail_shard(call.files, call.work / "thumbnails", settings, box.threads)
-
-
-def run_hash(call: Call, box: Toolbox, progress: Progress) -> list[Row]:
-    settings = hashes.Settings.from_config(box.section("hashes", call.options))
-    videos = [f for f in call.files if f["kind"] == "video"]
-    posters = []
-    if settings.perceptual and videos:
-        # A video's perceptual hashes describe its poster frame, which the thumbnails step chooses.
-        progress(0.0, "thumbnails")
-        # A video whose frames cannot be read (truncated, audio only) has an error row here, without a
-        # role: it simply has no poster, and its byte and keyframe hashes are made all the same.
-        posters = [r for r in _previews(dataclasses.replace(call, files=videos), box) if r["status"] == "ok"]
-    progress(0.5, "hashes")
-    return hashes.hash_shard(call.files, settings, posters, box.threads)
-
-
-def run_exif(call: Call, box: Toolbox, progress: Progress) -> list[Row]:
-    return exif.exif_shard(call.files, processes=box.threads)
-
-
-def run_thumbnails(call: Call, box: Toolbox, progress: Progress) -> list[Row]:
-    settings = thumbnails.Settings.from_config(box.section("thumbnails", call.options))
-    return thumbnails.thumbnail_shard(call.files, call.outs[0], settings, box.threads)
-
-
-def _faces(call: Call, box: Toolbox, progress: Progress, options: Mapping[str, Any], crops: Path) -> list[Row]:
-    settings = faces.Settings.from_config(box.section("faces", options))
-    detector = box.detector(settings)
-    progress(0.0, "thumbnails")
-    previews = _previews(call, box)
-    progress(0.4, "faces")
-    return faces.faces_shard(call.files, previews, detector, crops, box.threads)
-
-
-def run_faces(call: Call, box: Toolbox, progress: Progress) -> list[Row]:
-    return _faces(call, box, progress, call.options, call.outs[0])
-
-
-def run_face_embeddings(call: Call, box: Toolbox, progress: Progress) -> list[Row]:
-    settings = face_embeddings.Settings.from_config(box.section("face_embeddings", call.options))
-    model = box.arcface(settings.model)
-    found = _faces(call, box, progress, {}, call.work / "crops")
-    progress(0.7, "face_embeddings")
-    batch = box.runtime.batch(settings.batch_size)
-    return face_embeddings.face_embeddings_shard(found, model, dataclasses.replace(settings, batch_size=batch))
-
-
-def _image_embeddings(step: str) -> Callable[[Call, Toolbox, Progress], list[Row]]:
-    def run(call: Call, box: Toolbox, progress: Progress) -> list[Row]:
-        settings = image_embeddings.Settings.from_config(box.section(step, call.options))
-        encoder = box.encoder(step, settings.model)
-        progress(0.0, "thumbnails")
-        previews = _previews(call, box)
-        progress(0.5, step)
-        return image_embeddings.embed_shard(previews, encoder, box.runtime.batch(settings.batch_size))
-
-    return run
-
-
-def run_hls(call: Call, box: Toolbox, progress: Progress) -> list[Row]:
-    settings = hls.Settings.from_config(box.section("hls", call.options))
-    # A job's ffmpeg gets the threads a job may use (worker.threads), or fewer if the job asked for fewer.
-    threads = call.options.get("threads") or box.threads
-    return hls.hls_shard(call.files, call.outs[0], settings, min(threads, box.threads))
-
-
-STEPS: dict[str, Callable[[Call, Toolbox, Progress], list[Row]]] = {
-    "hashes": run_hash,
-    "exif": run_exif,
-    "thumbnails": run_thumbnails,
-    "faces": run_faces,
-    "face_embeddings": run_face_embeddings,
-    "dino": _image_embeddings("dino"),
-    "clip": _image_embeddings("clip"),
-    "hls": run_hls,
-}
-
-
 def execute(call: Call, box: Toolbox, progress: Progress) -> list[list[dict[str, Any]]]:
     """Run the call's plugin; the table rows of each of its files, in order."""
     step = PLUGINS[call.plugin].step
@@ -177,7 +70,19 @@ def execute(call: Call, box: Toolbox, progress: Progress) -> list[list[dict[str,
     # server deletes afterwards, even when it had to kill this process.
     tempfile.tempdir = str(call.work)
     try:
-        rows = STEPS[step](call, box, progress)
+        target = registry.PLUGINS[call.plugin].name
+        # A job's ffmpeg or exiftool gets the threads a job may use (worker.threads), or fewer if it asked.
+        threads = min(call.options.get("threads") or box.threads, box.threads)
+        rows = registry.run_with_reads(
+            target,
+            call.files,
+            lambda step: box.section(step, call.options if step == target else None),
+            call.outs[0],
+            call.work,
+            threads,
+            box.loader,
+            progress,
+        )
     except models.ModelError:
         raise  # the same for every file: the error of the whole call
     except Exception as exc:

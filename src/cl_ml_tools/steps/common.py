@@ -13,11 +13,14 @@ import resource
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from ..data.tables import STATUS_SKIPPED, error_row
 from ..media.errors import MediaError
 from ..media.sniff import media_kind
+from ..models.loader import Loader
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,28 @@ class StepSettings:
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         values = {k: cls.CONVERT.get(k, lambda v: v)(v) for k, v in cfg.items() if k in names}
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of a step over some files: a shard in the pipeline, a call in the service, one file in a
+    notebook. Each step's ``shard(job)`` takes it (see :mod:`.registry`)."""
+
+    files: Sequence[Any]
+    """The ``files`` rows of the files to process (for the ``files`` step: the shard list's entries)."""
+    settings: Any = None
+    reads: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
+    """The rows of the parts of earlier steps the step reads, by step."""
+    out: Path | None = None
+    """The folder for what the step writes besides its rows (images, renditions, crops)."""
+    threads: int = 1
+    loader: Loader | None = None
+    shard: str = ""
+
+    @property
+    def models(self) -> Loader:
+        assert self.loader is not None, "a step that loads a model needs a job with a loader"
+        return self.loader
 
 
 def log_to(path: str) -> None:

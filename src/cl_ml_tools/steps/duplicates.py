@@ -21,8 +21,9 @@ images, faiss's inverted file above), and the pHash test is applied to the pairs
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -251,3 +252,8 @@ def _near(
             if cosine is not None and cosine >= settings.cosine:
                 forest.join(np.array([i]), np.array([j]))
     return forest.labels()
+
+
+def archive(inputs: Mapping[str, Any], output: str, settings: Settings, params: Mapping[str, Any]) -> None:
+    """The rule's job: its ``files``, ``hashes`` and (when that step runs) ``dino`` tables."""
+    duplicates_table(inputs["files"], inputs["hashes"], inputs.get("dino") or None, output, settings)

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..data.tables import STATUS_SKIPPED, base_row, error_row
 from ..media.errors import MediaError
-from .common import Row, describe
+from .common import Job, Row, describe
 
 EXIFTOOL = os.environ.get("CL_ML_TOOLS_EXIFTOOL", "exiftool")
 TIMEOUT_PER_FILE_S = 30
@@ -347,3 +347,7 @@ def _exif_rows(files: Sequence[Mapping[str, Any]]) -> list[Row]:
         except (subprocess.TimeoutExpired, json.JSONDecodeError, MediaError) as exc:
             rows.append(error_row(f, f"exiftool failed: {exc}"))
     return rows
+
+
+def shard(job: Job) -> list[Row]:
+    return exif_shard(job.files, processes=job.threads)

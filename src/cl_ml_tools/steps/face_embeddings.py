@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from .. import models
 from ..data.config import schema_defaults
 from ..data.tables import STATUS_OK, base_row, error_row
 from ..models.encoders import ArcFace
-from .common import Row, StepSettings, describe
+from .common import Job, Row, StepSettings, describe
 from .faces import CROP_SIZE
 
 log = logging.getLogger(__name__)
@@ -71,3 +72,12 @@ def face_embeddings_shard(faces: Sequence[Mapping[str, Any]], model: ArcFace, se
             else:
                 rows.append({**base_row(face), **_face_key(face), "embedding": vector, "model": model.resolved.tag})
     return sorted(rows, key=lambda r: (r["media_id"], r.get("frame_index") or 0, r.get("face_index") or 0))
+
+
+def model(job: Job) -> ArcFace:
+    return job.models.load(ArcFace, job.settings.model)
+
+
+def shard(job: Job) -> list[Row]:
+    settings = dataclasses.replace(job.settings, batch_size=job.models.batch(job.settings.batch_size))
+    return face_embeddings_shard(job.reads["faces"], model(job), settings)

@@ -29,7 +29,7 @@ from ..data.tables import KEYPOINTS, STATUS_OK, base_row
 from ..media import imaging
 from ..media.errors import MediaError
 from ..media.fileio import atomic_path
-from .common import Row, StepSettings, map_files
+from .common import Job, Row, StepSettings, map_files
 
 if TYPE_CHECKING:
     from mediapipe.tasks.python.vision import FaceDetector
@@ -416,3 +416,14 @@ def faces_shard(
         wanted,
         threads,
     )
+
+
+def model(job: Job) -> Detector:
+    """A face detector for the job's settings, its MediaPipe graphs loaded once per loader."""
+    settings = job.settings
+    return job.models.keep(("faces", settings), lambda: Detector(job.models.resolved(settings.model).path, settings))
+
+
+def shard(job: Job) -> list[Row]:
+    assert job.out is not None, "faces writes crops: the job needs an out folder"
+    return faces_shard(job.files, job.reads["thumbnails"], model(job), job.out, job.threads)

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from ..data.inventory import Entry
 from ..media.fileio import displayable
 from ..media.sniff import sniff
+from .common import Job
 
 
 def _raw_path(path: str) -> bytes | None:
@@ -35,3 +36,7 @@ def files_rows(entries: Iterable[Entry], shard: str) -> list[dict[str, object]]:
             "kind": kind, "format": fmt, "shard": shard, "raw_path": _raw_path(e.path),
         })  # fmt: skip
     return rows
+
+
+def shard(job: Job) -> list[dict[str, object]]:
+    return files_rows(job.files, job.shard)

@@ -16,7 +16,7 @@ from ..data.config import schema_defaults
 from ..data.tables import STATUS_SKIPPED, base_row
 from ..media import imaging, video
 from ..media.sniff import media_kind
-from .common import Converters, Row, StepSettings, describe, map_files
+from .common import Converters, Job, Row, StepSettings, describe, map_files
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,19 @@ def hash_shard(
     threads: int = 1,
 ) -> list[Row]:
     """Hash every non-skipped file of a shard (every file has bytes to hash, whatever its kind)."""
-    posters = {r["media_id"]: r["file"] for r in thumbnail_rows if r["role"] == "poster" and r["status"] == "ok"}
+    # A video whose frames cannot be read (truncated, audio only) has an error row in thumbnails, without a
+    # role (none at all where the rows come straight from the step, not from its table): it simply has no
+    # poster, and its byte and keyframe hashes are made all the same.
+    posters = {r["media_id"]: r["file"] for r in thumbnail_rows if r.get("role") == "poster" and r["status"] == "ok"}
     todo = [f for f in files if f["status"] != STATUS_SKIPPED]
     return map_files(lambda f: hash_file(f, settings, posters.get(f["media_id"])), todo, threads)
+
+
+def wanted(read: str, files: list[Mapping[str, Any]], settings: Settings) -> list[Mapping[str, Any]]:
+    """The files whose thumbnails a job must make first: videos, when perceptual hashes are wanted (they
+    describe the poster frame)."""
+    return [f for f in files if f["kind"] == "video"] if settings.perceptual else []
+
+
+def shard(job: Job) -> list[Row]:
+    return hash_shard(job.files, job.settings, job.reads.get("thumbnails", []), job.threads)

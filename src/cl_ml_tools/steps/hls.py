@@ -16,7 +16,7 @@ from ..data.config import schema_defaults
 from ..data.tables import base_row
 from ..media import video
 from ..media.errors import MediaError
-from .common import Converters, Row, StepSettings, map_files, select
+from .common import Converters, Job, Row, StepSettings, map_files, select
 
 
 @dataclass(frozen=True)
@@ -212,3 +212,8 @@ def hls_shard(files: Sequence[Mapping[str, Any]], out_dir: Path, settings: Setti
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = dataclasses.replace(settings, threads=threads)
     return map_files(lambda f: encode(f, out_dir, settings), select(files, ("video",)))
+
+
+def shard(job: Job) -> list[Row]:
+    assert job.out is not None, "hls writes renditions: the job needs an out folder"
+    return hls_shard(job.files, job.out, job.settings, job.threads)

@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 
 from .. import models
-from ..data import tables
 from ..data.tables import STATUS_OK, base_row, error_row
 from ..models.encoders import ImageEncoder, Preprocess, load
-from .common import Row, StepSettings, describe, work
+from .common import Job, Row, StepSettings, describe
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +31,8 @@ VIDEO_MEAN_FRAME = -1
 
 @dataclass(frozen=True)
 class Settings(StepSettings):
-    """The settings of the dino and clip steps: two config sections, so the class has no defaults of its own
-    (the schema fills them into each section)."""
+    """The fields of the dino and clip steps' settings; each step's own class (``dino.Settings``,
+    ``clip.Settings``) takes its defaults from its config section."""
 
     model: str
     batch_size: int
@@ -103,22 +102,6 @@ def embed_shard(
     return sorted(rows, key=lambda r: (r["media_id"], -2 if r["frame_index"] is None else r["frame_index"]))
 
 
-def embed_part(
-    step: str, thumbnails_part: str, model_record: str, target: str, config: Mapping[str, Any], threads: int
-) -> None:
-    """What the step's Snakemake job does: load the model, then (the job's work proper, see ``steps.work``)
-    embed the shard's preview frames and write the part. ``config`` is the workflow's config: the step's
-    section and ``models`` (device, GPU batch)."""
-    settings = Settings.from_config(config[step])
-    runtime = models.runtime_from_config(config)
-    image_encoder = ImageEncoder(models.read_record(model_record), threads, runtime.device)
-    decoders = threads if image_encoder.device != "cpu" else 1
-    with work():
-        thumbnails = tables.read_part(thumbnails_part)
-        rows = embed_shard(thumbnails, image_encoder, runtime.batch(settings.batch_size), decoders)
-        tables.write_part(step, rows, target)
-
-
 def _row(
     frame: Mapping[str, Any], index: int, timestamp: float | None, vector: np.ndarray, encoder: ImageEncoder
 ) -> Row:
@@ -132,3 +115,14 @@ def _row(
         "embedding": vector,
         "model": encoder.resolved.tag,
     }
+
+
+def model(job: Job) -> ImageEncoder:
+    return job.models.load(ImageEncoder, job.settings.model)
+
+
+def shard(job: Job) -> list[Row]:
+    encoder = model(job)
+    # On a CPU one thread decoding ahead is enough; a GPU needs every core decoding to be kept busy.
+    decoders = job.threads if encoder.device != "cpu" else 1
+    return embed_shard(job.reads["thumbnails"], encoder, job.models.batch(job.settings.batch_size), decoders)

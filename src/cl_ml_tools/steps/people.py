@@ -238,3 +238,8 @@ def people_table(
     rows, next_id = find_people(read_faces(faces, face_embeddings), settings, previous, next_id, search)
     write_ids(ids, rows, next_id)
     write_part("people", rows, output)
+
+
+def archive(inputs: Mapping[str, Any], output: str, settings: Settings, params: Mapping[str, Any]) -> None:
+    """The rule's job: its ``faces`` and ``face_embeddings`` tables, the id file named by its ``ids`` param."""
+    people_table(inputs["faces"], inputs["face_embeddings"], params["ids"], output, settings)

@@ -20,7 +20,7 @@ from ..data.tables import base_row
 from ..media import imaging, video
 from ..media.fileio import atomic_path
 from ..media.sniff import media_kind
-from .common import Row, StepSettings, map_files, select
+from .common import Job, Row, StepSettings, map_files, select
 
 # Candidate poster times (seconds) tried when the very first frame is black or flat.
 POSTER_CANDIDATES_S = (0.5, 1.0, 2.0, 3.0, 5.0)
@@ -164,3 +164,8 @@ def thumbnail_shard(
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     return map_files(lambda f: thumbnail_file(f, out_dir, settings), select(files, ("image", "video")), threads)
+
+
+def shard(job: Job) -> list[Row]:
+    assert job.out is not None, "thumbnails writes images: the job needs an out folder"
+    return thumbnail_shard(job.files, job.out, job.settings, job.threads)
