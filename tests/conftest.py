@@ -7,7 +7,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -50,6 +53,24 @@ def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_config(work, {"photos": "archive"}, hls={"enabled": False}, people={"max_distance": 0.35})
     snakemake(work)
     return work
+
+
+# Columns that name where a row's file lives: a service job's or a notebook's upload and outputs are elsewhere
+# than the pipeline's, by design.
+PLACES = {"media_id", "input", "path", "file", "crop", "master"}
+
+
+def comparable(value: Any) -> Any:
+    """A table cell as two runs of a step agree on it: floats (embeddings) to 5 decimals, NaN as None."""
+    if isinstance(value, np.ndarray | list) and len(value) and isinstance(value[0], float | np.floating):
+        return np.round(np.asarray(value, dtype=np.float64), 5).tolist()
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    if value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def ffmpeg(*args: str) -> None:

@@ -343,6 +343,11 @@ def load(name: str, results: str | os.PathLike[str] = "results", columns: Sequen
     return _frame(pq.read_table(_path(name, results), columns=columns))
 
 
+def frame(name: str, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """A step's rows as :func:`load` gives its table: the table's columns, pandas' nullable dtypes."""
+    return _frame(to_arrow(name, rows))
+
+
 class Embeddings(NamedTuple):
     rows: pd.DataFrame
     """The table's ok rows without the embedding column (media_id, frame_index, ...), index 0..n−1."""
