@@ -10,7 +10,7 @@ Python). A new step is one module, one entry here and one rule file.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,10 @@ class Plugin:
     files, as in the pipeline)."""
 
 
+def _every_file(read: str, files: list[Mapping[str, Any]], settings: Any) -> list[Mapping[str, Any]]:
+    return files
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
@@ -66,9 +70,7 @@ class Step:
     archive: Callable[[Mapping[str, Any], str, Any, Mapping[str, Any]], None] | None = None
     """A whole-archive step: (its rule's inputs, its output, settings, its rule's params) → the table written."""
     plugin: Plugin | None = None
-    wanted: Callable[[str, list[Mapping[str, Any]], Any], list[Mapping[str, Any]]] = field(
-        default=lambda read, files, settings: files
-    )
+    wanted: Callable[[str, list[Mapping[str, Any]], Any], list[Mapping[str, Any]]] = _every_file
     """Of a job's files, those a part it reads is needed for (a step over one file runs that part first)."""
 
     @property
