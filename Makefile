@@ -9,6 +9,7 @@ run: setup
 test: setup-dev
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports
 	.venv/bin/snakemake --lint
 	.venv/bin/python -m pytest
 

@@ -1,5 +1,5 @@
 # cl_ml_tools: photo and video archive -> Parquet tables. Settings live in config.yaml (validated against
-# workflow/schemas/config.schema.yaml); runtime knobs in profiles/default/config.yaml.
+# src/cl_ml_tools/data/config.schema.yaml); runtime knobs in profiles/default/config.yaml.
 
 configfile: "config.yaml"
 

@@ -1,7 +1,7 @@
 """The one build step pyproject.toml cannot declare: the workflow, which lives at the top of the repository
 (where ``snakemake`` in a checkout finds it), goes into the wheel as package data under
 ``cl_ml_tools/workflow/``, keeping its layout so that the rules' relative paths (``../scripts``,
-``../../envs``) hold. ``cl_ml_tools.pipeline`` finds it there, or in the checkout. The same list puts the files
+``../../envs``) hold. ``cl_ml_tools.data.workflow`` finds it there, or in the checkout. The same list puts the files
 into the sdist, from which the wheel is built.
 """
 

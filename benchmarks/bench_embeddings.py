@@ -33,17 +33,19 @@ import numpy as np
 from bench_faces import best_rate, make_corpus
 from PIL import Image
 
-from cl_ml_tools import embeddings, models
+from cl_ml_tools import models
+from cl_ml_tools.models import encoders
+from cl_ml_tools.steps import image_embeddings
 
 MODEL_IDS = {"dino": "dinov2_small", "clip": "mobileclip_s2_image"}
 
 
 def measure(
-    encoder: embeddings.ImageEncoder, thumbs: list[dict], batch: int, rounds: int, decoders: int = 1
+    encoder: encoders.ImageEncoder, thumbs: list[dict], batch: int, rounds: int, decoders: int = 1
 ) -> tuple[float, ...]:
     """(ours img/s, ours CPU s per image, network-only img/s)."""
     cpu = time.process_time()
-    ours = best_rate(lambda: embeddings.embed_shard(thumbs, encoder, batch, decoders), len(thumbs), rounds)
+    ours = best_rate(lambda: image_embeddings.embed_shard(thumbs, encoder, batch, decoders), len(thumbs), rounds)
     cpu_per_image = (time.process_time() - cpu) / (len(thumbs) * rounds)
     x = np.stack([encoder.preprocess(Image.open(t["file"])) for t in thumbs[:batch]])
     n = len(thumbs) // batch
@@ -84,13 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     fp32: dict[str, np.ndarray] = {}
     for step, path, label in variants:
         resolved = models.locate(MODEL_IDS[step], {MODEL_IDS[step]: path})
-        encoder = embeddings.ImageEncoder(resolved, args.threads, args.device)
+        encoder = encoders.ImageEncoder(resolved, args.threads, args.device)
         if encoder.device != args.device:
             print(f"{step}: running on {encoder.device}, not {args.device} (see the warning above)")
         for batch in (int(b) for b in args.batches.split(",")):
             ours, cpu_per_image, bare = measure(encoder, thumbs, batch, args.rounds, decoders)
             print(f"| {step}{label} | {batch} | {ours:.1f} | {cpu_per_image:.3f} | {bare:.1f} | {ours / bare:.2f} |")
-        vectors = np.stack([r["embedding"] for r in embeddings.embed_shard(thumbs, encoder, 8)])
+        vectors = np.stack([r["embedding"] for r in image_embeddings.embed_shard(thumbs, encoder, 8)])
         if label:
             cosine = (vectors * fp32[step]).sum(axis=1)
             print(f"|   {step} int8 vs fp32 cosine: mean {cosine.mean():.4f}, min {cosine.min():.4f} | | | | | |")

@@ -44,7 +44,9 @@ import numpy as np
 from networks import mobilefacenet
 from PIL import Image, ImageOps
 
-from cl_ml_tools import face_embeddings, faces, models
+from cl_ml_tools import models
+from cl_ml_tools.models import encoders
+from cl_ml_tools.steps import face_embeddings, faces
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "archive" / "2021 holiday"
 
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
     network = mobilefacenet(work / "w600k_mbf_random.onnx")
     resolved = models.locate("arcface_w600k_mbf", {"arcface_w600k_mbf": network})
-    arcface = face_embeddings.ArcFace(resolved, threads=args.threads)
+    arcface = encoders.ArcFace(resolved, threads=args.threads)
     emb_settings = face_embeddings.Settings(batch_size=args.batch)
     emb_ours = best_rate(lambda: face_embeddings.face_embeddings_shard(found, arcface, emb_settings), len(found),
                          args.rounds)  # fmt: skip

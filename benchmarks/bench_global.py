@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cl_ml_tools import tables
+from cl_ml_tools.data import tables
 
 PARTS = 100
 DIM = {"dino": 384, "face_embeddings": 512}
@@ -206,7 +206,7 @@ def make(work: Path, images: int, faces: int) -> None:
 
 
 def _search(exact: bool, probes: int | None, exact_below: int):
-    from cl_ml_tools import neighbours
+    from cl_ml_tools.data import neighbours
 
     default = neighbours.SEARCH
     return replace(default, exact_below=2**62 if exact else exact_below, probes=probes or default.probes)
@@ -218,7 +218,7 @@ def _out(work: Path, exact: bool, probes: int | None) -> Path:
 
 def run_step(step: str, work: Path, exact: bool, probes: int | None, exact_below: int) -> None:
     """One step as the pipeline's script runs it, writing into ``work/out``."""
-    from cl_ml_tools import duplicates, people
+    from cl_ml_tools.steps import duplicates, people
 
     t = work / "tables"
     out = _out(work, exact, probes)
@@ -278,7 +278,7 @@ def pair_recall(work: Path, probes: int | None, sample: int = 2000, seed: int = 
     """At any size: the exact neighbour pairs of ``sample`` random vectors (every other vector compared
     with them; near pairs also within the pHash distance), and how many of them the index's run put in one
     group (duplicates: any kind) or one person."""
-    from cl_ml_tools import duplicates, people
+    from cl_ml_tools.steps import duplicates, people
 
     rng = np.random.default_rng(seed)
     t = work / "tables"
@@ -340,7 +340,7 @@ def main() -> None:
     ap.add_argument("--step", choices=["duplicates", "people"], help=argparse.SUPPRESS)
     ap.add_argument("--exact", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    from cl_ml_tools import neighbours
+    from cl_ml_tools.data import neighbours
 
     exact_below = neighbours.SEARCH.exact_below if args.exact_below is None else args.exact_below
     if args.step:

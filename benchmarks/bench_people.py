@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from cl_ml_tools import people
 from cl_ml_tools.models import l2_normalise
+from cl_ml_tools.steps import people
 
 
 def identities(n_people: int, per_person: int, seed: int = 1) -> np.ndarray:

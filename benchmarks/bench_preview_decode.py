@@ -1,4 +1,4 @@
-"""The network input of a JPEG preview decoded at reduced DCT scale (``embeddings.load``) against a full
+"""The network input of a JPEG preview decoded at reduced DCT scale (``encoders.load``) against a full
 decode's, and what each costs.
 
     .venv/bin/python benchmarks/bench_preview_decode.py [PHOTO ...] [--crops 12] [--timing 100]
@@ -10,7 +10,7 @@ samples of tests/data/cameras, and the PHOTOs given), the thumbnails step's prev
 random crops of the upright photo, 512 to 1024 px a side, saved as the thumbnails step saves a preview (JPEG,
 its default quality). A shorter side of 512 px or more is what makes ``load`` decode at 1/2 scale.
 
-For DINOv2 and MobileCLIP-S2's recipes and each preview, the input from ``embeddings.load`` and from the
+For DINOv2 and MobileCLIP-S2's recipes and each preview, the input from ``encoders.load`` and from the
 same reduced decode resized from the reduced image's own size (the code before issue 19) are compared with
 the full decode's (``Preprocess`` on the whole image, which Hugging Face's processors match): mean, 99th
 percentile and largest absolute difference in grey levels (0-255) over every value of the previews with an
@@ -35,8 +35,9 @@ import numpy as np
 from bench_faces import make_corpus
 from PIL import Image, ImageOps
 
-from cl_ml_tools import embeddings, thumbnails
-from cl_ml_tools.steps import describe
+from cl_ml_tools.models import encoders
+from cl_ml_tools.steps import thumbnails
+from cl_ml_tools.steps.common import describe
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PHOTOS = [
@@ -75,19 +76,19 @@ def make_previews(photos: list[Path], out: Path, crops: int, seed: int = 0) -> l
     return previews
 
 
-def before(path: Path, pre: embeddings.Preprocess) -> np.ndarray:
+def before(path: Path, pre: encoders.Preprocess) -> np.ndarray:
     """The reduced decode resized from its own size, as ``load`` did before issue 19."""
     with Image.open(path) as image:
         image.draft("RGB", (pre.resize, pre.resize))
         return pre(image)
 
 
-def full(path: Path, pre: embeddings.Preprocess) -> np.ndarray:
+def full(path: Path, pre: encoders.Preprocess) -> np.ndarray:
     with Image.open(path) as image:
         return pre(image)
 
 
-def ms_per_input(fns: list[Callable], paths: list[Path], pre: embeddings.Preprocess, rounds: int = 5) -> list[float]:
+def ms_per_input(fns: list[Callable], paths: list[Path], pre: encoders.Preprocess, rounds: int = 5) -> list[float]:
     """Best of ``rounds`` per function, the functions taking turns within each round so that a busy moment
     of the machine does not fall on one of them only."""
     best = [float("inf")] * len(fns)
@@ -115,10 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | previews | path | mean | p99 | max | worst preview's mean | worst preview's p99 |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for model_id in MODELS:
-        pre = embeddings.preprocessing(model_id)
+        pre = encoders.preprocessing(model_id)
         scale = 255 * np.asarray(pre.recipe.std, np.float32)[:, None, None]
         for group, paths in (("odd side", odd), ("even sides", [p for p in previews if p not in odd])):
-            for label, fn in (("before", before), ("load", embeddings.load)):
+            for label, fn in (("before", before), ("load", encoders.load)):
                 d = [(np.abs(fn(p, pre) - full(p, pre)) * scale).ravel() for p in paths]
                 v = np.concatenate(d)
                 stats = [v.mean(), np.percentile(v, 99), v.max(), max(x.mean() for x in d)]
@@ -130,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | previews | full decode ms | reduced, before ms | reduced, load ms |")
     print("|---|---|---:|---:|---:|")
     for model_id in MODELS:
-        pre = embeddings.preprocessing(model_id)
+        pre = encoders.preprocessing(model_id)
         for group, paths in ((f"corpus 1024x768 ({len(corpus)})", corpus), (f"odd side ({len(odd)})", odd)):
-            times = ms_per_input([full, before, embeddings.load], paths, pre)
+            times = ms_per_input([full, before, encoders.load], paths, pre)
             print(f"| {model_id} | {group} | " + " | ".join(f"{t:.2f}" for t in times) + " |")
     return 0
 

@@ -35,7 +35,10 @@ from pathlib import Path
 
 import yaml
 
-from cl_ml_tools import inventory, models, report, tables
+from cl_ml_tools import models
+from cl_ml_tools.data import inventory, tables
+from cl_ml_tools.steps import report
+from cl_ml_tools.steps.files import files_rows
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -106,7 +109,7 @@ def materialise(config: dict) -> float:
     shards = inventory.shard_names(inventory.read_layout(results / "inventory"))
     for shard in shards:
         entries = inventory.read_shard_list(results / "inventory" / f"{shard}.jsonl")
-        rows = inventory.files_rows(entries, shard)
+        rows = files_rows(entries, shard)
         tables.write_part("files", rows, results / "parts" / "files" / f"{shard}.parquet")
         for step in SHARD_STEPS[1:]:
             placeholder = [tables.error_row(r, "placeholder written by bench_scale.py") for r in rows]

@@ -7,13 +7,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
 from standins import arcface, blazeface_files, clip_vocab, dinov2, mobileclip_image, mobileclip_text
 
-from cl_ml_tools import inventory
+from cl_ml_tools.media import sniff
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "archive"
@@ -52,6 +55,24 @@ def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work
 
 
+# Columns that name where a row's file lives: a service job's or a notebook's upload and outputs are elsewhere
+# than the pipeline's, by design.
+PLACES = {"media_id", "input", "path", "file", "crop", "master"}
+
+
+def comparable(value: Any) -> Any:
+    """A table cell as two runs of a step agree on it: floats (embeddings) to 5 decimals, NaN as None."""
+    if isinstance(value, np.ndarray | list) and len(value) and isinstance(value[0], float | np.floating):
+        return np.round(np.asarray(value, dtype=np.float64), 5).tolist()
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    if value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True)
 
@@ -84,7 +105,7 @@ def make_photo(path: Path, size: tuple[int, int] = (640, 480), **save: object) -
 
 def file_row(path: Path, media_id: str = "00000000000000aa") -> dict:
     """A row of the ``files`` table for ``path``, sniffed the way the files step does it."""
-    kind, fmt = inventory.sniff(path)
+    kind, fmt = sniff.sniff(path)
     return {"media_id": media_id, "input": "t", "path": str(path), "status": "ok", "kind": kind, "format": fmt}
 
 

@@ -178,7 +178,7 @@ def mobileclip_text(folder: Path, vocab_gz: Path, *, seed: int = 0) -> Path:
     """A folder holding a MobileCLIP-S2-text-shaped network (``input_ids`` int64 (N, 77) → ``text_embeds``
     (N, 512): token embeddings from a 1024-row table, by id modulo 1024, averaged) and a ``tokenizer.json``
     built from CLIP's real vocabulary; the folder is what a config override names."""
-    from cl_ml_tools import tokenizer
+    from cl_ml_tools.models import tokenizer
 
     nodes = [
         helper.make_node("Mod", ["input_ids", "rows"], ["row"]),

@@ -18,7 +18,7 @@ from PIL import Image
 from test_thumbnails import bomb_png
 from test_workflow import TABLES, comparable
 
-from cl_ml_tools import tables
+from cl_ml_tools.data import tables
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,9 @@ import pytest
 import yaml
 from conftest import REPO, snakemake, write_config
 
-from cl_ml_tools import config, duplicates, face_embeddings, faces, hashes, hls, models, people, report, thumbnails
+from cl_ml_tools import models
+from cl_ml_tools.data import config
+from cl_ml_tools.steps import duplicates, face_embeddings, faces, hashes, hls, people, report, thumbnails
 
 SETTINGS = {
     "hashes": hashes.Settings,

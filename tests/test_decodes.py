@@ -11,7 +11,9 @@ from PIL import ImageFile
 from standins import dinov2
 from test_faces import ASTRONAUT, upright
 
-from cl_ml_tools import embeddings, faces, hashes, models, thumbnails
+from cl_ml_tools import models
+from cl_ml_tools.models import encoders
+from cl_ml_tools.steps import faces, hashes, image_embeddings, thumbnails
 
 WIDTH, HEIGHT = 4000, 3000
 
@@ -44,7 +46,7 @@ def test_every_step_decodes_the_original_at_full_size_at_most_once(tmp_path: Pat
         found = faces.faces_shard(files, thumbs, detector, tmp_path / "faces")
     assert any(row["crop_source"] == "original" for row in found)  # the small face was cut from the original
     dino = models.locate("dinov2_small", {"dinov2_small": dinov2(tmp_path / "dino.onnx")})
-    embeddings.embed_shard(thumbs, embeddings.ImageEncoder(dino), batch_size=8)
+    image_embeddings.embed_shard(thumbs, encoders.ImageEncoder(dino), batch_size=8)
 
     of_original = [size for name, size in decodes if name == str(photo)]
     assert of_original.count((WIDTH, HEIGHT)) == 1, of_original

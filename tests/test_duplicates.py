@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cl_ml_tools import duplicates
+from cl_ml_tools.steps import duplicates
 
 RNG = np.random.default_rng(0)
 
@@ -144,7 +144,7 @@ def test_the_index_finds_the_groups_of_the_exact_search() -> None:
 
 
 def test_tables_on_disk_give_the_rows_of_the_dicts(tmp_path) -> None:
-    from cl_ml_tools import tables
+    from cl_ml_tools.data import tables
 
     files, hashes, dino = planted(300, seed=2)
     hashes.append({**hash_row("gone", "s0", "p0", 1), "status": "error"})  # an error row joins nothing

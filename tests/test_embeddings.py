@@ -13,21 +13,23 @@ from PIL import Image
 from standins import dinov2, mobileclip_image
 from transformers import BitImageProcessorPil, CLIPImageProcessorPil
 
-from cl_ml_tools import embeddings, models, thumbnails
+from cl_ml_tools import models
+from cl_ml_tools.models import encoders
+from cl_ml_tools.steps import image_embeddings, thumbnails
 
 
 @pytest.fixture(scope="module")
-def towers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, embeddings.ImageEncoder]:
+def towers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, encoders.ImageEncoder]:
     folder = tmp_path_factory.mktemp("towers")
     dino = models.locate("dinov2_small", {"dinov2_small": dinov2(folder / "dino.onnx")})
     clip = models.locate("mobileclip_s2_image", {"mobileclip_s2_image": mobileclip_image(folder / "clip.onnx")})
-    return {"dino": embeddings.ImageEncoder(dino, 2), "clip": embeddings.ImageEncoder(clip, 2)}
+    return {"dino": encoders.ImageEncoder(dino, 2), "clip": encoders.ImageEncoder(clip, 2)}
 
 
 def test_shortest_edge_resize_truncates_like_transformers() -> None:
     image = Image.new("RGB", (1024, 768))
-    assert embeddings.resize_shortest_edge(image, 256, Image.Resampling.BICUBIC).size == (341, 256)
-    assert embeddings.resize_shortest_edge(Image.new("RGB", (300, 1001)), 256, Image.Resampling.BILINEAR).size == (
+    assert encoders.resize_shortest_edge(image, 256, Image.Resampling.BICUBIC).size == (341, 256)
+    assert encoders.resize_shortest_edge(Image.new("RGB", (300, 1001)), 256, Image.Resampling.BILINEAR).size == (
         256,
         854,
     )
@@ -37,16 +39,16 @@ def test_centre_crop_offsets_round_down() -> None:
     # Red = column, green = row: the crop's first pixel tells where it starts.
     xs, ys = np.meshgrid(np.arange(301), np.arange(256))
     image = Image.fromarray(np.dstack([xs, ys, np.zeros_like(xs)]).astype(np.uint8))
-    crop = np.asarray(embeddings.center_crop(image, 224))
+    crop = np.asarray(encoders.center_crop(image, 224))
     assert crop.shape == (224, 224, 3)
     assert crop[0, 0, :2].tolist() == [(301 - 224) // 2, (256 - 224) // 2]
-    small = embeddings.center_crop(Image.new("RGB", (100, 300), (255, 255, 255)), 224)
+    small = encoders.center_crop(Image.new("RGB", (100, 300), (255, 255, 255)), 224)
     assert small.size == (224, 224) and small.getpixel((0, 100)) == (0, 0, 0)  # padded with black
 
 
 def test_dino_preprocessing_is_imagenet_normalised_nchw() -> None:
     image = Image.new("RGB", (640, 480), (255, 0, 128))
-    x = embeddings.preprocessing("dinov2_small")(image)
+    x = encoders.preprocessing("dinov2_small")(image)
     assert x.shape == (3, 224, 224) and x.dtype == np.float32
     expected = [(1.0 - 0.485) / 0.229, (0.0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
     np.testing.assert_allclose(x[:, 100, 100], expected, rtol=1e-5)
@@ -54,7 +56,7 @@ def test_dino_preprocessing_is_imagenet_normalised_nchw() -> None:
 
 def test_clip_preprocessing_is_unit_range_without_mean() -> None:
     image = Image.new("RGB", (256, 512), (255, 0, 51))
-    x = embeddings.preprocessing("mobileclip_s2_image")(image)
+    x = encoders.preprocessing("mobileclip_s2_image")(image)
     assert x.shape == (3, 256, 256)
     np.testing.assert_allclose(x[:, 10, 10], [1.0, 0.0, 0.2], rtol=1e-6)
 
@@ -73,13 +75,13 @@ def test_preprocessing_resamples_with_the_models_filter(model_id: str, filter_, 
     pixels[:, 497:] = 255
     pixels[::7] = 90
     image = Image.fromarray(pixels)
-    pre = embeddings.preprocessing(model_id)
+    pre = encoders.preprocessing(model_id)
     x = pre(image)
     recipe = pre.recipe
     x = x * np.asarray(recipe.std, np.float32)[:, None, None] + np.asarray(recipe.mean, np.float32)[:, None, None]
 
     def expected(resample: Image.Resampling) -> np.ndarray:
-        crop = embeddings.center_crop(image.resize((256, 256), resample), recipe.crop)
+        crop = encoders.center_crop(image.resize((256, 256), resample), recipe.crop)
         return np.asarray(crop, np.float32).transpose(2, 0, 1) / 255
 
     np.testing.assert_allclose(x, expected(filter_), atol=1e-5)
@@ -94,17 +96,17 @@ def test_a_jpeg_preview_is_decoded_at_half_size_for_the_same_input(tmp_path: Pat
     pixels = np.dstack([255 * xs, 255 * ys, 127 + 120 * np.sin(40 * xs) * np.cos(25 * ys)]).astype(np.uint8)
     path = tmp_path / "preview.jpg"
     Image.fromarray(pixels).save(path, quality=85)
-    pre = embeddings.preprocessing(model_id)
+    pre = encoders.preprocessing(model_id)
     seen = []
 
     class Recorder:
         resize = pre.resize
 
-        def __call__(self, image: Image.Image, box: embeddings.Box | None = None) -> np.ndarray:
+        def __call__(self, image: Image.Image, box: encoders.Box | None = None) -> np.ndarray:
             seen.append(image.size)
             return pre(image, box)
 
-    x = embeddings.load(path, Recorder())  # type: ignore[arg-type]
+    x = encoders.load(path, Recorder())  # type: ignore[arg-type]
     assert seen == [(512, 384)]
     with Image.open(path) as full:
         reference = pre(full)
@@ -127,14 +129,14 @@ def test_batch_of_one_equals_batch_of_n(towers, step: str) -> None:
 
 def test_dino_reads_the_pooled_output_whatever_its_name(tmp_path: Path) -> None:
     path = dinov2(tmp_path / "renamed.onnx", pooled_name="cls_after_norm")
-    encoder = embeddings.ImageEncoder(models.locate("dinov2_small", {"dinov2_small": path}))
+    encoder = encoders.ImageEncoder(models.locate("dinov2_small", {"dinov2_small": path}))
     assert encoder.output == "cls_after_norm"
 
 
 def test_a_tower_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
     path = mobileclip_image(tmp_path / "small.onnx", dim=256)
     with pytest.raises(models.ModelError, match="512"):
-        embeddings.ImageEncoder(models.locate("mobileclip_s2_image", {"mobileclip_s2_image": path}))
+        encoders.ImageEncoder(models.locate("mobileclip_s2_image", {"mobileclip_s2_image": path}))
 
 
 def preview(tmp_path: Path, media_id: str, frame: int, seed: int, timestamp: float | None = None) -> dict:
@@ -153,7 +155,7 @@ def test_shard_rows_video_means_and_errors(tmp_path: Path, towers) -> None:
         {**preview(tmp_path, "gone", 0, 5), "file": str(tmp_path / "missing.jpg")},
     ]
     encoder = towers["dino"]
-    rows = embeddings.embed_shard(thumbs, encoder, batch_size=2)
+    rows = image_embeddings.embed_shard(thumbs, encoder, batch_size=2)
     key = [(r["media_id"], r["frame_index"], r["status"]) for r in rows]
     assert key == [
         ("bad", None, "error"),
@@ -178,8 +180,8 @@ def test_shard_rows_video_means_and_errors(tmp_path: Path, towers) -> None:
 
 def test_decoding_ahead_on_several_threads_changes_nothing(tmp_path: Path, towers) -> None:
     thumbs = [preview(tmp_path, f"m{i:02d}", 0, i) for i in range(11)]
-    one = embeddings.embed_shard(thumbs, towers["clip"], batch_size=3)
-    four = embeddings.embed_shard(thumbs, towers["clip"], batch_size=3, decoders=4)
+    one = image_embeddings.embed_shard(thumbs, towers["clip"], batch_size=3)
+    four = image_embeddings.embed_shard(thumbs, towers["clip"], batch_size=3, decoders=4)
     assert [r["media_id"] for r in four] == [r["media_id"] for r in one]
     np.testing.assert_array_equal(np.stack([r["embedding"] for r in four]), np.stack([r["embedding"] for r in one]))
 
@@ -188,13 +190,13 @@ def test_an_all_zero_embedding_is_an_error_row(tmp_path: Path) -> None:
     """A black frame through a tower without bias comes out as zeros: that frame is an error row (never an ok
     row no query can match), and a video's mean is taken over its other frames."""
     path = mobileclip_image(tmp_path / "unbiased.onnx", bias=0.0)
-    encoder = embeddings.ImageEncoder(models.locate("mobileclip_s2_image", {"mobileclip_s2_image": path}))
+    encoder = encoders.ImageEncoder(models.locate("mobileclip_s2_image", {"mobileclip_s2_image": path}))
     thumbs = [preview(tmp_path, "img", 0, 1), *(preview(tmp_path, "vid", i, 10 + i, timestamp=i) for i in range(3))]
     black = tmp_path / "black.jpg"
     Image.new("RGB", (320, 240)).save(black)
     thumbs += [{**preview(tmp_path, "dark", 0, 2), "file": str(black)}, {**thumbs[2], "file": str(black)}]
     del thumbs[2]
-    rows = embeddings.embed_shard(thumbs, encoder, batch_size=4)
+    rows = image_embeddings.embed_shard(thumbs, encoder, batch_size=4)
     by = {(r["media_id"], r["frame_index"]): r for r in rows}
     assert [(r["media_id"], r["frame_index"], r["status"]) for r in rows] == [
         ("dark", 0, "error"),
@@ -263,13 +265,13 @@ def test_embeddings_match_onnxruntime_on_hugging_face_inputs(
     """The step's row for each sample photo against the same ONNX file run by onnxruntime directly, on the
     pixel values Hugging Face's image processor makes from the preview with the published recipe. The input
     of a full decode is the processor's to float rounding; the step decodes JPEG previews at reduced DCT
-    scale (``embeddings.load``), which leaves cosines of 0.99975 (DINOv2) and 0.99998 (MobileCLIP) on the
+    scale (``encoders.load``), which leaves cosines of 0.99975 (DINOv2) and 0.99998 (MobileCLIP) on the
     1024×577 preview, whose odd height the half-scale decode rounds up, and over 0.99999 on the others."""
     processor_class, config, output = HF_PREPROCESSING[model_id]
     processor = processor_class(**config)
     network = test_models[model_id]
-    encoder = embeddings.ImageEncoder(models.locate(model_id, {model_id: network}))
-    rows = embeddings.embed_shard(sample_previews, encoder, batch_size=4)
+    encoder = encoders.ImageEncoder(models.locate(model_id, {model_id: network}))
+    rows = image_embeddings.embed_shard(sample_previews, encoder, batch_size=4)
     session = onnxruntime.InferenceSession(str(network), providers=["CPUExecutionProvider"])
     previews = [row for row in sample_previews if row["role"] == "preview"]
     assert [r["media_id"] for r in rows] == [p["media_id"] for p in previews] and len(rows) == len(SAMPLE_PHOTOS)

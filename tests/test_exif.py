@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import SAMPLE, make_video
 
-from cl_ml_tools import exif
+from cl_ml_tools.steps import exif
 
 ASTRONAUT = SAMPLE / "2021 holiday" / "astronaut.jpg"
 

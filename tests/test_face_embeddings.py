@@ -15,13 +15,15 @@ from PIL import Image
 from skimage.transform import SimilarityTransform
 from standins import arcface
 
-from cl_ml_tools import face_embeddings, faces, models, thumbnails
+from cl_ml_tools import models
+from cl_ml_tools.models import encoders
+from cl_ml_tools.steps import face_embeddings, faces, thumbnails
 
 
 @pytest.fixture(scope="module")
-def model(test_models) -> face_embeddings.ArcFace:
+def model(test_models) -> encoders.ArcFace:
     resolved = models.locate("arcface_w600k_mbf", {"arcface_w600k_mbf": test_models["arcface_w600k_mbf"]})
-    return face_embeddings.ArcFace(resolved, threads=2)
+    return encoders.ArcFace(resolved, threads=2)
 
 
 def crops(n: int, seed: int = 0) -> np.ndarray:
@@ -32,14 +34,14 @@ def test_preprocess_is_insightface_normalisation_in_nchw() -> None:
     batch = np.zeros((2, 112, 112, 3), np.uint8)
     batch[0, 5, 7] = (0, 255, 51)
     batch[1] = 255
-    x = face_embeddings.preprocess(batch, models.REGISTRY["arcface_w600k_mbf"].image_input)
+    x = encoders.preprocess_crops(batch, models.REGISTRY["arcface_w600k_mbf"].image_input)
     assert x.shape == (2, 3, 112, 112) and x.dtype == np.float32 and x.flags.c_contiguous
     # Channel planes in RGB order: the pixel at row 5, column 7 of the first crop.
     assert x[0, :, 5, 7].tolist() == pytest.approx([-1.0, 1.0, (51 - 127.5) / 127.5])
     assert x[0, 0, 0, 0] == -1.0 and np.all(x[1] == 1.0)
 
 
-def test_batch_of_one_equals_batch_of_n(model: face_embeddings.ArcFace) -> None:
+def test_batch_of_one_equals_batch_of_n(model: encoders.ArcFace) -> None:
     batch = crops(9)
     together = model.embed(batch)
     alone = np.vstack([model.embed(batch[i : i + 1]) for i in range(len(batch))])
@@ -51,7 +53,7 @@ def test_batch_of_one_equals_batch_of_n(model: face_embeddings.ArcFace) -> None:
 
 def test_tensor_names_come_from_the_session(tmp_path: Path) -> None:
     path = arcface(tmp_path / "renamed.onnx", output_name="embedding_out")
-    model = face_embeddings.ArcFace(models.locate("arcface_w600k_mbf", {"arcface_w600k_mbf": path}))
+    model = encoders.ArcFace(models.locate("arcface_w600k_mbf", {"arcface_w600k_mbf": path}))
     assert model.output == "embedding_out" and model.embed(crops(2)).shape == (2, 512)
 
 
@@ -59,7 +61,7 @@ def test_a_network_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
     path = arcface(tmp_path / "small.onnx", dim=128)
     resolved = models.locate("arcface_w600k_mbf", {"arcface_w600k_mbf": path})
     with pytest.raises(models.ModelError, match="512"):
-        face_embeddings.ArcFace(resolved)
+        encoders.ArcFace(resolved)
 
 
 def face_row(media_id: str, crop: str | None, face_index: int = 0, status: str = "ok", error: str | None = None):
@@ -68,7 +70,7 @@ def face_row(media_id: str, crop: str | None, face_index: int = 0, status: str =
             "crop": crop}  # fmt: skip
 
 
-def test_shard_rows_keep_errors_and_lost_crops(tmp_path: Path, model: face_embeddings.ArcFace) -> None:
+def test_shard_rows_keep_errors_and_lost_crops(tmp_path: Path, model: encoders.ArcFace) -> None:
     paths = []
     for i, pixels in enumerate(crops(3)):
         paths.append(tmp_path / f"{i}.jpg")
@@ -96,7 +98,7 @@ def test_an_all_zero_embedding_is_an_error_row(tmp_path: Path) -> None:
     path = tmp_path / "0.jpg"
     Image.fromarray(crops(1)[0]).save(path)
     rows = face_embeddings.face_embeddings_shard(
-        [face_row("a", str(path))], face_embeddings.ArcFace(resolved), face_embeddings.Settings()
+        [face_row("a", str(path))], encoders.ArcFace(resolved), face_embeddings.Settings()
     )
     assert [(r["status"], r["error"], r["frame_index"], r["face_index"]) for r in rows] == [
         ("error", "arcface_w600k_mbf returned an all-zero embedding for this input", 0, 0)
@@ -158,7 +160,7 @@ def test_face_embeddings_match_insightface_on_real_faces(sample_faces, test_mode
     the step embeds it as stored, a JPEG at ``faces.crop_quality`` 95, and the stand-in's random 8×8
     filters see that compression: 0.9987-0.9994 (the reference crop stored alike gives 0.9995-0.9997)."""
     network = test_models["arcface_w600k_mbf"]
-    model = face_embeddings.ArcFace(models.locate("arcface_w600k_mbf", {"arcface_w600k_mbf": network}))
+    model = encoders.ArcFace(models.locate("arcface_w600k_mbf", {"arcface_w600k_mbf": network}))
     rows = face_embeddings.face_embeddings_shard([r for r, _, _ in sample_faces], model, face_embeddings.Settings())
     crops = [norm_crop(image, keypoints[:4] - 0.5) for _, image, keypoints in sample_faces]
     blob = cv2.dnn.blobFromImages(crops, 1 / 127.5, (faces.CROP_SIZE, faces.CROP_SIZE), (127.5, 127.5, 127.5))

@@ -16,7 +16,7 @@ import pytest
 from conftest import SAMPLE, file_row, make_photo
 from PIL import Image, ImageOps
 
-from cl_ml_tools import faces, thumbnails
+from cl_ml_tools.steps import faces, thumbnails
 
 ASTRONAUT = SAMPLE / "2021 holiday" / "astronaut.jpg"
 HOPPER = SAMPLE / "2023 reunion" / "hopper.jpg"

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, SAMPLE, ffmpeg, file_row, make_audio_only, make_dng, make_photo, make_video
 from PIL import Image, ImageCms, ImageOps
 
-from cl_ml_tools import duplicates, hashes, thumbnails
+from cl_ml_tools.steps import duplicates, hashes, thumbnails
 
 ASTRONAUT = SAMPLE / "2021 holiday" / "astronaut.jpg"
 SPINNER = SAMPLE / "misc" / "spinner.gif"

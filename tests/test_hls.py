@@ -11,7 +11,7 @@ import m3u8
 import pytest
 from conftest import ffmpeg, file_row, make_audio_only, make_video
 
-from cl_ml_tools import hls
+from cl_ml_tools.steps import hls
 
 
 def test_plan_ladder_never_upscales() -> None:

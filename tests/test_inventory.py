@@ -11,7 +11,9 @@ import pytest
 from conftest import SAMPLE, make_audio_only, make_video
 from PIL import Image
 
-from cl_ml_tools import inventory
+from cl_ml_tools.data import inventory
+from cl_ml_tools.media import sniff
+from cl_ml_tools.steps.files import files_rows
 
 
 @pytest.mark.parametrize(
@@ -34,26 +36,26 @@ from cl_ml_tools import inventory
     ],
 )
 def test_sniff_reads_bytes_not_names(head: bytes, ext: str, expected: tuple[str, str]) -> None:
-    assert inventory.sniff_bytes(head, ext) == expected
+    assert sniff.sniff_bytes(head, ext) == expected
 
 
 def test_sniff_real_files(tmp_path: Path) -> None:
-    kinds = {p.name: inventory.sniff(p) for p in SAMPLE.rglob("*") if p.is_file()}
+    kinds = {p.name: sniff.sniff(p) for p in SAMPLE.rglob("*") if p.is_file()}
     assert kinds["astronaut.jpg"] == ("image", "jpeg")
     assert kinds["rocket.heic"] == ("image", "heic")
     assert kinds["clip.mp4"] == ("video", "mp4")
     assert kinds["portrait.mov"][0] == "video"
     assert kinds["notes.txt"] == ("other", "text")
-    assert inventory.sniff(make_audio_only(tmp_path / "a.m4a"))[0] == "audio"
+    assert sniff.sniff(make_audio_only(tmp_path / "a.m4a"))[0] == "audio"
     # A video renamed .jpg is still a video.
     renamed = make_video(tmp_path / "v.mp4", seconds=1).rename(tmp_path / "v.jpg")
-    assert inventory.sniff(renamed) == ("video", "mp4")
+    assert sniff.sniff(renamed) == ("video", "mp4")
 
 
 def test_media_kind_follows_bytes_then_name() -> None:
-    assert inventory.media_kind("video", "x.jpg") == "video"
-    assert inventory.media_kind("other", "x.jpg") == "image"  # text named .jpg reaches the image steps
-    assert inventory.media_kind("other", "x.txt") is None
+    assert sniff.media_kind("video", "x.jpg") == "video"
+    assert sniff.media_kind("other", "x.jpg") == "image"  # text named .jpg reaches the image steps
+    assert sniff.media_kind("other", "x.txt") is None
 
 
 @pytest.mark.parametrize(("name", "relpath"), [("photos", "2020/a.jpg"), ("other", "2020/a.jpg"), ("p", "é/☃ x.png")])
@@ -139,7 +141,7 @@ def test_files_rows_sniff_and_report(tmp_path: Path) -> None:
     make_tree(tmp_path / "root")
     (tmp_path / "root" / "empty.jpg").write_bytes(b"")
     entries = list(inventory.scan({"in": tmp_path / "root"}, ["*"], [".*"]))
-    rows = {r["relpath"]: r for r in inventory.files_rows(entries, "0000")}
+    rows = {r["relpath"]: r for r in files_rows(entries, "0000")}
     assert rows["a.jpg"]["kind"] == "image" and rows["a.jpg"]["format"] == "jpeg"
     assert rows["empty.jpg"]["format"] == "empty" and rows["empty.jpg"]["status"] == "ok"
     assert rows["sub/deeper/c d é.txt"]["kind"] == "other"
@@ -156,7 +158,7 @@ def test_excluded_links_stay_out_and_unlistable_folders_are_reported(tmp_path: P
     locked.chmod(0)
     try:
         script = (
-            "import json, sys; from cl_ml_tools import inventory;"
+            "import json, sys; from cl_ml_tools.data import inventory;"
             "print(json.dumps({e.relpath: e.error for e in inventory.scan({'in': sys.argv[1]}, ['*'], ['.*'])}))"
         )
         # As root, drop the capabilities that ignore file permissions (see test_workflow).
@@ -174,7 +176,7 @@ def test_shard_list_lines_are_canonical_json() -> None:
     """The hand-written encoder gives exactly json.dumps' bytes, so lists written by either stay identical."""
     import json
 
-    from cl_ml_tools.inventory import Entry, _encode_entry
+    from cl_ml_tools.data.inventory import Entry, _encode_entry
 
     for entry in (
         Entry("00ff", "in", "a/b.jpg", "/r/a/b.jpg", 12, 3, None),
@@ -185,7 +187,7 @@ def test_shard_list_lines_are_canonical_json() -> None:
 
 def test_a_file_that_vanishes_after_the_scan_gets_error_rows(tmp_path: Path) -> None:
     """Listed by the inventory (at workflow parse), deleted before its shard's jobs run."""
-    from cl_ml_tools import exif, hashes, thumbnails
+    from cl_ml_tools.steps import exif, hashes, thumbnails
 
     root = tmp_path / "root"
     root.mkdir()
@@ -193,7 +195,7 @@ def test_a_file_that_vanishes_after_the_scan_gets_error_rows(tmp_path: Path) -> 
         Image.new("RGB", (32, 24), (40, 80, 120)).save(root / name)
     entries = list(inventory.scan({"in": root}))
     (root / "gone.png").unlink()
-    files = inventory.files_rows(entries, "0000")
+    files = files_rows(entries, "0000")
     by_name = {Path(r["path"]).name: r for r in files}
     assert by_name["kept.png"]["status"] == "ok"
     assert by_name["gone.png"]["status"] == "error" and "No such file" in by_name["gone.png"]["error"]

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from cl_ml_tools import cli, models
-from cl_ml_tools.models import ModelError, ModelFile, ModelSpec, TensorSpec
+from cl_ml_tools.models import ModelError, ModelFile, ModelSpec, TensorSpec, encoders
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -607,14 +607,12 @@ def test_cuda_on_a_machine_without_it_runs_on_the_cpu_with_the_same_results(tmp_
     through the same io-binding code path."""
     from standins import dinov2
 
-    from cl_ml_tools import embeddings
-
     resolved = models.locate("dinov2_small", {"dinov2_small": dinov2(tmp_path / "dino.onnx")})
     batch = np.random.default_rng(0).normal(size=(3, 3, 224, 224)).astype(np.float32)
     with caplog.at_level(logging.WARNING, logger="cl_ml_tools"):
-        gpu = embeddings.ImageEncoder(resolved, device="cuda")
+        gpu = encoders.ImageEncoder(resolved, device="cuda")
     assert gpu.device == "cpu" and "no CUDA provider" in caplog.text
-    cpu = embeddings.ImageEncoder(resolved)
+    cpu = encoders.ImageEncoder(resolved)
     np.testing.assert_allclose(gpu.embed_batch(batch), cpu.embed_batch(batch), atol=1e-6)
 
 

@@ -9,7 +9,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import DBSCAN
 
-from cl_ml_tools import neighbours
+from cl_ml_tools.data import neighbours
 from cl_ml_tools.models import l2_normalise
 
 INDEX = neighbours.Search(exact_below=0)

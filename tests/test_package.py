@@ -34,8 +34,9 @@ from conftest import REPO, TEST_MODELS, write_config
 from test_service import Server, service_config
 from test_workflow import comparable
 
-from cl_ml_tools import cli, pipeline, tables
-from cl_ml_tools import config as settings
+from cl_ml_tools import cli, pipeline
+from cl_ml_tools.data import config as settings
+from cl_ml_tools.data import tables
 
 pytestmark = pytest.mark.e2e
 
@@ -205,11 +206,11 @@ def test_sdist_and_wheel_pass_twine_check_and_the_wheel_carries_the_workflow(dis
 def test_the_installed_wheel_imports_nothing_from_the_checkout(venv: Path, tmp_path: Path) -> None:
     probe = tmp_path / "probe"
     script = (
-        "import cl_ml_tools, json; from cl_ml_tools import pipeline; from importlib import metadata\n"
+        "import cl_ml_tools, json; from cl_ml_tools.data import workflow; from importlib import metadata\n"
         "from packaging.requirements import Requirement\n"
         "unmet = [r for r in map(Requirement, metadata.requires('cl_ml_tools'))\n"
         "         if not r.marker and metadata.version(r.name) not in r.specifier]\n"
-        "where = [cl_ml_tools.__file__, str(pipeline.snakefile()), cl_ml_tools.__version__]\n"
+        "where = [cl_ml_tools.__file__, str(workflow.snakefile()), cl_ml_tools.__version__]\n"
         "print(json.dumps([*where, list(map(str, unmet))]))"
     )
     env = environment(venv, probe)

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cl_ml_tools import people
 from cl_ml_tools.models import l2_normalise
-from cl_ml_tools.people import FaceKey
+from cl_ml_tools.steps import people
+from cl_ml_tools.steps.people import FaceKey
 
 SETTINGS = people.Settings()
 
@@ -148,7 +148,7 @@ def test_pipeline_keeps_person_ids_when_photos_are_added(tmp_path: Path) -> None
 
     from conftest import SAMPLE, snakemake, write_config
 
-    from cl_ml_tools import tables
+    from cl_ml_tools.data import tables
 
     archive = tmp_path / "archive"
     shutil.copytree(SAMPLE / "2021 holiday", archive / "2021")
@@ -183,7 +183,7 @@ def test_pipeline_keeps_person_ids_when_photos_are_added(tmp_path: Path) -> None
 
 
 def test_the_index_gives_the_clusters_of_the_exact_search() -> None:
-    from cl_ml_tools import neighbours
+    from cl_ml_tools.data import neighbours
 
     rng = np.random.default_rng(40)
     matrix, truth = identities(250, 8, seed=4)
@@ -197,7 +197,7 @@ def test_the_index_gives_the_clusters_of_the_exact_search() -> None:
 
 
 def test_read_faces_joins_the_tables_in_key_order(tmp_path: Path) -> None:
-    from cl_ml_tools import tables
+    from cl_ml_tools.data import tables
 
     rng = np.random.default_rng(5)
     n = 40

@@ -1,4 +1,4 @@
-"""A JPEG preview decoded at reduced DCT scale (``embeddings.load``) reaches the networks with the geometry of a
+"""A JPEG preview decoded at reduced DCT scale (``encoders.load``) reaches the networks with the geometry of a
 full decode, checked against Hugging Face's image processors run on the full decode (issue 19, item 5)."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from PIL import Image, ImageOps
 from transformers import BitImageProcessorPil, CLIPImageProcessorPil
 from transformers.image_transforms import get_resize_output_image_size
 
-from cl_ml_tools import embeddings, thumbnails
+from cl_ml_tools.models import encoders
+from cl_ml_tools.steps import thumbnails
 
 # The published recipes, value for value: facebook/dinov2-small's preprocessor_config.json (BitImageProcessor);
 # MobileCLIP-S2 as open_clip builds it (image_size 256, resize of the shortest edge, bilinear, centre crop,
@@ -81,9 +82,9 @@ def test_a_reduced_decode_keeps_the_full_decodes_geometry(
     Image.fromarray(pixels).save(path, quality=90)
 
     resized = []
-    crop = embeddings.center_crop
-    monkeypatch.setattr(embeddings, "center_crop", lambda image, side: resized.append(image.size) or crop(image, side))
-    x = embeddings.load(path, embeddings.preprocessing(model_id))
+    crop = encoders.center_crop
+    monkeypatch.setattr(encoders, "center_crop", lambda image, side: resized.append(image.size) or crop(image, side))
+    x = encoders.load(path, encoders.preprocessing(model_id))
     reference = full_decode_input(path, model_id)
     expected_h, expected_w = get_resize_output_image_size(pixels, size=256, default_to_square=False)
     assert resized == [(expected_w, expected_h)]
@@ -121,7 +122,7 @@ def test_real_previews_within_the_stated_difference(tmp_path: Path, model_id: st
     for path in previews:
         with Image.open(path) as image:
             assert min(image.size) >= 512 and any(side % 2 for side in image.size), image.size  # decoded at 1/2
-        x, reference = embeddings.load(path, embeddings.preprocessing(model_id)), full_decode_input(path, model_id)
+        x, reference = encoders.load(path, encoders.preprocessing(model_id)), full_decode_input(path, model_id)
         assert x.shape == reference.shape
         d = np.abs(grey_levels(x, model_id) - grey_levels(reference, model_id))
         mean, p99, largest = d.mean(), np.percentile(d, 99), d.max()

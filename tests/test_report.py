@@ -16,7 +16,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from cl_ml_tools import tables
+from cl_ml_tools.data import tables
 
 pytestmark = pytest.mark.e2e
 

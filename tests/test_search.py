@@ -16,7 +16,10 @@ from standins import clip_vocab
 from transformers import CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from cl_ml_tools import cli, embeddings, models, search, tables
+from cl_ml_tools import cli, models, search
+from cl_ml_tools.data import tables
+from cl_ml_tools.models import encoders
+from cl_ml_tools.steps import image_embeddings
 
 pytestmark = pytest.mark.e2e
 
@@ -118,9 +121,9 @@ def test_like_embeds_an_outside_file_with_the_tables_model(tmp_path: Path, test_
         Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).resize((640, 480)).save(photo)
         files.append({"media_id": f"m{i}", "input": "t", "path": str(photo), "status": "ok", "error": None})
     previews = [{**f, "role": "preview", "frame_index": 0, "timestamp_s": None, "file": f["path"]} for f in files]
-    encoder = embeddings.ImageEncoder(models.locate("dinov2_small_int8", int8))
+    encoder = encoders.ImageEncoder(models.locate("dinov2_small_int8", int8))
     results = tmp_path / "results"
-    for name, rows in (("files", files), ("dino", embeddings.embed_shard(previews, encoder, batch_size=8))):
+    for name, rows in (("files", files), ("dino", image_embeddings.embed_shard(previews, encoder, batch_size=8))):
         (results / "tables").mkdir(parents=True, exist_ok=True)
         tables.write_parquet(tables.to_arrow(name, rows), results / "tables" / f"{name}.parquet")
     outside = tmp_path / "outside.jpg"

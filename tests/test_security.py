@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SAMPLE, snakemake, write_config
 
-from cl_ml_tools import tables
+from cl_ml_tools.data import tables
 
 CODE = [*sorted((REPO / "src").rglob("*.py")), *sorted((REPO / "workflow").rglob("*.py"))]
 SUBPROCESS_CALLS = {"run", "Popen", "call", "check_call", "check_output"}

@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pandas as pd
 import pytest
-from conftest import SAMPLE, make_audio_only, write_config
+from conftest import PLACES, SAMPLE, comparable, make_audio_only, write_config
 
-from cl_ml_tools import plugins
+from cl_ml_tools.service import plugins
 
 API_KEY = "test-key-0123456789abcdef"
 PREFIX = "cl_ml_tools_test"
@@ -145,7 +144,7 @@ class Server:
                 return response.json()
 
 
-def processes(storage: Path, programs: tuple[bytes, ...] = (b"cl_ml_tools.runner", b"snakemake")) -> list[int]:
+def processes(storage: Path, programs: tuple[bytes, ...] = (b"cl_ml_tools.service.runner", b"snakemake")) -> list[int]:
     """Processes working on ``storage`` (their command lines name it) that run one of ``programs``: by
     default the runners and pipelines a server started."""
     found = []
@@ -322,23 +321,6 @@ def _table_rows(result: dict[str, Any], step: str, name: str) -> pd.DataFrame:
     return df[df.path.map(lambda p: Path(p).name) == name].reset_index(drop=True)
 
 
-# Columns that name where a row's file lives: the service's upload and outputs are elsewhere than the
-# pipeline's, by design.
-PLACES = {"media_id", "input", "path", "file", "crop", "master"}
-
-
-def _comparable(value: Any) -> Any:
-    if isinstance(value, np.ndarray | list) and len(value) and isinstance(value[0], float | np.floating):
-        return np.round(np.asarray(value, dtype=np.float64), 5).tolist()
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat()
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 @pytest.mark.parametrize(
     "plugin",
     ["hash", "exif", "media_thumbnail", "face_detection", "face_embedding", "dino_embedding", "clip_embedding"],
@@ -375,7 +357,7 @@ def test_each_plugin_answers_with_the_rows_of_its_pipeline_table(
             elif column == "variants":
                 continue
             else:
-                assert _comparable(got[column]) == _comparable(want[column]), column
+                assert comparable(got[column]) == comparable(want[column]), column
     # Output files are named in the rows and downloadable; nothing else is listed.
     made = [r[c] for r in result["rows"] for c in ("file", "crop") if r.get(c)]
     if plugin in ("media_thumbnail", "face_detection"):

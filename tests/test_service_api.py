@@ -24,8 +24,8 @@ from conftest import SAMPLE, file_row, make_audio_only, make_video, write_config
 from PIL import Image, ImageOps
 from test_service import PHOTO, VIDEO, Server, processes, service_config, wait_for
 
-from cl_ml_tools import plugins, runner
-from cl_ml_tools.service_config import load as load_config
+from cl_ml_tools.service import plugins, runner
+from cl_ml_tools.service.service_config import load as load_config
 
 GUIDE_CURL = 'curl -X POST http://localhost:8000/jobs/hash -F "file=@image.jpg" -F "algorithm=sha512"'
 BOMB_LIMIT = 1_000_000

@@ -26,8 +26,8 @@ from conftest import SAMPLE, make_video, write_config
 from prometheus_client.parser import text_string_to_metric_families
 from test_service import API_KEY, MOSQUITTO, PHOTO, Server, free_port, processes, service_config, wait_for
 
-from cl_ml_tools import jobs
-from cl_ml_tools.jobs import DONE, JobStore, Layout, Owner
+from cl_ml_tools.service import jobs
+from cl_ml_tools.service.jobs import DONE, JobStore, Layout, Owner
 
 BIN = Path(sys.executable).parent
 # A client may ask for no slower preset and no taller rendition than the server's own settings allow, so the
@@ -455,7 +455,7 @@ def test_the_final_status_of_jobs_that_ended_during_a_broker_outage_reaches_a_la
 
 
 def test_retention_keeps_the_storage_folder_under_its_size_limit_oldest_finished_jobs_first(tmp_path: Path) -> None:
-    from cl_ml_tools.retention import Retention  # here: a module that older versions lack fails this test only
+    from cl_ml_tools.service.retention import Retention  # here: a module that older versions lack fails this test only
 
     layout = Layout(tmp_path)
     layout.prepare()

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from conftest import REPO
 
-from cl_ml_tools import jobs, plugins, service_config
-from cl_ml_tools.jobs import DONE, QUEUED, RUNNING, JobStore, Layout, Owner
+from cl_ml_tools.service import jobs, plugins, service_config
+from cl_ml_tools.service.jobs import DONE, QUEUED, RUNNING, JobStore, Layout, Owner
 
 
 def _stores(tmp_path: Path, n: int = 2) -> list[JobStore]:

@@ -97,7 +97,7 @@ def test_a_job_past_its_timeout_or_whose_runner_dies_gets_an_error_and_a_broker_
     # A runner that dies in the middle of a job (as on a decoder crash) costs that job only.
     crashed = server.submit("hls_streaming", video, preset="veryslow", ladder=ladder)["job_id"]
     wait_for(lambda: processes(storage, (b"ffmpeg",)), "ffmpeg to start", seconds=30)
-    (runner,) = processes(storage, (b"cl_ml_tools.runner",))
+    (runner,) = processes(storage, (b"cl_ml_tools.service.runner",))
     os.kill(runner, signal.SIGKILL)
     result = server.result(crashed)
     assert result["status"] == "error" and "died (killed by SIGKILL)" in result["error"], result

@@ -8,7 +8,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from cl_ml_tools import fileio, tables
+from cl_ml_tools.data import tables
+from cl_ml_tools.media import fileio
+from cl_ml_tools.steps.files import files_rows
 
 
 def test_every_table_of_files_shares_the_common_columns() -> None:
@@ -106,7 +108,8 @@ def test_every_column_is_documented() -> None:
 
 
 def test_names_that_are_not_utf8_survive_the_round_trip(tmp_path: Path) -> None:
-    from cl_ml_tools import hashes, inventory
+    from cl_ml_tools.data import inventory
+    from cl_ml_tools.steps import hashes
 
     root = tmp_path / "root"
     root.mkdir()
@@ -114,7 +117,7 @@ def test_names_that_are_not_utf8_survive_the_round_trip(tmp_path: Path) -> None:
     with open(raw, "wb") as fh:
         fh.write(b"\xff\xd8\xff not really a jpeg")
     entries = list(inventory.scan({"in": root}))
-    tables.write_part("files", inventory.files_rows(entries, "0000"), tmp_path / "files.parquet")
+    tables.write_part("files", files_rows(entries, "0000"), tmp_path / "files.parquet")
     stored = pq.read_table(tmp_path / "files.parquet").to_pylist()[0]
     assert stored["path"].endswith("/caf\\xe9 \\xff.jpg") and stored["raw_path"] == raw
     [row] = tables.read_part(tmp_path / "files.parquet")

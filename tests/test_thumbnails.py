@@ -8,7 +8,8 @@ import pytest
 from conftest import SAMPLE, ffmpeg, file_row, make_audio_only, make_dng, make_photo, make_video
 from PIL import Image
 
-from cl_ml_tools import imaging, thumbnails
+from cl_ml_tools.media import imaging
+from cl_ml_tools.steps import thumbnails
 
 ASTRONAUT = SAMPLE / "2021 holiday" / "astronaut.jpg"
 SETTINGS = thumbnails.Settings()

@@ -20,8 +20,8 @@ from standins import clip_vocab
 from tokenizers import Tokenizer
 from tokenizers.models import BPE
 
-from cl_ml_tools import tokenizer
-from cl_ml_tools.tokenizer import CONTEXT_LENGTH, END_ID, START_ID
+from cl_ml_tools.models import tokenizer
+from cl_ml_tools.models.tokenizer import CONTEXT_LENGTH, END_ID, START_ID
 
 # Ids from open_clip 3.3.0's own tokenizer (ftfy 6.3.1), zeros after the end token left out. Several need the
 # part of ftfy that tokenizer.py copies (quotes, widths, ligatures, control characters), HTML unescaping, or

@@ -24,8 +24,9 @@ from standins import arcface, dinov2
 from test_hls import check_against_references
 from test_thumbnails import bomb_png
 
-from cl_ml_tools import fileio, inventory, tables
 from cl_ml_tools import models as registry
+from cl_ml_tools.data import inventory, tables
+from cl_ml_tools.media import fileio, sniff
 
 pytestmark = pytest.mark.e2e
 
@@ -175,7 +176,7 @@ def test_bad_input_gets_error_rows_and_the_rest_is_intact(run) -> None:
     work, bad, _ = run
     files = load(work, "files")
     belongs = {"hashes": set(files.relpath), "exif": set(files.relpath)}
-    kind = {r.relpath: inventory.media_kind(r.kind, r.path) for r in files.itertuples()}
+    kind = {r.relpath: sniff.media_kind(r.kind, r.path) for r in files.itertuples()}
     belongs["thumbnails"] = {p for p, k in kind.items() if k in ("image", "video")}
     belongs["hls"] = {p for p, k in kind.items() if k == "video"}
     for step, members in belongs.items():

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, models, pipeline, search, service_config
+from . import __version__, models, pipeline, search
 from .models import ModelError, Resolved
+from .service import service_config
 
 PROG = "cl-ml-tools"
 DEFAULT_CONFIG = "config.yaml"

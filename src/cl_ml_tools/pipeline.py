@@ -1,10 +1,5 @@
-"""The Snakemake pipeline as the package carries it, and ``cl-ml-tools run``.
-
-An installed wheel holds the workflow under ``cl_ml_tools/workflow/`` (setup.py puts it there, keeping the
-repository's layout: ``Snakefile``, ``workflow/{rules,scripts,report}``, ``profiles``, ``envs``, the default
-``config.yaml``); a checkout (an editable install, or ``src`` on ``PYTHONPATH``) has the same files at the top of
-the repository. :func:`root` answers with whichever this package has, so the command line, the service's archive
-job and the tests run the same files.
+"""``cl-ml-tools run``: the Snakemake pipeline the package carries (:mod:`cl_ml_tools.data.workflow` says where)
+on the folders named.
 
 ``cl-ml-tools run`` is the plain ``snakemake`` command on that Snakefile, in the working directory, with a config
 file it writes (``<results>/run-config.yaml``): the ``--config`` file, else ``./config.yaml``, else the packaged
@@ -13,7 +8,6 @@ default, with the folders named on the command line as its inputs and ``--result
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 import re
 import subprocess
@@ -24,35 +18,14 @@ from typing import Any
 
 import yaml
 
-from . import service_config
-from .fileio import write_bytes_atomic
+from .data.workflow import PipelineError, root
+from .media.fileio import write_bytes_atomic
+from .service import service_config
 
-PACKAGED = "workflow"
 DEFAULT_CONFIG = "config.yaml"
 RUN_CONFIG = "run-config.yaml"
 # What the config schema allows as an input's name; anything else in a folder's name becomes "_".
 NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-class PipelineError(Exception):
-    """The pipeline cannot be found or started; the message says why."""
-
-
-def root() -> Path:
-    """The folder holding the Snakefile and everything it reads: ``cl_ml_tools/workflow`` in an installed wheel,
-    the repository's top folder in a checkout."""
-    package = importlib.resources.files("cl_ml_tools")
-    if not isinstance(package, Path):
-        # Snakemake reads the rules and scripts by path, so they must be files on disk.
-        raise PipelineError(f"cl_ml_tools is imported from {package}, not from a folder: install it with pip")
-    for candidate in (package / PACKAGED, package.parent.parent):
-        if (candidate / "Snakefile").is_file():
-            return candidate
-    raise PipelineError(f"no Snakefile in {package / PACKAGED} (a wheel) or {package.parent.parent} (a checkout)")
-
-
-def snakefile() -> Path:
-    return root() / "Snakefile"
 
 
 def input_name(path: str) -> str:

@@ -16,9 +16,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import embeddings, imaging, models, tables
-from .clip import TextEncoder
-from .tables import STATUS_OK
+from . import models
+from .data import tables
+from .data.tables import STATUS_OK
+from .media import imaging
+from .models.encoders import ImageEncoder, TextEncoder
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ def by_text(
     image_tower = _table_model("clip", tags)
     if image_tower.text_tower is None:
         raise SearchError(f"{image_tower.id} has no text tower: the clip table cannot be searched by text")
-    text = TextEncoder(models.fetch(image_tower.text_tower, overrides)).embed([query])[0]
+    text = models.Loader.fetching(overrides).load(TextEncoder, image_tower.text_tower).embed([query])[0]
     return _rank(results, ids, matrix @ text, top, _files(results))
 
 
@@ -129,7 +131,8 @@ def by_example(
         return _rank(results, ids, matrix @ query, top, files, exclude=media_id)
     if not tags:
         return []  # no embedded file to compare with
-    resolved = models.fetch(_table_model("dino", tags).id, overrides)
+    loader = models.Loader.fetching(overrides)
+    resolved = loader.resolved(_table_model("dino", tags).id)
     if resolved.tag not in tags:
         raise SearchError(
             f"the dino table was made with {', '.join(tags)}, not {resolved.tag}: embeddings of different "
@@ -138,5 +141,5 @@ def by_example(
     opened = imaging.open_image(path, "")
     # The archive's embeddings were made from previews; go through the same size first.
     image = imaging.to_srgb(imaging.orient(imaging.fit(opened.image, preview_size), opened.orientation))
-    query = embeddings.ImageEncoder(resolved).embed([image])[0]
+    query = loader.load(ImageEncoder, resolved.id).embed([image])[0]
     return _rank(results, ids, matrix @ query, top, files)

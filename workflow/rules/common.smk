@@ -4,15 +4,17 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
-from cl_ml_tools import config as settings
-from cl_ml_tools import inventory, models, people, tables
-from cl_ml_tools.report import PAGES as REPORT_PAGES
+from cl_ml_tools import models
+from cl_ml_tools.data import config as settings
+from cl_ml_tools.data import inventory, tables
+from cl_ml_tools.steps import people, registry
+from cl_ml_tools.steps.report import PAGES as REPORT_PAGES
 
 min_version("9.0")
 
 
-# The schema is the package's (src/cl_ml_tools/config.schema.yaml, shared with the service and the steps'
-# Settings); it fills in every default and takes the model choices from the registry.
+# The schema is the package's (src/cl_ml_tools/data/config.schema.yaml, shared with the service and the steps'
+# Settings); it fills in every default and takes the model choices from the model registry.
 try:
     settings.validate(config)
 except settings.ConfigError as exc:
@@ -20,20 +22,12 @@ except settings.ConfigError as exc:
 
 RESULTS = Path(config["results"])
 INVENTORY = RESULTS / "inventory"
-# Steps run per shard (a part each, then consolidated into a table), and steps over the whole archive that
-# read the consolidated tables.
-STEPS = ("files", "hashes", "exif", "thumbnails", "hls", "faces", "face_embeddings", "dino", "clip")
-GLOBAL_STEPS = ("duplicates", "people")
+# Steps run per shard (a part each, then consolidated into a table), steps over the whole archive that read
+# the consolidated tables, and the step each reads: all from the step registry (cl_ml_tools.steps.registry).
+STEPS = registry.SHARD_STEPS
+GLOBAL_STEPS = registry.ARCHIVE_STEPS
 ENABLED = [s for s in STEPS + GLOBAL_STEPS if s == "files" or config[s]["enabled"]]
-# Steps that read another step's output, and the step they read.
-NEEDS = {
-    "faces": "thumbnails",
-    "face_embeddings": "faces",
-    "dino": "thumbnails",
-    "clip": "thumbnails",
-    "duplicates": "hashes",
-    "people": "face_embeddings",
-}
+NEEDS = registry.NEEDS
 for _step, _needed in NEEDS.items():
     if _step in ENABLED and _needed not in ENABLED:
         raise ValueError(f"config.yaml: {_step}.enabled needs {_needed}.enabled (it reads that step's output)")

@@ -1,7 +1,3 @@
-from cl_ml_tools import duplicates, steps
+from cl_ml_tools.steps import registry
 
-steps.log_to(snakemake.log[0])
-settings = duplicates.Settings.from_config(snakemake.params.settings)
-with steps.work():
-    inputs = snakemake.input
-    duplicates.duplicates_table(inputs.files, inputs.hashes, inputs.dino or None, snakemake.output[0], settings)
+registry.run_job("duplicates", snakemake)

@@ -1,6 +1,3 @@
-from cl_ml_tools import exif, steps, tables
+from cl_ml_tools.steps import registry
 
-steps.log_to(snakemake.log[0])
-with steps.work():
-    files = tables.read_part(snakemake.input.files)
-    tables.write_part("exif", exif.exif_shard(files, processes=snakemake.threads), snakemake.output[0])
+registry.run_job("exif", snakemake)

@@ -1,12 +1,3 @@
-import dataclasses
+from cl_ml_tools.steps import registry
 
-from cl_ml_tools import face_embeddings, models, steps, tables
-
-steps.log_to(snakemake.log[0])
-runtime = models.runtime_from_config(snakemake.config)
-settings = face_embeddings.Settings.from_config(snakemake.params.settings)
-settings = dataclasses.replace(settings, batch_size=runtime.batch(settings.batch_size))
-model = face_embeddings.ArcFace(models.read_record(snakemake.input.model), snakemake.threads, runtime.device)
-with steps.work():
-    rows = face_embeddings.face_embeddings_shard(tables.read_part(snakemake.input.faces), model, settings)
-    tables.write_part("face_embeddings", rows, snakemake.output[0])
+registry.run_job("face_embeddings", snakemake)

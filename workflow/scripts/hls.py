@@ -1,10 +1,3 @@
-from pathlib import Path
+from cl_ml_tools.steps import registry
 
-from cl_ml_tools import hls, steps, tables
-
-steps.log_to(snakemake.log[0])
-with steps.work():
-    files = tables.read_part(snakemake.input.files)
-    settings = hls.Settings.from_config(snakemake.params.settings)
-    rows = hls.hls_shard(files, Path(snakemake.output.renditions), settings, threads=snakemake.threads)
-    tables.write_part("hls", rows, snakemake.output.part)
+registry.run_job("hls", snakemake)

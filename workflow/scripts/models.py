@@ -1,6 +1,7 @@
 import sys
 
-from cl_ml_tools import models, steps
+from cl_ml_tools import models
+from cl_ml_tools.steps import common as steps
 
 steps.log_to(snakemake.log[0])
 try:

@@ -1,4 +1,6 @@
-from cl_ml_tools import report, steps, tables
+from cl_ml_tools.data import tables
+from cl_ml_tools.steps import common as steps
+from cl_ml_tools.steps import report
 
 steps.log_to(snakemake.log[0])
 settings = report.Settings.from_config(snakemake.params.settings)

@@ -1,4 +1,5 @@
-from cl_ml_tools import steps, tables
+from cl_ml_tools.data import tables
+from cl_ml_tools.steps import common as steps
 
 steps.log_to(snakemake.log[0])
 with steps.work():

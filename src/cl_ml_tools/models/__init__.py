@@ -1,6 +1,7 @@
 """Model manager: the registry of the networks the ML steps use (:mod:`.registry`), a verified local cache
-(:mod:`.cache`), downloads (:mod:`.download`), the config's ``models`` section (:mod:`.runtime`) and ONNX
-Runtime sessions (:mod:`.onnx`).
+(:mod:`.cache`), downloads (:mod:`.download`), the config's ``models`` section (:mod:`.runtime`), ONNX
+Runtime sessions (:mod:`.onnx`), and the encoders built on them (:mod:`.encoders`, with the CLIP
+:mod:`.tokenizer`).
 
 Every file the steps load is identified by its sha256. Registry pins are checked on download; a cached file is
 hashed once on first use and then trusted through a stamp beside it (size, mtime, inode, sha256), so a job
@@ -9,6 +10,7 @@ only pays a ``stat``. Nothing is ever placed under its final name before it has 
 
 from .cache import CACHE_ENV, LOCK_NAME, cache_dir, cache_state, identity, locate, read_record, verify, write_record
 from .download import OFFLINE_ENV, fetch
+from .loader import Loader
 from .onnx import (
     OnnxModel,
     check_io,
@@ -41,6 +43,7 @@ __all__ = [
     "REGISTRY",
     "RUNTIME_KEYS",
     "ImageInput",
+    "Loader",
     "ModelError",
     "ModelFile",
     "ModelSpec",

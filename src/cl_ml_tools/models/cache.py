@@ -17,7 +17,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from ..fileio import write_bytes_atomic
+from ..media.fileio import write_bytes_atomic
 from .registry import ModelError, ModelFile, ModelSpec, Resolved, spec_of
 
 log = logging.getLogger(__name__)

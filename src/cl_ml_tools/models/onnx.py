@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..fileio import atomic_path
+from ..media.fileio import atomic_path
 from .cache import cache_dir
 from .registry import ModelError, ModelSpec, Resolved, notice
 from .runtime import DEVICES

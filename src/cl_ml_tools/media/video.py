@@ -1,0 +1,232 @@
+"""ffprobe/ffmpeg helpers shared by the video parts of hashes, thumbnails and hls."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import MediaError
+
+FFPROBE = os.environ.get("CL_ML_TOOLS_FFPROBE", "ffprobe")
+FFMPEG = os.environ.get("CL_ML_TOOLS_FFMPEG", "ffmpeg")
+TIMEOUT_S = 600
+
+
+def run_tool(args: list[str], timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[bytes]:
+    """Run an external tool with an argument list (never a shell string) and a time limit."""
+    try:
+        return subprocess.run(args, capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        raise MediaError(f"{Path(args[0]).name} took longer than {timeout:.0f} s") from exc
+
+
+def _last_lines(stderr: bytes, path: str | os.PathLike[str] | None = None, n: int = 3) -> str:
+    """The end of a tool's complaint, with the file's full path (already in the row) shortened."""
+    text = stderr.decode("utf-8", "replace")
+    if path is not None:
+        text = text.replace(os.fspath(path), Path(path).name)
+    lines = [re.sub(r"^\[[^\]]+ @ 0x[0-9a-f]+\] ", "", ln) for ln in text.splitlines() if ln.strip()]
+    return " | ".join(lines[-n:]) or "no message"
+
+
+@dataclass
+class VideoInfo:
+    duration: float | None
+    width: int
+    height: int
+    rotation: int  # degrees, as the display matrix asks; ffmpeg applies it when decoding
+    codec: str
+    has_audio: bool
+    audio_codec: str | None
+    streams: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def oriented_size(self) -> tuple[int, int]:
+        if abs(self.rotation) % 180 == 90:
+            return self.height, self.width
+        return self.width, self.height
+
+
+def probe(path: str | os.PathLike[str]) -> VideoInfo:
+    """Streams and duration of a video; a file without a video stream is an error."""
+    if os.path.getsize(path) == 0:
+        raise MediaError("empty file (0 bytes)")
+    proc = run_tool(
+        [FFPROBE, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", "--", os.fspath(path)]
+    )
+    if proc.returncode != 0:
+        raise MediaError(f"ffprobe cannot read this file: {_last_lines(proc.stderr, path)}")
+    data = json.loads(proc.stdout or b"{}")
+    streams = data.get("streams", [])
+    video = [s for s in streams if s.get("codec_type") == "video" and not _is_attached_picture(s)]
+    audio = [s for s in streams if s.get("codec_type") == "audio"]
+    if not video:
+        kinds = ", ".join(sorted({s.get("codec_type", "?") for s in streams})) or "none"
+        raise MediaError(f"no video stream (streams found: {kinds})")
+    v = video[0]
+    return VideoInfo(
+        duration=_duration(data.get("format", {}), v),
+        width=int(v.get("width") or 0),
+        height=int(v.get("height") or 0),
+        rotation=_rotation(v),
+        codec=str(v.get("codec_name")),
+        has_audio=bool(audio),
+        audio_codec=audio[0].get("codec_name") if audio else None,
+        streams=streams,
+    )
+
+
+def _is_attached_picture(stream: dict[str, Any]) -> bool:
+    return bool(stream.get("disposition", {}).get("attached_pic"))
+
+
+def _duration(fmt: dict[str, Any], stream: dict[str, Any]) -> float | None:
+    for value in (stream.get("duration"), fmt.get("duration")):
+        try:
+            d = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(d) and d > 0:
+            return d
+    return None
+
+
+def _rotation(stream: dict[str, Any]) -> int:
+    for side in stream.get("side_data_list", []) or []:
+        if "rotation" in side:
+            return round(float(side["rotation"]))
+    rotate = stream.get("tags", {}).get("rotate")
+    return int(rotate) if rotate and rotate.lstrip("-").isdigit() else 0
+
+
+# The first video stream that is a moving picture: ffmpeg's "V" leaves out cover art and other still images.
+FIRST_VIDEO = "V:0"
+
+# Bitstream filters that give H.264 and HEVC one byte form whatever container held them. MP4, MOV and Matroska
+# store NAL units with length prefixes and the parameter sets in the header; MPEG-TS stores them in Annex B with
+# the parameter sets in-band, and its muxer adds an access unit delimiter (NAL type 9 / 35) to every packet.
+# Annex B with parameter sets in front of each IDR and no delimiters is what both give after these filters.
+CANONICAL_BSF = {
+    "h264": "h264_mp4toannexb,filter_units=remove_types=9",
+    "hevc": "hevc_mp4toannexb,filter_units=remove_types=35",
+}
+CHUNK = 1 << 20
+
+
+def keyframe_count(path: str | os.PathLike[str]) -> int:
+    """How many key packets the first video stream has, as its demuxer flags them."""
+    proc = run_tool(
+        [
+            FFPROBE, "-v", "error", "-select_streams", FIRST_VIDEO, "-show_entries", "packet=flags",
+            "-of", "csv=p=0", "--", os.fspath(path),
+        ]
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise MediaError(f"ffprobe cannot read this file: {_last_lines(proc.stderr, path)}")
+    if proc.stderr.strip():
+        # ffprobe stops listing at the first unreadable byte ("partial file"): a count of what it managed to
+        # list would silently describe only part of the video.
+        raise MediaError(f"video is damaged or truncated: {_last_lines(proc.stderr, path)}")
+    count = sum("K" in line for line in proc.stdout.decode("ascii", "replace").splitlines())
+    if not count:
+        probe(path)  # says "no video stream" when that is the reason
+        raise MediaError("video stream has no keyframe packets")
+    return count
+
+
+def read_keyframes(path: str | os.PathLike[str], consume: Callable[[bytes], object]) -> int:
+    """Pass the payloads of the first video stream's key packets, in stream order and as the demuxer returns
+    them (H.264/HEVC made canonical by ``CANONICAL_BSF``), to ``consume`` in chunks; returns how many packets.
+
+    One ffmpeg process copies the stream twice: the payloads, concatenated, to a pipe, and a line per packet
+    (``framecrc``: size and Adler-32) to a file, which gives the count and proves the pipe carried every byte.
+    """
+    codec = probe(path).codec
+    bsf = ",".join(["noise=drop=not(key)", *([CANONICAL_BSF[codec]] if codec in CANONICAL_BSF else [])])
+    copy = ["-map", f"0:{FIRST_VIDEO}", "-c", "copy", "-bsf:v", bsf]
+    with tempfile.TemporaryDirectory(prefix="cl_ml_tools_keyframes_") as tmp:
+        listing, errors = Path(tmp) / "packets.txt", Path(tmp) / "stderr.txt"
+        args = [FFMPEG, "-nostdin", "-v", "error", "-i", os.fspath(path), *copy, "-f", "data", "pipe:1"]
+        args += [*copy, "-f", "framecrc", os.fspath(listing)]
+        with errors.open("wb") as err, subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err) as proc:
+            timed_out = threading.Event()
+            timer = threading.Timer(TIMEOUT_S, lambda: (timed_out.set(), proc.kill()))
+            timer.start()
+            try:
+                total = 0
+                assert proc.stdout is not None
+                while chunk := proc.stdout.read(CHUNK):
+                    consume(chunk)
+                    total += len(chunk)
+                returncode = proc.wait()
+            finally:
+                timer.cancel()
+        stderr = errors.read_bytes()
+        if timed_out.is_set():
+            raise MediaError(f"{Path(FFMPEG).name} took longer than {TIMEOUT_S:.0f} s")
+        if returncode != 0:
+            raise MediaError(f"ffmpeg cannot read this file: {_last_lines(stderr, path)}")
+        if stderr.strip():
+            # ffmpeg stops at the first unreadable byte ("partial file") and still exits 0: a hash of what it
+            # managed to read would silently describe only part of the video.
+            raise MediaError(f"video is damaged or truncated: {_last_lines(stderr, path)}")
+        sizes = [int(line.split(",")[4]) for line in listing.read_text("ascii").splitlines() if line[:1].isdigit()]
+    if not sizes:
+        raise MediaError("video stream has no keyframe packets")
+    if sum(sizes) != total:
+        raise MediaError(f"ffmpeg listed {sum(sizes)} bytes of keyframe packets but passed {total}")
+    return len(sizes)
+
+
+def fit_filter(box: int) -> str:
+    """An ffmpeg scale filter fitting the (already rotated) frame inside box×box, never upscaling."""
+    return (
+        f"scale=w='min({box},iw)':h='min({box},ih)':force_original_aspect_ratio=decrease:force_divisible_by=2,setsar=1"
+    )
+
+
+def extract_frames(path: str | os.PathLike[str], times: list[float], box: int, out_dir: Path) -> list[Path | None]:
+    """Decode one frame at each time (seconds) in a single ffmpeg process, scaled to fit ``box``.
+
+    Each time gets its own input with an input-side seek, so only the stretch from the preceding keyframe
+    is decoded. Returns one BMP path per time, or None where the stream had no frame there.
+    """
+    args = [FFMPEG, "-nostdin", "-v", "error", "-y"]
+    for t in times:
+        args += ["-ss", f"{t:.3f}", "-i", os.fspath(path)]
+    outputs = [out_dir / f"frame{i:03d}.bmp" for i in range(len(times))]
+    for i, out in enumerate(outputs):
+        args += ["-map", f"{i}:v:0", "-frames:v", "1", "-vf", fit_filter(box), "-pix_fmt", "bgr24", os.fspath(out)]
+    proc = run_tool(args)
+    found = [out if out.exists() and out.stat().st_size > 0 else None for out in outputs]
+    if not any(found):
+        raise MediaError(f"ffmpeg could not decode any frame: {_last_lines(proc.stderr)}")
+    return found
+
+
+def contact_sheet(path: str | os.PathLike[str], n_keyframes: int, tile_width: int, grid: int, out: Path) -> Path:
+    """A grid×grid sheet of evenly spaced keyframes, decoding keyframes only (``-skip_frame nokey``)."""
+    cells = grid * grid
+    step = max(1, n_keyframes / cells)
+    picks = sorted({int(i * step) for i in range(min(cells, n_keyframes))})
+    select = "+".join(f"eq(n\\,{n})" for n in picks)
+    rows = -(-len(picks) // grid)  # a short video gets a shorter sheet, not rows of black
+    vf = f"select='{select}',scale={tile_width}:-2,setsar=1,tile={grid}x{rows}"
+    proc = run_tool(
+        [
+            FFMPEG, "-nostdin", "-v", "error", "-y", "-skip_frame", "nokey", "-i", os.fspath(path),
+            "-vf", vf, "-frames:v", "1", "-fps_mode", "vfr", "-pix_fmt", "bgr24", os.fspath(out),
+        ]
+    )  # fmt: skip
+    if proc.returncode != 0 or not out.exists():
+        raise MediaError(f"ffmpeg could not build the contact sheet: {_last_lines(proc.stderr)}")
+    return out

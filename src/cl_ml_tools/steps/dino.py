@@ -1,0 +1,16 @@
+"""The ``dino`` step: DINOv2 ViT-S/14 embeddings of the preview frames (visual similarity, near duplicates,
+``search --like``). It runs :mod:`.image_embeddings` with its own config section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..data.config import schema_defaults
+from . import image_embeddings
+
+
+@dataclass(frozen=True)
+@schema_defaults("dino")
+class Settings(image_embeddings.Settings):
+    model: str
+    batch_size: int

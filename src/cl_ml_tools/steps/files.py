@@ -1,0 +1,42 @@
+"""The ``files`` step: each entry of a shard list sniffed from its bytes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from ..data.inventory import Entry
+from ..media.fileio import displayable
+from ..media.sniff import sniff
+from .common import Job
+
+
+def _raw_path(path: str) -> bytes | None:
+    """The path's bytes when they are not valid UTF-8 (the only case the string column cannot hold)."""
+    return None if displayable(path) == path else os.fsencode(path)
+
+
+def files_rows(entries: Iterable[Entry], shard: str) -> list[dict[str, object]]:
+    """The ``files`` table rows of one shard: each entry sniffed from its bytes (``mtime`` as epoch
+    nanoseconds, which the table stores as timestamp[ns, UTC])."""
+    rows = []
+    for e in entries:
+        status, error = "ok", None
+        kind, fmt = "other", None
+        if e.error:
+            status, error = "skipped", e.error
+        else:
+            try:
+                kind, fmt = sniff(e.path)
+            except OSError as exc:
+                status, error = "error", f"cannot read: {exc.strerror}"
+        rows.append({
+            "media_id": e.media_id, "input": e.input, "path": e.path, "status": status, "error": error,
+            "relpath": e.relpath, "size": e.size, "mtime": e.mtime_ns,
+            "kind": kind, "format": fmt, "shard": shard, "raw_path": _raw_path(e.path),
+        })  # fmt: skip
+    return rows
+
+
+def shard(job: Job) -> list[dict[str, object]]:
+    return files_rows(job.files, job.shard)
