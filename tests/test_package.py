@@ -256,7 +256,7 @@ def test_cl_ml_tools_run_from_the_wheel_makes_the_tables_of_a_checkout_run(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "steps (100%) done" in proc.stderr
     # The steps ran in the environment's Python too (Snakemake runs each rule's script as a child process).
-    assert {"cl_ml_tools.pipeline", "cl_ml_tools.hashes", "cl_ml_tools.faces"} <= assert_inside(venv, probe)
+    assert {"cl_ml_tools.pipeline", "cl_ml_tools.steps.hashes", "cl_ml_tools.steps.faces"} <= assert_inside(venv, probe)
     results = tmp_path / "out"
     used = yaml.safe_load((results / "run-config.yaml").read_text())
     assert used["inputs"] == {"photos": str(sample_run / "archive")} and used["models"] == TEST_MODELS
@@ -306,4 +306,4 @@ def test_the_archive_job_of_a_server_from_the_wheel_runs_the_packaged_pipeline(
         ours = comparable(tables.load(step, tmp_path / "storage" / "archive" / "results", columns=kept))
         theirs = comparable(tables.load(step, sample_run / "results", columns=kept))
         pd.testing.assert_frame_equal(ours, theirs, obj=step)
-    assert {"cl_ml_tools.master", "cl_ml_tools.archive", "cl_ml_tools.hashes"} <= assert_inside(venv, probe)
+    assert {"cl_ml_tools.master", "cl_ml_tools.service.archive", "cl_ml_tools.steps.hashes"} <= assert_inside(venv, probe)
