@@ -48,12 +48,15 @@ from starlette.requests import ClientDisconnect
 from .. import __version__, models
 from ..data import inventory
 from ..media import sniff
-from . import mqtt, openapi, plugins, service_config
-from .jobs import ERROR, FINISHED, JOB_ID, QUEUED, RUNNING, Job, JobStore, Layout, Owner
+from . import documents, mqtt, openapi, plugins, service_config
+from .documents import STATES
+from .jobs import ERROR, RUNNING, Job, JobStore
 from .metrics import CONTENT_TYPE, Metrics
+from .owner import Owner
 from .plugins import ARCHIVE, INPUT, PLUGINS, OptionsError, Plugin
+from .server_process import ServerProcess
+from .storage import JOB_ID, RESULT_FILE, Layout
 from .uploads import RequestError, arriving, receive
-from .worker import Dispatcher, error_result
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ FILE_TYPES = {".m3u8": "application/vnd.apple.mpegurl", ".ts": "video/mp2t"}
 
 
 class Service:
-    """Everything one server process holds: the queue, its dispatcher, the MQTT publisher, the metrics."""
+    """Everything one server process holds: the queue, what runs its jobs, the MQTT publisher, the metrics."""
 
     def __init__(self, config: service_config.ServiceConfig):
         self.config = config
@@ -74,8 +77,8 @@ class Service:
         self.layout.prepare()
         self.store = JobStore(self.layout, Owner.this_process())
         self.events = mqtt.events(config.mqtt)
-        self.dispatcher = Dispatcher(config, self.layout, self.store, self.events, finished=self._finished)
-        self.disk = self.dispatcher.disk
+        self.jobs = ServerProcess(config, self.layout, self.store, self.events, finished=self._finished)
+        self.disk = self.jobs.disk
         self.metrics = Metrics(self.store, self.events, self.disk)
         self.overrides = models.overrides_from_config(config.raw)
         self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
@@ -85,10 +88,10 @@ class Service:
         self.shutting_down = False
 
     def start(self) -> None:
-        self.dispatcher.start()
+        self.jobs.start()
 
     def stop(self) -> None:
-        self.dispatcher.stop()
+        self.jobs.stop()
         self.events.close()
         self.store.close()
 
@@ -100,7 +103,7 @@ class Service:
         return PLUGINS.get(name)
 
     def _finished(self, job_id: str) -> None:
-        """Called by the dispatcher's threads: wake the requests waiting for this job."""
+        """Called by the job slots' threads: wake the requests waiting for this job."""
         with self._waiters_lock:
             waiting = list(self._waiters.get(job_id, ()))
         for loop, event in waiting:
@@ -149,7 +152,7 @@ class Service:
                     raise Unavailable(
                         503, "shutting_down", f"the server is stopping; job {job_id} is {job.state}", RETRY_AFTER_S
                     )
-                # Woken by this process's dispatcher; the poll catches jobs that another process ran.
+                # Woken by this process's job slots; the poll catches jobs that another process ran.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), min(remaining, WAIT_POLL_S))
         finally:
@@ -251,7 +254,7 @@ class Unavailable(RequestError):
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     if status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
-    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+    return JSONResponse(documents.refusal(code, message), status_code=status, headers=headers)
 
 
 @app.exception_handler(RequestError)
@@ -330,23 +333,13 @@ app.add_middleware(_CountRequests)
 @app.get("/health")
 async def health(request: Request) -> dict[str, Any]:
     service = _service(request)
-    counts = await run_in_threadpool(service.store.counts)
-    queue = {state: sum(n for (_, s), n in counts.items() if s == state) for state in (QUEUED, RUNNING, *FINISHED)}
-    offered = {
-        name: {"step": p.step, "accepts": p.describe_kinds(), "options": plugins.option_names(p)}
-        for name, p in PLUGINS.items()
-        if name in service.config.enabled_plugins
-    }
-    return {
-        "status": "ok",
-        "version": __version__,
-        "plugins": offered,
-        "archive": ARCHIVE in service.config.enabled_plugins,
-        "queue": queue,
-        "mqtt": service.events.state,
-        "models": await run_in_threadpool(service.model_states),
-        "disk": await run_in_threadpool(service.disk.describe),
-    }
+    return documents.health(
+        await run_in_threadpool(service.store.counts),
+        service.config.enabled_plugins,
+        service.events.state,
+        await run_in_threadpool(service.model_states),
+        await run_in_threadpool(service.disk.describe),
+    )
 
 
 @app.get("/openapi.json", dependencies=[Depends(authorised)], include_in_schema=False)
@@ -361,7 +354,7 @@ async def metrics(request: Request) -> Response:
 
 
 def _accepted(job: Job, status: int = 202) -> JSONResponse:
-    return JSONResponse(job.status(), status_code=status, headers={"Location": f"/jobs/{job.id}/status"})
+    return JSONResponse(documents.status(job), status_code=status, headers={"Location": f"/jobs/{job.id}/status"})
 
 
 @app.post("/jobs/archive", dependencies=[Depends(authorised)])
@@ -372,8 +365,8 @@ async def submit_archive(request: Request) -> JSONResponse:
     if pending is not None:
         return _accepted(pending, 200)
     job = await run_in_threadpool(service.store.submit, uuid.uuid4().hex, ARCHIVE, {}, None)
-    service.events.publish(job.id, "status", job.status())
-    service.dispatcher.wake()
+    service.events.publish(job.id, "status", documents.status(job))
+    service.jobs.dispatcher.wake()
     return _accepted(job)
 
 
@@ -463,8 +456,8 @@ async def submit(plugin: str, request: Request) -> JSONResponse:
     finally:
         service.uploads -= 1
     service.metrics.upload_bytes.inc(upload.size)
-    service.events.publish(job.id, "status", job.status())
-    service.dispatcher.wake()
+    service.events.publish(job.id, "status", documents.status(job))
+    service.jobs.dispatcher.wake()
     return _accepted(job)
 
 
@@ -474,7 +467,7 @@ Wait = Query(0.0, ge=0.0, le=MAX_WAIT_S, description="seconds to wait for the jo
 @app.get("/jobs/{job_id}/status", dependencies=[Depends(authorised)])
 async def status(job_id: str, request: Request, wait: float = Wait) -> dict[str, Any]:
     job = await _service(request).job(job_id, wait)
-    return job.status()
+    return documents.status(job)
 
 
 async def _finished_result(request: Request, job_id: str, wait: float) -> tuple[Service, bytes]:
@@ -482,12 +475,12 @@ async def _finished_result(request: Request, job_id: str, wait: float) -> tuple[
     job = await service.job(job_id, wait)
     if not job.finished:
         raise RequestError(409, "not_finished", f"job {job.id} is {job.state}; ask again later, or add ?wait=SECONDS")
-    path = service.layout.job_dir(job.id) / "result.json"
+    path = service.layout.job_dir(job.id) / RESULT_FILE
     try:
         return service, await run_in_threadpool(path.read_bytes)
     except FileNotFoundError:
         if job.state == ERROR and job.error:  # the server could not store the result (a full disk)
-            return service, json.dumps(error_result(service.layout, job, job.error)).encode()
+            return service, json.dumps(documents.error_result(service.layout, job, job.error)).encode()
         raise RequestError(404, "unknown_job", f"job {job.id}'s result was deleted (storage.retention_hours)") from None
 
 
@@ -527,25 +520,8 @@ async def ready(request: Request) -> JSONResponse:
         queue = f"error: {exc}"
     disk = await run_in_threadpool(service.disk.describe)
     model_states = await run_in_threadpool(service.model_states)
-    missing = sorted(m for m, state in model_states.items() if state in ("missing", "bad-size"))
-    checks = {
-        "queue": queue,
-        "disk": disk,
-        "models": {"state": "missing" if missing else "ok", "missing": missing},
-        "mqtt": service.events.state,
-        "stopping": service.shutting_down,
-    }
-    usable = (
-        queue == "ok"
-        and disk["state"] == "ok"
-        and not missing
-        and service.events.state != "disconnected"
-        and not service.shutting_down
-    )
-    return JSONResponse({"ready": usable, "checks": checks}, status_code=200 if usable else 503)
-
-
-STATES = (QUEUED, RUNNING, *FINISHED)
+    usable, body = documents.ready(queue, disk, model_states, service.events.state, service.shutting_down)
+    return JSONResponse(body, status_code=200 if usable else 503)
 
 
 @app.get("/jobs", dependencies=[Depends(authorised)])
@@ -564,7 +540,7 @@ async def list_jobs(
         raise RequestError(400, "bad_request", "cursor must be the next_cursor of a previous page")
     service = _service(request)
     found, after = await run_in_threadpool(service.store.page, status, plugin, int(cursor) if cursor else None, limit)
-    return {"jobs": [job.status() for job in found], "next_cursor": None if after is None else str(after)}
+    return documents.page(found, after)
 
 
 @app.delete("/jobs/{job_id}", dependencies=[Depends(authorised)])
@@ -579,8 +555,8 @@ async def delete_job(job_id: str, request: Request) -> dict[str, Any]:
         raise RequestError(404, "unknown_job", f"no job {job_id}")
     if job.state == RUNNING:
         # Run by this process: stopped now; by another: at its next heartbeat.
-        await run_in_threadpool(service.dispatcher.cancel, job_id)
+        await run_in_threadpool(service.jobs.running.cancel, job_id)
     await run_in_threadpool(service.layout.remove_job, job_id)
     service.events.forget(job_id)
     service._finished(job_id)
-    return {"job_id": job_id, "deleted": True, "status": job.state}
+    return documents.deleted(job_id, job.state)
