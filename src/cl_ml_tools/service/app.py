@@ -18,8 +18,6 @@ Run it with ``cl-ml-tools serve``, ``uvicorn cl_ml_tools.master:app`` or gunicor
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import errno
 import hmac
 import json
@@ -32,7 +30,6 @@ import shutil
 import signal
 import sys
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -56,14 +53,12 @@ from .owner import Owner
 from .plugins import ARCHIVE, INPUT, PLUGINS, OptionsError, Plugin
 from .server_process import ServerProcess
 from .storage import JOB_ID, RESULT_FILE, Layout
-from .uploads import RequestError, arriving, receive
+from .uploads import RequestError, Unavailable, arriving, receive
+from .waiting import MAX_WAIT_S, RETRY_AFTER_S, Waiting
 
 log = logging.getLogger(__name__)
 
-MAX_WAIT_S = 60.0
-RETRY_AFTER_S = 5
 MAX_RETRY_AFTER_S = 300
-WAIT_POLL_S = 0.5
 ERROR_CAUSE = "cl_ml_tools.error"  # the scope key where a refusal's code waits for the request counter
 FILE_TYPES = {".m3u8": "application/vnd.apple.mpegurl", ".ts": "video/mp2t"}
 
@@ -77,15 +72,13 @@ class Service:
         self.layout.prepare()
         self.store = JobStore(self.layout, Owner.this_process())
         self.events = mqtt.events(config.mqtt)
-        self.jobs = ServerProcess(config, self.layout, self.store, self.events, finished=self._finished)
+        self.waiting = Waiting(self.store)
+        self.jobs = ServerProcess(config, self.layout, self.store, self.events, finished=self.waiting.finished)
         self.disk = self.jobs.disk
         self.metrics = Metrics(self.store, self.events, self.disk)
         self.overrides = models.overrides_from_config(config.raw)
-        self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
-        self._waiters_lock = threading.Lock()
         self.uploads = 0
         """Uploads this process is receiving now (``server.max_uploads``)."""
-        self.shutting_down = False
 
     def start(self) -> None:
         self.jobs.start()
@@ -102,22 +95,6 @@ class Service:
             raise RequestError(404, "unknown_plugin", f"no plugin {name!r} on this server; it has: {known}")
         return PLUGINS.get(name)
 
-    def _finished(self, job_id: str) -> None:
-        """Called by the job slots' threads: wake the requests waiting for this job."""
-        with self._waiters_lock:
-            waiting = list(self._waiters.get(job_id, ()))
-        for loop, event in waiting:
-            loop.call_soon_threadsafe(event.set)
-
-    def begin_shutdown(self) -> None:
-        """The server was told to stop: answer every request waiting on a job now (503, Retry-After), so
-        that the ASGI server, which waits for open requests before it stops, stops at once."""
-        self.shutting_down = True
-        with self._waiters_lock:
-            waiting = [entry for entries in self._waiters.values() for entry in entries]
-        for loop, event in waiting:
-            loop.call_soon_threadsafe(event.set)
-
     def retry_after(self, queued: int) -> int:
         """Seconds until a queue of ``queued`` jobs has likely moved on: their mean run time so far, spread
         over the job slots."""
@@ -126,40 +103,6 @@ class Service:
         mean = sum(seconds for _, seconds in counts) / runs if runs else RETRY_AFTER_S
         estimate = math.ceil(mean * queued / self.config.max_concurrent_jobs)
         return max(1, min(MAX_RETRY_AFTER_S, estimate))
-
-    async def job(self, job_id: str, wait: float = 0.0) -> Job:
-        """The job, after waiting up to ``wait`` s for it to finish; 404 for an unknown id."""
-        if not JOB_ID.match(job_id):
-            raise RequestError(404, "unknown_job", f"no job {job_id[:64]!r}: job ids are 32 hexadecimal digits")
-        deadline = time.monotonic() + min(wait, MAX_WAIT_S)
-        event = asyncio.Event()
-        entry = (asyncio.get_running_loop(), event)
-        with self._waiters_lock:
-            self._waiters.setdefault(job_id, set()).add(entry)
-        try:
-            while True:
-                job = await run_in_threadpool(self.store.get, job_id)
-                if job is None:
-                    raise RequestError(
-                        404,
-                        "unknown_job",
-                        f"no job {job_id} (never submitted, or deleted after storage.retention_hours)",
-                    )
-                remaining = deadline - time.monotonic()
-                if job.finished or remaining <= 0:
-                    return job
-                if self.shutting_down:
-                    raise Unavailable(
-                        503, "shutting_down", f"the server is stopping; job {job_id} is {job.state}", RETRY_AFTER_S
-                    )
-                # Woken by this process's job slots; the poll catches jobs that another process ran.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(remaining, WAIT_POLL_S))
-        finally:
-            with self._waiters_lock:
-                self._waiters[job_id].discard(entry)
-                if not self._waiters[job_id]:
-                    del self._waiters[job_id]
 
     def model_states(self) -> dict[str, str]:
         """The state of every model an enabled plugin uses by default (``models list``'s states)."""
@@ -207,7 +150,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     service = Service(config)
     service.start()
     app.state.service = service
-    _on_stop_signals(service.begin_shutdown)
+    _on_stop_signals(service.waiting.stop)
     log.info("serving plugins %s from %s", ", ".join(config.enabled_plugins), config.path)
     try:
         yield
@@ -242,13 +185,6 @@ def authorised(request: Request) -> None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
         raise RequestError(401, "unauthorized", "this server needs the header 'Authorization: Bearer <api key>'")
-
-
-class Unavailable(RequestError):
-    """A refusal the client should retry after ``retry_after`` seconds (the ``Retry-After`` header)."""
-
-    def __init__(self, status: int, code: str, message: str, retry_after: int):
-        super().__init__(status, code, message, {"Retry-After": str(retry_after)})
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -466,13 +402,13 @@ Wait = Query(0.0, ge=0.0, le=MAX_WAIT_S, description="seconds to wait for the jo
 
 @app.get("/jobs/{job_id}/status", dependencies=[Depends(authorised)])
 async def status(job_id: str, request: Request, wait: float = Wait) -> dict[str, Any]:
-    job = await _service(request).job(job_id, wait)
+    job = await _service(request).waiting.job(job_id, wait)
     return documents.status(job)
 
 
 async def _finished_result(request: Request, job_id: str, wait: float) -> tuple[Service, bytes]:
     service = _service(request)
-    job = await service.job(job_id, wait)
+    job = await service.waiting.job(job_id, wait)
     if not job.finished:
         raise RequestError(409, "not_finished", f"job {job.id} is {job.state}; ask again later, or add ?wait=SECONDS")
     path = service.layout.job_dir(job.id) / RESULT_FILE
@@ -520,7 +456,7 @@ async def ready(request: Request) -> JSONResponse:
         queue = f"error: {exc}"
     disk = await run_in_threadpool(service.disk.describe)
     model_states = await run_in_threadpool(service.model_states)
-    usable, body = documents.ready(queue, disk, model_states, service.events.state, service.shutting_down)
+    usable, body = documents.ready(queue, disk, model_states, service.events.state, service.waiting.stopping)
     return JSONResponse(body, status_code=200 if usable else 503)
 
 
@@ -558,5 +494,5 @@ async def delete_job(job_id: str, request: Request) -> dict[str, Any]:
         await run_in_threadpool(service.jobs.running.cancel, job_id)
     await run_in_threadpool(service.layout.remove_job, job_id)
     service.events.forget(job_id)
-    service._finished(job_id)
+    service.waiting.finished(job_id)
     return documents.deleted(job_id, job.state)

@@ -8,6 +8,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from . import archive, documents
 from .jobs import Job
@@ -20,25 +21,16 @@ from .storage import Layout
 LOG_LINES = 40
 
 
+@dataclass(eq=False)
 class ArchiveRun:
-    def __init__(
-        self,
-        config: ServiceConfig,
-        layout: Layout,
-        env: Mapping[str, str],
-        running: Running,
-        progress: Progress,
-        finisher: Finisher,
-        stopping: threading.Event,
-    ):
-        self.config = config
-        self.layout = layout
-        self.env = env
-        self.running = running
-        self.progress = progress
-        self.finisher = finisher
-        self.stopping = stopping
-        self._pipeline: subprocess.Popen[bytes] | None = None
+    config: ServiceConfig
+    layout: Layout
+    env: Mapping[str, str]
+    running: Running
+    progress: Progress
+    finisher: Finisher
+    stopping: threading.Event
+    _pipeline: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def __call__(self, job: Job) -> None:
         folder = self.layout.archive

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..steps.common import describe
@@ -33,33 +34,21 @@ DISK_POLL_S = 2.0
 BATCHABLE = tuple(name for name, p in PLUGINS.items() if p.batchable)
 
 
+@dataclass(eq=False)
 class Dispatcher:
-    def __init__(
-        self,
-        config: ServiceConfig,
-        store: JobStore,
-        events: Events,
-        disk: DiskSpace,
-        runner_config: Path,
-        env: Mapping[str, str],
-        file_run: FileRun,
-        archive_run: ArchiveRun,
-        finisher: Finisher,
-        stopping: threading.Event,
-    ):
-        self.config = config
-        self.store = store
-        self.events = events
-        self.disk = disk
-        self.runner_config = runner_config
-        self.env = env
-        self.file_run = file_run
-        self.archive_run = archive_run
-        self.finisher = finisher
-        self.stopping = stopping
-        self._wake = threading.Condition()
-        self._threads: list[threading.Thread] = []
-        self._runners: list[RunnerProcess] = []
+    config: ServiceConfig
+    store: JobStore
+    events: Events
+    disk: DiskSpace
+    runner_config: Path
+    env: Mapping[str, str]
+    file_run: FileRun
+    archive_run: ArchiveRun
+    finisher: Finisher
+    stopping: threading.Event
+    _wake: threading.Condition = field(default_factory=threading.Condition, init=False)
+    _threads: list[threading.Thread] = field(default_factory=list, init=False)
+    _runners: list[RunnerProcess] = field(default_factory=list, init=False)
 
     def start(self) -> None:
         slots = self.config.max_concurrent_jobs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import documents
@@ -15,24 +16,15 @@ from .running import Running
 from .storage import Layout
 
 
+@dataclass(eq=False)
 class FileRun:
-    def __init__(
-        self,
-        layout: Layout,
-        scratch: Path,
-        timeout: float,
-        running: Running,
-        progress: Progress,
-        finisher: Finisher,
-        stopping: threading.Event,
-    ):
-        self.layout = layout
-        self.scratch = scratch
-        self.timeout = timeout
-        self.running = running
-        self.progress = progress
-        self.finisher = finisher
-        self.stopping = stopping
+    layout: Layout
+    scratch: Path
+    timeout: float
+    running: Running
+    progress: Progress
+    finisher: Finisher
+    stopping: threading.Event
 
     def __call__(self, claimed: Sequence[Job], runner: RunnerProcess) -> None:
         claimed = self.running.drop_cancelled(claimed)

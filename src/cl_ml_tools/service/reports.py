@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..steps.common import describe
@@ -22,12 +23,12 @@ from .storage import RESULT_FILE, Layout
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class Progress:
     """A running job's progress, recorded in the queue and published."""
 
-    def __init__(self, store: JobStore, events: Events):
-        self.store = store
-        self.events = events
+    store: JobStore
+    events: Events
 
     def __call__(self, ids: Sequence[str], fraction: float, message: str) -> None:
         try:
@@ -38,27 +39,20 @@ class Progress:
             self.events.publish(job_id, "progress", documents.progress(job_id, fraction, message))
 
 
+@dataclass(eq=False)
 class Finisher:
     """Ends jobs: writes the result document, records the end in the queue (later, when the database
     cannot be written now) and announces it."""
 
-    def __init__(
-        self,
-        layout: Layout,
-        store: JobStore,
-        events: Events,
-        disk: DiskSpace,
-        keep_uploads: bool,
-        finished: Callable[[str], None],
-    ):
-        self.layout = layout
-        self.store = store
-        self.events = events
-        self.disk = disk
-        self.keep_uploads = keep_uploads
-        self.finished = finished
-        self._lock = threading.Lock()
-        self._unrecorded: dict[str, tuple[Job, str, Mapping[str, Any]]] = {}
+    layout: Layout
+    store: JobStore
+    events: Events
+    disk: DiskSpace
+    keep_uploads: bool
+    finished: Callable[[str], None]
+    """Called with the id of every job that ended (the requests waiting for it are woken)."""
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _unrecorded: dict[str, tuple[Job, str, Mapping[str, Any]]] = field(default_factory=dict, init=False)
 
     def complete(self, job: Job, rows: list[dict[str, Any]] | None, error: str | None) -> None:
         """Write a job's result and mark it finished. ``rows`` None: the call failed with ``error``, and the

@@ -22,7 +22,7 @@ from .runner_process import write_runner_config
 from .running import Running
 from .service_config import ServiceConfig
 from .storage import Layout
-from .upkeep import Heartbeat, Sweeps
+from .upkeep import HEARTBEAT_S, SWEEP_S, Heartbeat, Repeating, Sweeps
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,16 @@ class ServerProcess:
         )
         max_attempts = config.worker["max_attempts"]
         wake_all = lambda: self.dispatcher.wake(every=True)  # noqa: E731
-        self.heartbeat = Heartbeat(store, self.disk, self.running, finisher, max_attempts, wake_all, stopping)
+        self.heartbeat = Heartbeat(store, self.disk, self.running, finisher, max_attempts, wake_all)
         retention = Retention(layout, store, float(storage["retention_hours"]), storage["max_bytes"])
-        self.sweeps = Sweeps(retention, events, stopping)
+        self.sweeps = Sweeps(retention, events)
+        # The sweeps have a thread of their own: with storage.max_bytes they walk the whole storage folder,
+        # which must never hold up the heartbeat (a late heartbeat gets this process's running jobs requeued
+        # by the others).
+        self._upkeep = [
+            Repeating("job-maintenance", HEARTBEAT_S, self.heartbeat.beat, stopping),
+            Repeating("job-retention", SWEEP_S, self.sweeps.sweep, stopping, at_once=True),
+        ]
 
     def start(self) -> None:
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -67,8 +74,8 @@ class ServerProcess:
         self.heartbeat.recover()
         self.sweeps.sweep()
         self.dispatcher.start()
-        self.heartbeat.start()
-        self.sweeps.start()
+        for thread in self._upkeep:
+            thread.start()
         log.info("dispatcher: %d job slot(s), storage %s", self.config.max_concurrent_jobs, self.layout.root)
 
     def stop(self) -> None:
@@ -76,7 +83,7 @@ class ServerProcess:
         the next start."""
         self.stopping.set()
         self.dispatcher.stop()
-        self.heartbeat.join()
-        self.sweeps.join()
+        for thread in self._upkeep:
+            thread.join()
         self.store.release()
         shutil.rmtree(self.scratch, ignore_errors=True)
