@@ -41,25 +41,25 @@ class FileRun:
             self.layout.clear_attempts(job.id)
         request = documents.runner_request(self.layout, claimed, map(str, attempts), str(work))
         ids = [job.id for job in claimed]
-        try:
-            with self.running.running(ids, runner.kill):
+        with self.running.running(ids, runner.kill):
+            try:
                 reply = runner.call(request, self.timeout, lambda fraction, stage: self.progress(ids, fraction, stage))
-        except (RunnerTimeout, RunnerDied) as exc:
-            for folder in attempts:
-                shutil.rmtree(folder, ignore_errors=True)  # nothing of a call that was stopped is kept
-            if self.stopping.is_set():
-                return  # the dispatcher's stop puts these jobs back in the queue
-            if len(claimed) > 1:
-                # Which file of the batch was at fault is not known: each alone, so it costs that one only.
-                for job in claimed:
-                    self([job], runner)
-                return
-            if isinstance(exc, RunnerTimeout):
-                reply = {"error": f"the job did not finish within {self.timeout:g} s (worker.job_timeout_seconds)"}
-            else:
-                reply = {"error": str(exc)}
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+            except (RunnerTimeout, RunnerDied) as exc:
+                for folder in attempts:
+                    shutil.rmtree(folder, ignore_errors=True)  # nothing of a call that was stopped is kept
+                if self.stopping.is_set():
+                    return  # the dispatcher's stop puts these jobs back in the queue
+                if len(claimed) > 1:
+                    # Which file of the batch was at fault is not known: each alone, so it costs that one only.
+                    for job in claimed:
+                        self([job], runner)
+                    return
+                if isinstance(exc, RunnerTimeout):
+                    reply = {"error": f"the job did not finish within {self.timeout:g} s (worker.job_timeout_seconds)"}
+                else:
+                    reply = {"error": str(exc)}
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
         kept = {job.id for job in self.running.drop_cancelled(claimed)}
         for i, (job, folder) in enumerate(zip(claimed, attempts, strict=True)):
             if job.id not in kept:
