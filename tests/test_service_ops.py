@@ -27,7 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_service import API_KEY, MOSQUITTO, PHOTO, Server, free_port, processes, service_config, wait_for
 
 from cl_ml_tools.service import jobs
-from cl_ml_tools.service.jobs import DONE, JobStore, Layout, Owner
+from cl_ml_tools.service.jobs import DONE, JobStore
+from cl_ml_tools.service.owner import Owner
+from cl_ml_tools.service.storage import Layout
 
 BIN = Path(sys.executable).parent
 # A client may ask for no slower preset and no taller rendition than the server's own settings allow, so the

@@ -13,7 +13,9 @@ import yaml
 from conftest import REPO
 
 from cl_ml_tools.service import jobs, plugins, service_config
-from cl_ml_tools.service.jobs import DONE, QUEUED, RUNNING, JobStore, Layout, Owner
+from cl_ml_tools.service.jobs import DONE, QUEUED, RUNNING, JobStore
+from cl_ml_tools.service.owner import Owner
+from cl_ml_tools.service.storage import Layout
 
 
 def _stores(tmp_path: Path, n: int = 2) -> list[JobStore]:

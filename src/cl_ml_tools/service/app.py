@@ -18,8 +18,6 @@ Run it with ``cl-ml-tools serve``, ``uvicorn cl_ml_tools.master:app`` or gunicor
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import errno
 import hmac
 import json
@@ -32,7 +30,6 @@ import shutil
 import signal
 import sys
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -48,25 +45,26 @@ from starlette.requests import ClientDisconnect
 from .. import __version__, models
 from ..data import inventory
 from ..media import sniff
-from . import mqtt, openapi, plugins, service_config
-from .jobs import ERROR, FINISHED, JOB_ID, QUEUED, RUNNING, Job, JobStore, Layout, Owner
+from . import documents, mqtt, openapi, plugins, service_config
+from .documents import STATES
+from .jobs import ERROR, RUNNING, Job, JobStore
 from .metrics import CONTENT_TYPE, Metrics
+from .owner import Owner
 from .plugins import ARCHIVE, INPUT, PLUGINS, OptionsError, Plugin
-from .uploads import RequestError, arriving, receive
-from .worker import Dispatcher, error_result
+from .server_process import ServerProcess
+from .storage import JOB_ID, RESULT_FILE, Layout
+from .uploads import RequestError, Unavailable, arriving, receive
+from .waiting import MAX_WAIT_S, RETRY_AFTER_S, Waiting
 
 log = logging.getLogger(__name__)
 
-MAX_WAIT_S = 60.0
-RETRY_AFTER_S = 5
 MAX_RETRY_AFTER_S = 300
-WAIT_POLL_S = 0.5
 ERROR_CAUSE = "cl_ml_tools.error"  # the scope key where a refusal's code waits for the request counter
 FILE_TYPES = {".m3u8": "application/vnd.apple.mpegurl", ".ts": "video/mp2t"}
 
 
 class Service:
-    """Everything one server process holds: the queue, its dispatcher, the MQTT publisher, the metrics."""
+    """Everything one server process holds: the queue, what runs its jobs, the MQTT publisher, the metrics."""
 
     def __init__(self, config: service_config.ServiceConfig):
         self.config = config
@@ -74,21 +72,19 @@ class Service:
         self.layout.prepare()
         self.store = JobStore(self.layout, Owner.this_process())
         self.events = mqtt.events(config.mqtt)
-        self.dispatcher = Dispatcher(config, self.layout, self.store, self.events, finished=self._finished)
-        self.disk = self.dispatcher.disk
+        self.waiting = Waiting(self.store)
+        self.jobs = ServerProcess(config, self.layout, self.store, self.events, finished=self.waiting.finished)
+        self.disk = self.jobs.disk
         self.metrics = Metrics(self.store, self.events, self.disk)
         self.overrides = models.overrides_from_config(config.raw)
-        self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
-        self._waiters_lock = threading.Lock()
         self.uploads = 0
         """Uploads this process is receiving now (``server.max_uploads``)."""
-        self.shutting_down = False
 
     def start(self) -> None:
-        self.dispatcher.start()
+        self.jobs.start()
 
     def stop(self) -> None:
-        self.dispatcher.stop()
+        self.jobs.stop()
         self.events.close()
         self.store.close()
 
@@ -99,22 +95,6 @@ class Service:
             raise RequestError(404, "unknown_plugin", f"no plugin {name!r} on this server; it has: {known}")
         return PLUGINS.get(name)
 
-    def _finished(self, job_id: str) -> None:
-        """Called by the dispatcher's threads: wake the requests waiting for this job."""
-        with self._waiters_lock:
-            waiting = list(self._waiters.get(job_id, ()))
-        for loop, event in waiting:
-            loop.call_soon_threadsafe(event.set)
-
-    def begin_shutdown(self) -> None:
-        """The server was told to stop: answer every request waiting on a job now (503, Retry-After), so
-        that the ASGI server, which waits for open requests before it stops, stops at once."""
-        self.shutting_down = True
-        with self._waiters_lock:
-            waiting = [entry for entries in self._waiters.values() for entry in entries]
-        for loop, event in waiting:
-            loop.call_soon_threadsafe(event.set)
-
     def retry_after(self, queued: int) -> int:
         """Seconds until a queue of ``queued`` jobs has likely moved on: their mean run time so far, spread
         over the job slots."""
@@ -123,40 +103,6 @@ class Service:
         mean = sum(seconds for _, seconds in counts) / runs if runs else RETRY_AFTER_S
         estimate = math.ceil(mean * queued / self.config.max_concurrent_jobs)
         return max(1, min(MAX_RETRY_AFTER_S, estimate))
-
-    async def job(self, job_id: str, wait: float = 0.0) -> Job:
-        """The job, after waiting up to ``wait`` s for it to finish; 404 for an unknown id."""
-        if not JOB_ID.match(job_id):
-            raise RequestError(404, "unknown_job", f"no job {job_id[:64]!r}: job ids are 32 hexadecimal digits")
-        deadline = time.monotonic() + min(wait, MAX_WAIT_S)
-        event = asyncio.Event()
-        entry = (asyncio.get_running_loop(), event)
-        with self._waiters_lock:
-            self._waiters.setdefault(job_id, set()).add(entry)
-        try:
-            while True:
-                job = await run_in_threadpool(self.store.get, job_id)
-                if job is None:
-                    raise RequestError(
-                        404,
-                        "unknown_job",
-                        f"no job {job_id} (never submitted, or deleted after storage.retention_hours)",
-                    )
-                remaining = deadline - time.monotonic()
-                if job.finished or remaining <= 0:
-                    return job
-                if self.shutting_down:
-                    raise Unavailable(
-                        503, "shutting_down", f"the server is stopping; job {job_id} is {job.state}", RETRY_AFTER_S
-                    )
-                # Woken by this process's dispatcher; the poll catches jobs that another process ran.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(remaining, WAIT_POLL_S))
-        finally:
-            with self._waiters_lock:
-                self._waiters[job_id].discard(entry)
-                if not self._waiters[job_id]:
-                    del self._waiters[job_id]
 
     def model_states(self) -> dict[str, str]:
         """The state of every model an enabled plugin uses by default (``models list``'s states)."""
@@ -204,7 +150,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     service = Service(config)
     service.start()
     app.state.service = service
-    _on_stop_signals(service.begin_shutdown)
+    _on_stop_signals(service.waiting.stop)
     log.info("serving plugins %s from %s", ", ".join(config.enabled_plugins), config.path)
     try:
         yield
@@ -241,17 +187,10 @@ def authorised(request: Request) -> None:
         raise RequestError(401, "unauthorized", "this server needs the header 'Authorization: Bearer <api key>'")
 
 
-class Unavailable(RequestError):
-    """A refusal the client should retry after ``retry_after`` seconds (the ``Retry-After`` header)."""
-
-    def __init__(self, status: int, code: str, message: str, retry_after: int):
-        super().__init__(status, code, message, {"Retry-After": str(retry_after)})
-
-
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     if status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
-    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+    return JSONResponse(documents.refusal(code, message), status_code=status, headers=headers)
 
 
 @app.exception_handler(RequestError)
@@ -330,23 +269,13 @@ app.add_middleware(_CountRequests)
 @app.get("/health")
 async def health(request: Request) -> dict[str, Any]:
     service = _service(request)
-    counts = await run_in_threadpool(service.store.counts)
-    queue = {state: sum(n for (_, s), n in counts.items() if s == state) for state in (QUEUED, RUNNING, *FINISHED)}
-    offered = {
-        name: {"step": p.step, "accepts": p.describe_kinds(), "options": plugins.option_names(p)}
-        for name, p in PLUGINS.items()
-        if name in service.config.enabled_plugins
-    }
-    return {
-        "status": "ok",
-        "version": __version__,
-        "plugins": offered,
-        "archive": ARCHIVE in service.config.enabled_plugins,
-        "queue": queue,
-        "mqtt": service.events.state,
-        "models": await run_in_threadpool(service.model_states),
-        "disk": await run_in_threadpool(service.disk.describe),
-    }
+    return documents.health(
+        await run_in_threadpool(service.store.counts),
+        service.config.enabled_plugins,
+        service.events.state,
+        await run_in_threadpool(service.model_states),
+        await run_in_threadpool(service.disk.describe),
+    )
 
 
 @app.get("/openapi.json", dependencies=[Depends(authorised)], include_in_schema=False)
@@ -361,7 +290,7 @@ async def metrics(request: Request) -> Response:
 
 
 def _accepted(job: Job, status: int = 202) -> JSONResponse:
-    return JSONResponse(job.status(), status_code=status, headers={"Location": f"/jobs/{job.id}/status"})
+    return JSONResponse(documents.status(job), status_code=status, headers={"Location": f"/jobs/{job.id}/status"})
 
 
 @app.post("/jobs/archive", dependencies=[Depends(authorised)])
@@ -372,8 +301,8 @@ async def submit_archive(request: Request) -> JSONResponse:
     if pending is not None:
         return _accepted(pending, 200)
     job = await run_in_threadpool(service.store.submit, uuid.uuid4().hex, ARCHIVE, {}, None)
-    service.events.publish(job.id, "status", job.status())
-    service.dispatcher.wake()
+    service.events.publish(job.id, "status", documents.status(job))
+    service.jobs.dispatcher.wake()
     return _accepted(job)
 
 
@@ -463,8 +392,8 @@ async def submit(plugin: str, request: Request) -> JSONResponse:
     finally:
         service.uploads -= 1
     service.metrics.upload_bytes.inc(upload.size)
-    service.events.publish(job.id, "status", job.status())
-    service.dispatcher.wake()
+    service.events.publish(job.id, "status", documents.status(job))
+    service.jobs.dispatcher.wake()
     return _accepted(job)
 
 
@@ -473,21 +402,21 @@ Wait = Query(0.0, ge=0.0, le=MAX_WAIT_S, description="seconds to wait for the jo
 
 @app.get("/jobs/{job_id}/status", dependencies=[Depends(authorised)])
 async def status(job_id: str, request: Request, wait: float = Wait) -> dict[str, Any]:
-    job = await _service(request).job(job_id, wait)
-    return job.status()
+    job = await _service(request).waiting.job(job_id, wait)
+    return documents.status(job)
 
 
 async def _finished_result(request: Request, job_id: str, wait: float) -> tuple[Service, bytes]:
     service = _service(request)
-    job = await service.job(job_id, wait)
+    job = await service.waiting.job(job_id, wait)
     if not job.finished:
         raise RequestError(409, "not_finished", f"job {job.id} is {job.state}; ask again later, or add ?wait=SECONDS")
-    path = service.layout.job_dir(job.id) / "result.json"
+    path = service.layout.job_dir(job.id) / RESULT_FILE
     try:
         return service, await run_in_threadpool(path.read_bytes)
     except FileNotFoundError:
         if job.state == ERROR and job.error:  # the server could not store the result (a full disk)
-            return service, json.dumps(error_result(service.layout, job, job.error)).encode()
+            return service, json.dumps(documents.error_result(service.layout, job, job.error)).encode()
         raise RequestError(404, "unknown_job", f"job {job.id}'s result was deleted (storage.retention_hours)") from None
 
 
@@ -527,25 +456,8 @@ async def ready(request: Request) -> JSONResponse:
         queue = f"error: {exc}"
     disk = await run_in_threadpool(service.disk.describe)
     model_states = await run_in_threadpool(service.model_states)
-    missing = sorted(m for m, state in model_states.items() if state in ("missing", "bad-size"))
-    checks = {
-        "queue": queue,
-        "disk": disk,
-        "models": {"state": "missing" if missing else "ok", "missing": missing},
-        "mqtt": service.events.state,
-        "stopping": service.shutting_down,
-    }
-    usable = (
-        queue == "ok"
-        and disk["state"] == "ok"
-        and not missing
-        and service.events.state != "disconnected"
-        and not service.shutting_down
-    )
-    return JSONResponse({"ready": usable, "checks": checks}, status_code=200 if usable else 503)
-
-
-STATES = (QUEUED, RUNNING, *FINISHED)
+    usable, body = documents.ready(queue, disk, model_states, service.events.state, service.waiting.stopping)
+    return JSONResponse(body, status_code=200 if usable else 503)
 
 
 @app.get("/jobs", dependencies=[Depends(authorised)])
@@ -564,7 +476,7 @@ async def list_jobs(
         raise RequestError(400, "bad_request", "cursor must be the next_cursor of a previous page")
     service = _service(request)
     found, after = await run_in_threadpool(service.store.page, status, plugin, int(cursor) if cursor else None, limit)
-    return {"jobs": [job.status() for job in found], "next_cursor": None if after is None else str(after)}
+    return documents.page(found, after)
 
 
 @app.delete("/jobs/{job_id}", dependencies=[Depends(authorised)])
@@ -579,8 +491,8 @@ async def delete_job(job_id: str, request: Request) -> dict[str, Any]:
         raise RequestError(404, "unknown_job", f"no job {job_id}")
     if job.state == RUNNING:
         # Run by this process: stopped now; by another: at its next heartbeat.
-        await run_in_threadpool(service.dispatcher.cancel, job_id)
+        await run_in_threadpool(service.jobs.running.cancel, job_id)
     await run_in_threadpool(service.layout.remove_job, job_id)
     service.events.forget(job_id)
-    service._finished(job_id)
-    return {"job_id": job_id, "deleted": True, "status": job.state}
+    service.waiting.finished(job_id)
+    return documents.deleted(job_id, job.state)

@@ -1,46 +1,29 @@
-"""The service's durable job queue: one SQLite database in the storage directory, shared by every server
-process (``cl-ml-tools serve --workers N``, gunicorn), and the job folders beside it.
+"""The service's durable job queue: one SQLite database in the storage directory (:mod:`.storage`), shared by
+every server process (``cl-ml-tools serve --workers N``, gunicorn).
 
 A job is committed to the database before the client hears that it was accepted, so a server killed at any
-moment loses none. A running job names its owner (process id plus a random token per server process) and
-is given a heartbeat every few seconds; any server process requeues a running job whose owner is gone
-(dead process id, or a stale heartbeat), up to ``worker.max_attempts`` runs.
-
-Layout of the storage directory::
-
-    jobs.sqlite3          the queue (WAL journal)
-    jobs/<id>/            upload<ext> (the file; deleted when the job ends unless storage.keep_uploads),
-                          out/ (files the job made: thumbnails, crops, HLS renditions), result.json,
-                          .attempt-<run>/ (where a run writes them; renamed to out/ when it ends)
-    tmp/<pid>-<token>/    scratch space of one server process's runs, deleted after each run
-    archive/              the archive job's pipeline run (config, results, Snakemake's state)
+moment loses none. A running job names its owner (process id plus a random token per server process,
+:class:`.owner.Owner`) and is given a heartbeat every few seconds; any server process requeues a running job
+whose owner is gone (dead process id, or a stale heartbeat), up to ``worker.max_attempts`` runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import re
-import shutil
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from ..media.fileio import write_bytes_atomic
+from .owner import Owner
+from .storage import Layout
 
 QUEUED, RUNNING, DONE, ERROR = "queued", "running", "done", "error"
 FINISHED = (DONE, ERROR)
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-RESULT_FILE = "result.json"
-OUT_DIR = "out"
-ATTEMPT_PREFIX = ".attempt-"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -93,10 +76,6 @@ def _observe(db: sqlite3.Connection, name: str, plugin: str, value: float) -> No
     )
 
 
-def _iso(timestamp: float | None) -> str | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
-
-
 @dataclass(frozen=True)
 class Job:
     id: str
@@ -119,25 +98,6 @@ class Job:
     def finished(self) -> bool:
         return self.state in FINISHED
 
-    def status(self) -> dict[str, Any]:
-        """What ``GET /jobs/{id}/status`` answers (and MQTT publishes on ``.../status``)."""
-        public_file = {k: v for k, v in (self.file or {}).items() if k != "upload"} or None
-        return {
-            "job_id": self.id,
-            "plugin": self.plugin,
-            "status": self.state,
-            "progress": self.progress,
-            "message": self.message,
-            "error": self.error,
-            "attempts": self.attempts,
-            "options": self.options,
-            "file": public_file,
-            "created_at": _iso(self.created_at),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-            "links": {"status": f"/jobs/{self.id}/status", "results": f"/jobs/{self.id}/results"},
-        }
-
 
 _COLUMNS = (
     "id, plugin, options, file, state, progress, message, error, attempts, run, created_at, started_at, finished_at"
@@ -149,112 +109,6 @@ def _job(row: Sequence[Any]) -> Job:
     values[2] = json.loads(values[2])
     values[3] = json.loads(values[3]) if values[3] else None
     return Job(*values)
-
-
-@dataclass(frozen=True)
-class Owner:
-    """One server process: its pid and a token no other process (nor a restart under the same pid, as in a
-    container where the server is always pid 1) shares."""
-
-    pid: int
-    token: str
-
-    @classmethod
-    def this_process(cls) -> Owner:
-        return cls(os.getpid(), uuid.uuid4().hex)
-
-    @property
-    def name(self) -> str:
-        return f"{self.pid}-{self.token}"
-
-    def outlived(self, pid: int | None, token: str | None) -> bool:
-        """Whether the owner ``pid``/``token`` is certainly gone (it is not this process, and no process
-        has its pid, or this process has its pid)."""
-        if token == self.token:
-            return False
-        if pid is None or pid == self.pid:
-            return True
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-
-
-class Layout:
-    """Paths inside the storage directory. Job ids are checked before they become part of a path."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.database = root / "jobs.sqlite3"
-        self.jobs = root / "jobs"
-        self.tmp = root / "tmp"
-        self.archive = root / "archive"
-
-    def prepare(self) -> None:
-        for folder in (self.root, self.jobs, self.tmp, self.archive):
-            folder.mkdir(parents=True, exist_ok=True)
-
-    def job_dir(self, job_id: str) -> Path:
-        if not JOB_ID.match(job_id):
-            raise ValueError(f"not a job id: {job_id!r}")
-        return self.jobs / job_id
-
-    def out_dir(self, job_id: str) -> Path:
-        return self.job_dir(job_id) / OUT_DIR
-
-    def scratch(self, owner: Owner) -> Path:
-        return self.tmp / owner.name
-
-    def attempt_dir(self, job_id: str, run: str) -> Path:
-        """Where one attempt at a job writes its files, until :meth:`adopt_attempt` makes them its ``out/``."""
-        return self.job_dir(job_id) / f"{ATTEMPT_PREFIX}{run}"
-
-    def clear_attempts(self, job_id: str) -> None:
-        for folder in self.job_dir(job_id).glob(f"{ATTEMPT_PREFIX}*"):
-            shutil.rmtree(folder, ignore_errors=True)
-
-    def adopt_attempt(self, job_id: str, attempt: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Make an attempt's folder the job's ``out/``; ``rows`` with the paths into it changed to match."""
-        out = self.out_dir(job_id)
-        shutil.rmtree(out, ignore_errors=True)
-        if not attempt.is_dir():
-            return rows
-        os.replace(attempt, out)
-        old, new = str(attempt), str(out)
-
-        def moved(value: Any) -> Any:  # HLS variants are a list of structs holding paths
-            if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
-                return new + value[len(old) :]
-            if isinstance(value, list):
-                return [moved(v) for v in value]
-            if isinstance(value, dict):
-                return {k: moved(v) for k, v in value.items()}
-            return value
-
-        return [moved(row) for row in rows]
-
-    def write_result(self, job_id: str, document: Mapping[str, Any]) -> None:
-        data = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-        write_bytes_atomic(self.job_dir(job_id) / RESULT_FILE, data)
-
-    def read_result(self, job_id: str) -> dict[str, Any] | None:
-        try:
-            return json.loads((self.job_dir(job_id) / RESULT_FILE).read_bytes())
-        except FileNotFoundError:
-            return None
-
-    def remove_job(self, job_id: str) -> None:
-        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
-
-    def clean_scratch(self, owner: Owner) -> None:
-        """Delete the scratch folders of server processes that are gone (killed ones leave theirs)."""
-        for entry in self.tmp.iterdir() if self.tmp.is_dir() else []:
-            pid, _, token = entry.name.partition("-")
-            if entry.name != owner.name and owner.outlived(int(pid) if pid.isdigit() else None, token):
-                shutil.rmtree(entry, ignore_errors=True)
 
 
 class JobStore:

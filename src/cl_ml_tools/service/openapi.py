@@ -19,9 +19,9 @@ from fastapi.openapi.utils import get_openapi
 
 from .. import __version__
 from . import plugins
-from .jobs import JOB_ID
 from .plugins import ARCHIVE, BOUNDS, PLUGINS
 from .service_config import ServiceConfig
+from .storage import JOB_ID
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 STATUS = {"$ref": "#/components/schemas/JobStatus"}

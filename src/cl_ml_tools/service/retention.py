@@ -18,8 +18,8 @@ import shutil
 import time
 from pathlib import Path
 
-from . import jobs
-from .jobs import JobStore, Layout
+from .jobs import JobStore
+from .storage import JOB_ID, Layout
 
 ORPHAN_AGE_S = 3600.0
 SNAKEMAKE_LOGS = Path(".snakemake") / "log"
@@ -59,7 +59,7 @@ class Retention:
             self._old_logs(now - self.hours * 3600)
         if self.max_bytes is not None:
             deleted += self._shrink(self.max_bytes)
-        folders = [d for d in self.layout.jobs.iterdir() if jobs.JOB_ID.match(d.name)]
+        folders = [d for d in self.layout.jobs.iterdir() if JOB_ID.match(d.name)]
         known = self.store.known([d.name for d in folders])
         for folder in folders:
             if folder.name not in known and now - _last_change(folder) > ORPHAN_AGE_S:

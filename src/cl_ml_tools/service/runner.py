@@ -32,7 +32,7 @@ from ..data.tables import error_row
 from ..steps import registry
 from ..steps.common import Row, describe
 from .plugins import PLUGINS, table_rows
-from .worker import die_with_parent
+from .processes import die_with_parent
 
 log = logging.getLogger(__name__)
 

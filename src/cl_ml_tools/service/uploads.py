@@ -42,6 +42,13 @@ class RequestError(Exception):
         self.headers = headers
 
 
+class Unavailable(RequestError):
+    """A refusal the client should retry after ``retry_after`` seconds (the ``Retry-After`` header)."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: int):
+        super().__init__(status, code, message, {"Retry-After": str(retry_after)})
+
+
 @dataclass
 class Upload:
     name: str
