@@ -338,6 +338,12 @@ class Resolved:
         return f"{self.spec.id}@sha256:{self.sha256}" + (f"+{self.variant}" if self.variant else "")
 
 
+def weights_tag(tag: str) -> str:
+    """A ``model`` tag without its runtime and precision: what identifies the weights. Embeddings of the same
+    weights on another runtime or precision stay within cosine 0.999 of each other and can be compared."""
+    return tag.partition("+")[0]
+
+
 def spec_of(model_id: str) -> ModelSpec:
     try:
         return REGISTRY[model_id]
