@@ -6,13 +6,15 @@ check the code path and the numerical closeness of the runtimes on these graphs,
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, SAMPLE, file_row
+from conftest import REPO, SAMPLE, TEST_MODELS, file_row, snakemake, write_config
 from standins import arcface, dinov2, mobileclip_image
 
 from cl_ml_tools import models
@@ -187,3 +189,21 @@ def test_openvino_missing_is_a_clear_error(
     # auto without OpenVINO has one candidate: ONNX Runtime, nothing measured.
     assert choose.choose(resolved(networks, "dinov2_small"), models.Runtime(runtime="auto"), 2) == Choice()
     assert not (cache / "optimized" / "runtime-choice").exists()
+
+
+@pytest.mark.e2e
+def test_the_workflow_runs_the_configured_runtime(tmp_path: Path) -> None:
+    """Through the real snakemake: ``models.runtime`` and ``models.precision`` reach the jobs, and the dino
+    rows say what made them; the clip rows, with no precision set, are OpenVINO fp32."""
+    shutil.copytree(SAMPLE / "2021 holiday", tmp_path / "archive")
+    off = {"enabled": False}
+    runtime = {"runtime": "openvino", "precision": {"dinov2_small": "bf16"}}
+    write_config(
+        tmp_path, {"photos": "archive"}, models={**TEST_MODELS, **runtime},
+        hls=off, faces=off, face_embeddings=off, people=off, duplicates=off, report=off,
+    )  # fmt: skip
+    snakemake(tmp_path)
+    for step, suffix in (("dino", "+openvino-bf16"), ("clip", "+openvino-fp32")):
+        table = pq.read_table(tmp_path / "results" / "tables" / f"{step}.parquet").to_pylist()
+        ok = [row for row in table if row["status"] == "ok"]
+        assert ok and all(row["model"].endswith(suffix) for row in ok), {row["model"] for row in ok}
