@@ -19,6 +19,7 @@ For each step and batch size, best of ``--rounds``:
 ``--int8`` also measures int8 copies made from the given files with onnxruntime's dynamic quantisation
 (``quantize_dynamic``, int8 weights), the recipe of the ``model_quantized.onnx`` file the registry's
 ``dinov2_small_int8`` downloads, and prints their cosine to the fp32 embeddings of the same previews.
+``--bf16`` does the same for the given files on OpenVINO at bf16 (``models.runtime: openvino``).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--int8", action="store_true", help="also int8 copies (dynamic quantisation)")
+    ap.add_argument("--bf16", action="store_true", help="also the same files on OpenVINO at bf16 (models.runtime)")
     ap.add_argument("--device", choices=models.DEVICES, default="cpu", help="models.device (cuda: onnxruntime-gpu)")
     ap.add_argument("--decoders", type=int, help="threads decoding ahead (default: 1 on cpu, --threads on cuda)")
     args = ap.parse_args(argv)
@@ -80,13 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"corpus: {len(thumbs)} previews 1024x768; threads {args.threads}; {args.device}, {decoders} decoder(s)")
     print("| step | batch | ours img/s | ours CPU s / img | network only img/s | ours / network |")
     print("|---|---:|---:|---:|---:|---:|")
-    variants = [("dino", args.dino, ""), ("clip", args.clip, "")]
+    fp32_choice, bf16_choice = models.Choice(), models.Choice("openvino", "bf16")
+    variants = [("dino", args.dino, "", fp32_choice), ("clip", args.clip, "", fp32_choice)]
     if args.int8:
-        variants += [(step, quantized(path, work), " int8") for step, path, _ in variants]
+        variants += [(step, quantized(path, work), " int8", fp32_choice) for step, path, _, _ in variants[:2]]
+    if args.bf16:
+        variants += [(step, path, " openvino-bf16", bf16_choice) for step, path, _, _ in variants[:2]]
     fp32: dict[str, np.ndarray] = {}
-    for step, path, label in variants:
+    for step, path, label, choice in variants:
         resolved = models.locate(MODEL_IDS[step], {MODEL_IDS[step]: path})
-        encoder = encoders.ImageEncoder(resolved, args.threads, args.device)
+        encoder = encoders.ImageEncoder(resolved, args.threads, args.device, choice)
         if encoder.device != args.device:
             print(f"{step}: running on {encoder.device}, not {args.device} (see the warning above)")
         for batch in (int(b) for b in args.batches.split(",")):
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         vectors = np.stack([r["embedding"] for r in image_embeddings.embed_shard(thumbs, encoder, 8)])
         if label:
             cosine = (vectors * fp32[step]).sum(axis=1)
-            print(f"|   {step} int8 vs fp32 cosine: mean {cosine.mean():.4f}, min {cosine.min():.4f} | | | | | |")
+            print(f"|   {step}{label} vs fp32 cosine: mean {cosine.mean():.5f}, min {cosine.min():.5f} | | | | | |")
         else:
             fp32[step] = vectors
     shutil.rmtree(work, ignore_errors=True)

@@ -110,10 +110,8 @@ def test_search_without_tables_says_what_to_run(tmp_path: Path) -> None:
         search.by_text(tmp_path, "anything")
 
 
-def test_like_embeds_an_outside_file_with_the_tables_model(tmp_path: Path, test_models) -> None:
-    """A dino table made with ``dino.model: dinov2_small_int8`` (the stand-in under that id): an image from
-    outside the archive is embedded with that model, not the fp32 default, which is not even available."""
-    int8 = {"dinov2_small_int8": test_models["dinov2_small"]}
+def dino_table(tmp_path: Path, encoder: encoders.ImageEncoder) -> tuple[Path, list[dict]]:
+    """Results with a files and a dino table of three random-texture photos, embedded by ``encoder``."""
     rng = np.random.default_rng(3)
     files = []
     for i in range(3):
@@ -121,12 +119,33 @@ def test_like_embeds_an_outside_file_with_the_tables_model(tmp_path: Path, test_
         Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).resize((640, 480)).save(photo)
         files.append({"media_id": f"m{i}", "input": "t", "path": str(photo), "status": "ok", "error": None})
     previews = [{**f, "role": "preview", "frame_index": 0, "timestamp_s": None, "file": f["path"]} for f in files]
-    encoder = encoders.ImageEncoder(models.locate("dinov2_small_int8", int8))
     results = tmp_path / "results"
     for name, rows in (("files", files), ("dino", image_embeddings.embed_shard(previews, encoder, batch_size=8))):
         (results / "tables").mkdir(parents=True, exist_ok=True)
         tables.write_parquet(tables.to_arrow(name, rows), results / "tables" / f"{name}.parquet")
+    return results, files
+
+
+def test_like_embeds_an_outside_file_with_the_tables_model(tmp_path: Path, test_models) -> None:
+    """A dino table made with ``dino.model: dinov2_small_int8`` (the stand-in under that id): an image from
+    outside the archive is embedded with that model, not the fp32 default, which is not even available."""
+    int8 = {"dinov2_small_int8": test_models["dinov2_small"]}
+    results, files = dino_table(tmp_path, encoders.ImageEncoder(models.locate("dinov2_small_int8", int8)))
     outside = tmp_path / "outside.jpg"
     Image.open(files[1]["path"]).resize((500, 375)).save(outside, quality=85)
     hits = search.by_example(results, outside, top=3, overrides=int8)
+    assert hits[0].path == files[1]["path"] and hits[0].score > 0.95
+
+
+def test_like_accepts_a_table_made_on_another_runtime(tmp_path: Path, test_models) -> None:
+    """A dino table made on OpenVINO at bf16 (tag ``…+openvino-bf16``): the same weights, embeddings within
+    cosine 0.999 of ONNX Runtime fp32's, so an outside file embedded on ONNX Runtime is compared with it."""
+    over = {"dinov2_small": test_models["dinov2_small"]}
+    bf16 = models.Choice("openvino", "bf16")
+    encoder = encoders.ImageEncoder(models.locate("dinov2_small", over), 2, "cpu", bf16)
+    results, files = dino_table(tmp_path, encoder)
+    assert pq.read_table(results / "tables" / "dino.parquet").column("model")[0].as_py().endswith("+openvino-bf16")
+    outside = tmp_path / "outside.jpg"
+    Image.open(files[1]["path"]).resize((500, 375)).save(outside, quality=85)
+    hits = search.by_example(results, outside, top=3, overrides=over)
     assert hits[0].path == files[1]["path"] and hits[0].score > 0.95

@@ -133,7 +133,8 @@ def by_example(
         return []  # no embedded file to compare with
     loader = models.Loader.fetching(overrides)
     resolved = loader.resolved(_table_model("dino", tags).id)
-    if resolved.tag not in tags:
+    # The weights must match; the runtime and precision that ran them may differ (models.weights_tag).
+    if resolved.tag not in {models.weights_tag(tag) for tag in tags}:
         raise SearchError(
             f"the dino table was made with {', '.join(tags)}, not {resolved.tag}: embeddings of different "
             "models cannot be compared"

@@ -38,6 +38,8 @@ def _schema() -> dict[str, Any]:
         if model is not None:
             model["enum"] = step_models(name)
     sections["models"]["propertyNames"] = {"enum": [*RUNTIME_KEYS, *REGISTRY]}
+    precision = sections["models"]["properties"]["precision"]
+    precision["propertyNames"] = {"enum": [model_id for model_id, spec in REGISTRY.items() if spec.openvino]}
     return schema
 
 

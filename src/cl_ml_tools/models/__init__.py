@@ -1,6 +1,7 @@
 """Model manager: the registry of the networks the ML steps use (:mod:`.registry`), a verified local cache
 (:mod:`.cache`), downloads (:mod:`.download`), the config's ``models`` section (:mod:`.runtime`), ONNX
-Runtime sessions (:mod:`.onnx`), and the encoders built on them (:mod:`.encoders`, with the CLIP
+Runtime sessions (:mod:`.onnx`), OpenVINO (:mod:`.openvino`) and the choice between them (:mod:`.choose`), and
+the encoders built on them (:mod:`.encoders`, with the CLIP
 :mod:`.tokenizer`).
 
 Every file the steps load is identified by its sha256. Registry pins are checked on download; a cached file is
@@ -22,7 +23,9 @@ from .onnx import (
     without_prelu,
 )
 from .registry import (
+    DEFAULT_CHOICE,
     REGISTRY,
+    Choice,
     ImageInput,
     ModelError,
     ModelFile,
@@ -32,16 +35,19 @@ from .registry import (
     spec_of,
     step_embedding_size,
     step_models,
+    weights_tag,
 )
 from .runtime import DEVICES, RUNTIME_KEYS, Runtime, overrides_from_config, runtime_from_config
 
 __all__ = [
     "CACHE_ENV",
+    "DEFAULT_CHOICE",
     "DEVICES",
     "LOCK_NAME",
     "OFFLINE_ENV",
     "REGISTRY",
     "RUNTIME_KEYS",
+    "Choice",
     "ImageInput",
     "Loader",
     "ModelError",
@@ -69,6 +75,7 @@ __all__ = [
     "step_embedding_size",
     "step_models",
     "verify",
+    "weights_tag",
     "without_prelu",
     "write_record",
 ]

@@ -16,7 +16,7 @@ from PIL import Image
 
 from . import tokenizer
 from .onnx import OnnxModel
-from .registry import ImageInput, ModelError, Resolved, spec_of
+from .registry import DEFAULT_CHOICE, Choice, ImageInput, ModelError, Resolved, spec_of
 
 Box = tuple[float, float, float, float]
 
@@ -82,9 +82,9 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
 class ImageEncoder(OnnxModel):
     """An ONNX image tower with its registry entry's preprocessing."""
 
-    def __init__(self, resolved: Resolved, threads: int = 1, device: str = "cpu"):
+    def __init__(self, resolved: Resolved, threads: int = 1, device: str = "cpu", choice: Choice = DEFAULT_CHOICE):
         self.preprocess = preprocessing(resolved.id)
-        super().__init__(resolved, threads, device)
+        super().__init__(resolved, threads, device, choice)
 
     def embed_batch(self, batch: np.ndarray) -> np.ndarray:
         """L2-normalised embeddings of preprocessed images (N, 3, H, W)."""
@@ -132,9 +132,9 @@ TOKENIZER_FILE = "tokenizer.json"
 class TextEncoder(OnnxModel):
     """The text tower: CLIP BPE ids (77 per text) → L2-normalised 512-d embeddings."""
 
-    def __init__(self, resolved: Resolved, threads: int = 1, device: str = "cpu"):
+    def __init__(self, resolved: Resolved, threads: int = 1, device: str = "cpu", choice: Choice = DEFAULT_CHOICE):
         self.tokenizer = tokenizer.load(resolved.paths[TOKENIZER_FILE])
-        super().__init__(resolved, threads, device)
+        super().__init__(resolved, threads, device, choice)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.embed_inputs(tokenizer.encode(self.tokenizer, texts))

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from .cache import locate, read_record
+from .choose import choose
 from .download import fetch
-from .registry import ModelError, Resolved
+from .registry import Choice, ModelError, Resolved
 from .runtime import Runtime, overrides_from_config, runtime_from_config
 
 T = TypeVar("T")
@@ -20,7 +21,8 @@ T = TypeVar("T")
 
 class Loader:
     """The models one process has loaded (ONNX sessions, face detectors), kept for its later calls, with the
-    config's runtime (device, GPU batch). Closing it closes what it kept that can be closed."""
+    config's runtime (device, GPU batch, runtime and precision on the CPU). Closing it closes what it kept
+    that can be closed."""
 
     def __init__(self, find: Callable[[str], Resolved], runtime: Runtime | None = None, threads: int = 1):
         self._find = find
@@ -61,10 +63,15 @@ class Loader:
     def resolved(self, model_id: str) -> Resolved:
         return self.keep(("resolved", model_id), lambda: self._find(model_id))
 
-    def load(self, kind: Callable[[Resolved, int, str], T], model_id: str) -> T:
-        """``kind`` (an :class:`~cl_ml_tools.models.OnnxModel` class) of ``model_id`` on the config's device
-        with this loader's threads."""
-        return self.keep((kind, model_id), lambda: kind(self.resolved(model_id), self.threads, self.runtime.device))
+    def load(self, kind: Callable[[Resolved, int, str, Choice], T], model_id: str) -> T:
+        """``kind`` (an :class:`~cl_ml_tools.models.OnnxModel` class) of ``model_id`` on the config's device,
+        runtime and precision with this loader's threads."""
+
+        def make() -> T:
+            resolved = self.resolved(model_id)
+            return kind(resolved, self.threads, self.runtime.device, choose(resolved, self.runtime, self.threads))
+
+        return self.keep((kind, model_id), make)
 
     def batch(self, cpu_batch: int) -> int:
         return self.runtime.batch(cpu_batch)

@@ -60,6 +60,8 @@ class ModelSpec:
     image_input: ImageInput | None = None  # None where the runtime prepares its input (MediaPipe) or for text
     embedding_output: int | None = None  # which of `outputs` is the embedding (read by position, not name)
     text_tower: str | None = None  # an image tower's text counterpart, whose embeddings share its space
+    # The file also runs on OpenVINO (models.runtime: auto or openvino), at fp32 or bf16 (docs/models.md).
+    openvino: bool = False
 
     @property
     def embedding_size(self) -> int:
@@ -159,6 +161,7 @@ REGISTRY: dict[str, ModelSpec] = {
             step="face_embeddings",
             image_input=_ARCFACE_INPUT,
             embedding_output=0,
+            openvino=True,
         ),
         ModelSpec(
             id="arcface_w600k_r50",
@@ -183,6 +186,7 @@ REGISTRY: dict[str, ModelSpec] = {
             step="face_embeddings",
             image_input=_ARCFACE_INPUT,
             embedding_output=0,
+            openvino=True,
         ),
         ModelSpec(
             id="dinov2_small",
@@ -208,6 +212,7 @@ REGISTRY: dict[str, ModelSpec] = {
                 resize=256, crop=224, resample="bicubic", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
             ),
             embedding_output=1,
+            openvino=True,
         ),
         ModelSpec(
             id="mobileclip_s2_image",
@@ -232,6 +237,7 @@ REGISTRY: dict[str, ModelSpec] = {
             # (MobileCLIP was trained on [0, 1] pixels).
             image_input=ImageInput(resize=256, crop=256, resample="bilinear"),
             embedding_output=0,
+            openvino=True,
             text_tower="mobileclip_s2_text",
         ),
         ModelSpec(
@@ -273,6 +279,8 @@ def _int8(model_id: str, file: ModelFile) -> ModelSpec:
         id=f"{model_id}_int8",
         files=(file,),
         description=f"{base.description}; int8 weights (smaller and faster on CPUs, embeddings slightly off fp32)",
+        # Not measured on OpenVINO: its dynamically quantised MatMulInteger graph is ONNX Runtime's recipe.
+        openvino=False,
     )
 
 
@@ -294,12 +302,30 @@ class ModelError(Exception):
 
 
 @dataclass(frozen=True)
+class Choice:
+    """The runtime that runs a network and the precision it computes at."""
+
+    runtime: str = "onnxruntime"
+    precision: str = "fp32"
+
+    @property
+    def variant(self) -> str:
+        """The suffix of the ``model`` tag: empty for ONNX Runtime at fp32, the tag's meaning before runtimes
+        could be chosen, so that tables made then still match."""
+        return "" if self == DEFAULT_CHOICE else f"{self.runtime}-{self.precision}"
+
+
+DEFAULT_CHOICE = Choice()
+
+
+@dataclass(frozen=True)
 class Resolved:
     spec: ModelSpec
     path: Path  # main file
     paths: dict[str, Path]  # every file by ModelFile.name
     sha256: str  # of the main file actually used
     override: bool  # came from config `models: {id: {path: ...}}`
+    variant: str = ""  # the runtime and precision that ran it, where not ONNX Runtime at fp32 (Choice.variant)
 
     @property
     def id(self) -> str:
@@ -307,8 +333,15 @@ class Resolved:
 
     @property
     def tag(self) -> str:
-        """What the tables store in their ``model`` column."""
-        return f"{self.spec.id}@sha256:{self.sha256}"
+        """What the tables store in their ``model`` column: the weights, and how they were run where that was
+        not ONNX Runtime at fp32 (``dinov2_small@sha256:…+openvino-bf16``)."""
+        return f"{self.spec.id}@sha256:{self.sha256}" + (f"+{self.variant}" if self.variant else "")
+
+
+def weights_tag(tag: str) -> str:
+    """A ``model`` tag without its runtime and precision: what identifies the weights. Embeddings of the same
+    weights on another runtime or precision stay within cosine 0.999 of each other and can be compared."""
+    return tag.partition("+")[0]
 
 
 def spec_of(model_id: str) -> ModelSpec:

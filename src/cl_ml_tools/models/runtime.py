@@ -1,25 +1,34 @@
-"""The ``models`` section of the workflow config: where the ONNX models run, and local files used instead of
-the cache."""
+"""The ``models`` section of the workflow config: where the ONNX models run and on which runtime and precision,
+and local files used instead of the cache."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .registry import REGISTRY, ModelError
 
 DEVICES = ("cpu", "cuda")
-RUNTIME_KEYS = ("device", "gpu_batch_size")
-"""Keys of config ``models`` that are not model ids: where the ONNX models run, and their batch on a GPU."""
+RUNTIMES = ("auto", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16")
+RUNTIME_KEYS = ("device", "gpu_batch_size", "runtime", "precision")
+"""Keys of config ``models`` that are not model ids: where the ONNX models run, their batch on a GPU, the
+runtime on the CPU and the precision per model."""
 
 
 @dataclass(frozen=True)
 class Runtime:
     device: str = "cpu"
     gpu_batch_size: int = 256
+    # auto: per model and CPU, what a short measurement found fastest among the runtimes and precisions whose
+    # embeddings keep cosine >= 0.999 to ONNX Runtime's fp32 (models/choose.py).
+    runtime: str = "onnxruntime"
+    # model id -> fp32 or bf16; a model not named here: fp32, or under auto whichever precision the
+    # measurement picked.
+    precision: Mapping[str, str] = field(default_factory=dict)
 
     def batch(self, cpu_batch: int) -> int:
         """Images per onnxruntime call: the step's CPU batch, or a GPU's larger one (a GPU is starved by 8)."""
@@ -31,6 +40,20 @@ def runtime_from_config(config: Mapping[str, Any]) -> Runtime:
     runtime = Runtime(**{k: section[k] for k in RUNTIME_KEYS if k in section})
     if runtime.device not in DEVICES:
         raise ModelError(f"config 'models.device' must be one of {', '.join(DEVICES)}, not {runtime.device!r}")
+    if runtime.runtime not in RUNTIMES:
+        raise ModelError(f"config 'models.runtime' must be one of {', '.join(RUNTIMES)}, not {runtime.runtime!r}")
+    if not isinstance(runtime.precision, Mapping):
+        raise ModelError(f"config 'models.precision' must map model ids to a precision, not {runtime.precision!r}")
+    choosable = sorted(k for k, spec in REGISTRY.items() if spec.openvino)
+    for model_id, precision in runtime.precision.items():
+        if model_id not in choosable:
+            raise ModelError(
+                f"config 'models.precision' names {model_id!r}; a precision can be set for {', '.join(choosable)}"
+            )
+        if precision not in PRECISIONS:
+            raise ModelError(
+                f"config 'models.precision.{model_id}' must be one of {', '.join(PRECISIONS)}, not {precision!r}"
+            )
     return runtime
 
 
