@@ -378,8 +378,8 @@ def identity(model_id: str, overrides: Mapping[str, Path] | None = None) -> str:
 
 def cache_state(model_id: str, overrides: Mapping[str, Path] | None = None) -> tuple[str, Path]:
     """For listings, from ``stat`` alone: ``override``, ``verified`` (every file matches a stamp of its pin),
-    ``cached`` (present with the right size, not hashed yet), ``bad-size`` or ``missing``; and the main
-    file's path."""
+    ``cached`` (present with the right size, not hashed yet), ``installed`` (some file not in the cache but
+    in an installed package, with the right size), ``bad-size`` or ``missing``; and the main file's path."""
     spec = spec_of(model_id)
     given = (overrides or {}).get(model_id)
     if given is not None:
@@ -391,6 +391,10 @@ def cache_state(model_id: str, overrides: Mapping[str, Path] | None = None) -> t
         try:
             st = path.stat()
         except OSError:
+            installed = _installed(f)
+            if installed is not None and size_pin is not None and installed.stat().st_size == size_pin:
+                state = "installed"  # copied into the cache, and verified, on first use
+                continue
             return "missing", _target(spec, spec.files[0])
         if size_pin is not None and st.st_size != size_pin:
             state = "bad-size"
