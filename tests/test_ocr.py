@@ -68,6 +68,8 @@ def test_lines_are_the_librarys_on_the_same_preview(photo: Path, tmp_path: Path)
     preview, rows = _preview_and_lines(photo, tmp_path)
     reference = RapidOCR(params={"Global.log_level": "error"})(preview["file"])
     assert reference.txts, "the library finds text on the sample"
+    # Every line it reads on these two holds a letter (the step drops lines of symbols alone).
+    assert all(any(c.isalnum() for c in text) for text in reference.txts)
     assert rows.text.tolist() == list(reference.txts)
     with Image.open(preview["file"]) as image:
         scale = np.array([preview["source_width"] / image.width, preview["source_height"] / image.height])
@@ -125,6 +127,22 @@ def test_a_file_the_decoder_refuses_is_an_error_row(tmp_path: Path) -> None:
     rows = plugins.ocr.run(bad, out=tmp_path / "out")
     assert len(rows) == 1 and rows.status[0] == "error"
     assert rows.error[0].startswith("no preview frame to read text on: the thumbnails step failed")
+
+
+def test_lines_of_symbols_alone_are_dropped(tmp_path: Path) -> None:
+    """Asterisks drawn alone on a plate: the library reads them as a line; the step keeps no line of them."""
+    from rapidocr import RapidOCR
+
+    photo = make_photo(tmp_path / "stars.png", (800, 600))
+    image = Image.open(photo).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((80, 180, 720, 420), fill=(250, 250, 240))
+    draw.text((120, 230), "*** +++ ***", fill=(10, 10, 10), font=ImageFont.truetype(FONT, 90))
+    image.save(photo)
+    read = RapidOCR(params={"Global.log_level": "error"})(str(photo)).txts or ()
+    assert read and not any(c.isalnum() for text in read for c in text), read
+    rows = plugins.ocr.run(photo, out=tmp_path / "out")
+    assert len(rows) == 1 and rows.text.isna().all() and rows.status[0] == "ok"
 
 
 def test_max_lines_keeps_the_first_lines_in_reading_order(tmp_path: Path) -> None:
