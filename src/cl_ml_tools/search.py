@@ -173,7 +173,8 @@ def by_text_and_words(
     """:func:`by_words`' hits first, then :func:`by_text`'s (MobileCLIP) others, ``top`` in all. The two
     scores are not on one scale (a share of the query's words, a cosine), so they are not merged: a file
     that holds the words is better evidence than one that looks like them. A file found both ways (among
-    MobileCLIP's own ``top``) is listed once, among the text hits, its ``why`` naming both. Without an ``ocr`` table: :func:`by_text` alone."""
+    MobileCLIP's own ``top``) is listed once, among the text hits, its ``why`` naming both. Without an
+    ``ocr`` table: :func:`by_text` alone."""
     results = Path(results)
     if not (results / "tables" / "ocr.parquet").exists():
         return by_text(results, query, top, overrides)
