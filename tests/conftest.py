@@ -115,8 +115,8 @@ def write_config(workdir: Path, inputs: dict[str, str], **overrides: object) -> 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["inputs"] = inputs
     config["models"] = dict(TEST_MODELS)
-    # OCR costs about a second per preview frame (real PP-OCR networks, no stand-in): on only where a test
-    # asks for it.
+    # OCR costs up to half a second of CPU per preview frame (real PP-OCR networks, no stand-in): on only where
+    # a test asks for it.
     config["ocr"] = {**config["ocr"], "enabled": False}
     for key, value in overrides.items():
         if isinstance(value, dict) and key != "models":
