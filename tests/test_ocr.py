@@ -95,7 +95,8 @@ def test_the_sign_stored_sideways_is_read_upright_in_the_oriented_pictures_pixel
 
 def test_known_words_drawn_on_a_large_photo_are_found_where_they_were_drawn(tmp_path: Path) -> None:
     """Words drawn with DejaVu Sans Bold on a 2400 x 1600 photo (its preview is scaled down 2.3 times): each
-    is read exactly, its box within 3 % of the picture's width of Pillow's own ``textbbox`` for it."""
+    is read exactly, its box within 1 % of the picture's width (24 px) of Pillow's own ``textbbox`` for it. The
+    detector grows its boxes around the glyphs (the DB detector's unclip ratio): 11-16 px here."""
     photo = make_photo(tmp_path / "large.png", (2400, 1600))
     image = Image.open(photo).convert("RGB")
     draw = ImageDraw.Draw(image)
@@ -112,7 +113,7 @@ def test_known_words_drawn_on_a_large_photo_are_found_where_they_were_drawn(tmp_
     for row in rows.to_dict("records"):
         x0, y0, x1, y1 = boxes[row["text"]]
         got = (row["x"], row["y"], row["x"] + row["width"], row["y"] + row["height"])
-        assert np.abs(np.array(got) - (x0, y0, x1, y1)).max() < 0.03 * 2400, row["text"]
+        assert np.abs(np.array(got) - (x0, y0, x1, y1)).max() < 0.01 * 2400, row["text"]
 
 
 def test_a_photo_without_text_is_one_ok_row_without_a_line(tmp_path: Path) -> None:
