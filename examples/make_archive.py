@@ -13,12 +13,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pillow_heif
 from matplotlib import cbook
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from skimage import data
 
 ARCHIVE = Path(__file__).resolve().parent / "archive"
+SOURCES = Path(__file__).resolve().parent / "sources"
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"  # Debian's fonts-dejavu-core
 
 
 def run(*args: str) -> None:
@@ -69,6 +72,7 @@ def main() -> None:
     run("exiftool", "-q", "-overwrite_original", "-Rotation=90", str(ARCHIVE / "videos" / "portrait.mov"))
 
     reunion(astronaut)
+    texts()
 
     # Bad input that must become error rows, not crashes.
     good = photo.read_bytes()
@@ -93,6 +97,40 @@ def reunion(astronaut: Image.Image) -> None:
     for name, when in (("hopper.jpg", "2023:05:20 10:15:00"), ("together.jpg", "2023:05:20 16:42:31")):
         run("exiftool", "-q", "-overwrite_original", *tags, f"-DateTimeOriginal={when}", f"-CreateDate={when}",
             str(folder / name))  # fmt: skip
+
+
+def texts() -> None:
+    """Photos with text for the ocr step and ``search --text``: Tesseract's test page (examples/sources,
+    Apache-2.0), and a street sign on a brick wall, stored sideways (Orientation 6) so that the text's boxes
+    must come back in the oriented picture's pixels. The sign is drawn here with DejaVu Sans Bold, its plate
+    set in perspective, on scikit-image's brick wall (CC0)."""
+    folder = ARCHIVE / "texts"
+    folder.mkdir()
+    shutil.copy(SOURCES / "phototest.tif", folder / "phototest.tif")
+    wall = Image.fromarray(data.brick()).convert("RGB").resize((900, 600))
+    plate = Image.new("RGB", (520, 200), (22, 60, 140))
+    draw = ImageDraw.Draw(plate)
+    draw.rounded_rectangle((8, 8, 511, 191), radius=18, outline=(240, 240, 240), width=6)
+    draw.text((260, 72), "PALAIS ROYAL", fill=(245, 245, 245), font=ImageFont.truetype(FONT, 54), anchor="mm")
+    draw.text((260, 140), "Musée du Louvre", fill=(245, 245, 245), font=ImageFont.truetype(FONT, 36), anchor="mm")
+    # A plate seen a little from the left: its right edge shorter than its left.
+    coeffs = _perspective([(0, 0), (470, 30), (470, 170), (0, 200)], [(0, 0), (520, 0), (520, 200), (0, 200)])
+    seen = plate.transform((470, 200), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BICUBIC)
+    mask = Image.new("L", (520, 200), 255).transform((470, 200), Image.Transform.PERSPECTIVE, coeffs)
+    wall.paste(seen, (200, 180), mask)
+    sign = folder / "metro sign.jpg"
+    wall.transpose(Image.Transpose.ROTATE_90).save(sign, quality=88)
+    run("exiftool", "-q", "-overwrite_original", "-Orientation#=6", "-Software=cl_ml_tools sample", str(sign))
+
+
+def _perspective(dst: list[tuple[int, int]], src: list[tuple[int, int]]) -> tuple[float, ...]:
+    """Pillow's PERSPECTIVE coefficients mapping each output corner ``dst`` to the input corner ``src``."""
+    rows = []
+    for (x, y), (u, v) in zip(dst, src, strict=True):
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+    solution = np.linalg.solve(np.array(rows, dtype=float), np.array([c for p in src for c in p], dtype=float))
+    return tuple(float(c) for c in solution)
 
 
 if __name__ == "__main__":

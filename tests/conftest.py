@@ -50,7 +50,9 @@ def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("sample")
     shutil.copytree(SAMPLE, work / "archive")
     shutil.copy(SAMPLE / "2021 holiday" / "astronaut.jpg", work / "archive" / "astronaut copy.jpg")
-    write_config(work, {"photos": "archive"}, hls={"enabled": False}, people={"max_distance": 0.35})
+    write_config(
+        work, {"photos": "archive"}, hls={"enabled": False}, people={"max_distance": 0.35}, ocr={"enabled": True}
+    )
     snakemake(work)
     return work
 
@@ -113,6 +115,9 @@ def write_config(workdir: Path, inputs: dict[str, str], **overrides: object) -> 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["inputs"] = inputs
     config["models"] = dict(TEST_MODELS)
+    # OCR costs up to half a second of CPU per preview frame (real PP-OCR networks, no stand-in): on only where
+    # a test asks for it.
+    config["ocr"] = {**config["ocr"], "enabled": False}
     for key, value in overrides.items():
         if isinstance(value, dict) and key != "models":
             config[key] = {**config.get(key, {}), **value}

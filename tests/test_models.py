@@ -451,7 +451,7 @@ def test_identity_of_a_pinned_model_touches_no_file(monkeypatch, tmp_path: Path)
             m.setattr(target, name, refuse)
         m.setattr(io, "open", refuse)
         pins = {i: models.identity(i) for i in models.REGISTRY}
-    assert len(pins) == 8
+    assert len(pins) == 9
     assert pins["arcface_w600k_r50"] == "4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43"
     assert pins["blaze_face_short_range"] == models.REGISTRY["blaze_face_short_range"].files[0].sha256
     assert not (tmp_path / "never").exists()
@@ -650,6 +650,7 @@ def test_registry_is_complete_and_documented() -> None:
         "dinov2_small_int8",
         "mobileclip_s2_image",
         "mobileclip_s2_text",
+        "ppocr_v6_small",
     }
     doc = (REPO / "docs" / "models.md").read_text()
     assert models.registry.markdown_tables() in doc, "docs/models.md: paste `python -m cl_ml_tools.models` output"

@@ -306,4 +306,6 @@ def test_the_archive_job_of_a_server_from_the_wheel_runs_the_packaged_pipeline(
         ours = comparable(tables.load(step, tmp_path / "storage" / "archive" / "results", columns=kept))
         theirs = comparable(tables.load(step, sample_run / "results", columns=kept))
         pd.testing.assert_frame_equal(ours, theirs, obj=step)
-    assert {"cl_ml_tools.master", "cl_ml_tools.service.archive", "cl_ml_tools.steps.hashes"} <= assert_inside(venv, probe)
+    assert {"cl_ml_tools.master", "cl_ml_tools.service.archive", "cl_ml_tools.steps.hashes"} <= assert_inside(
+        venv, probe
+    )

@@ -149,3 +149,113 @@ def test_like_accepts_a_table_made_on_another_runtime(tmp_path: Path, test_model
     Image.open(files[1]["path"]).resize((500, 375)).save(outside, quality=85)
     hits = search.by_example(results, outside, top=3, overrides=over)
     assert hits[0].path == files[1]["path"] and hits[0].score > 0.95
+
+
+def _ocr_results(folder: Path, lines: dict[str, list[str]], results: Path | None = None) -> Path:
+    """A results folder whose ``ocr`` table holds ``lines`` (path → its text lines; none: read, no text), with
+    ``files`` rows for those paths; or ``results``' tables copied, the ocr rows given by its files' names."""
+    out = folder / "results"
+    if results is not None:
+        shutil.copytree(results / "tables", out / "tables", symlinks=False)
+        files = pq.read_table(out / "tables" / "files.parquet").to_pylist()
+    else:
+        files = [{"media_id": f"{i:016x}", "input": "t", "path": p, "status": "ok", "error": None}
+                 for i, p in enumerate(lines)]  # fmt: skip
+        (out / "tables").mkdir(parents=True)
+        tables.write_parquet(tables.to_arrow("files", files), out / "tables" / "files.parquet")
+    rows = []
+    for f in files:
+        name = Path(f["path"]).name if results is not None else f["path"]
+        if name not in lines:
+            continue
+        base = {"media_id": f["media_id"], "input": "t", "path": f["path"], "status": "ok", "error": None}
+        texts = lines[name]
+        rows += [{**base, "frame_index": 0, "line_index": i, "text": t, "score": 0.9} for i, t in enumerate(texts)]
+        rows += [] if texts else [base]
+    shutil.rmtree(out / "tables" / "ocr.parquet", ignore_errors=True)
+    tables.write_parquet(tables.to_arrow("ocr", rows), out / "tables" / "ocr.parquet")
+    return out
+
+
+def test_one_wrong_letter_is_levenshtein_distance_one() -> None:
+    """search's test against rapidfuzz's Levenshtein distance on every pair of short words over a small
+    alphabet (substitutions, insertions, deletions, at the ends and inside)."""
+    import itertools
+
+    from rapidfuzz.distance import Levenshtein
+
+    alphabet_words = ["".join(p) for n in range(0, 5) for p in itertools.product("abc", repeat=n)]
+    for a, b in itertools.product(alphabet_words, repeat=2):
+        assert search._within_one_edit(a, b) == (Levenshtein.distance(a, b) <= 1), (a, b)
+
+
+def test_words_ignore_case_and_accents() -> None:
+    assert search.words("Musée du LOUVRE, Île-de-France — Ça") == ["musee", "du", "louvre", "ile", "de", "france", "ca"]
+    assert search.words("STRASSE Straße") == ["strasse", "strasse"]  # casefold, as Unicode folds ß
+
+
+def test_text_search_ranks_files_by_the_share_of_words_they_hold(tmp_path: Path) -> None:
+    """Scores recomputed with rapidfuzz: per query word 1 when the file holds it, 0.75 when a word of the file
+    is at Levenshtein distance 1 from it (4 letters or more), averaged over the query's words."""
+    from rapidfuzz.distance import Levenshtein
+
+    lines = {
+        "/a/sign.jpg": ["PALAIS ROYAL", "Musée du Louvre"],
+        "/a/papes.jpg": ["Palais des Papes"],
+        "/a/mail.jpg": ["Royal Mail"],
+        "/a/plain.jpg": [],
+    }
+    results = _ocr_results(tmp_path, lines)
+
+    def expected(query: str) -> list[tuple[str, float]]:
+        scores = {}
+        for path, texts in lines.items():
+            words = [w.lower().replace("é", "e") for t in texts for w in t.split()]
+            per_word = [
+                1.0
+                if q in words
+                else 0.75
+                if len(q) >= 4 and any(Levenshtein.distance(q, w) == 1 for w in words)
+                else 0
+                for q in query.lower().split()
+            ]
+            if sum(per_word):
+                scores[path] = sum(per_word) / len(per_word)
+        return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+    for query in ("palais royal", "PALAIS ROYL", "musee", "palas", "louvre mail", "de", "du", "dy", "nothing"):
+        hits = search.by_words(results, query)
+        assert sorted(((h.path, h.score) for h in hits), key=lambda kv: (-kv[1], kv[0])) == expected(query), query
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    (best,) = search.by_words(results, "palais royal", top=1)
+    assert (best.path, best.score, best.why) == ("/a/sign.jpg", 1.0, "text: PALAIS ROYAL")
+
+
+def test_search_text_command_says_why(tmp_path: Path, capsys) -> None:
+    results = _ocr_results(tmp_path, {"/a/sign.jpg": ["PALAIS ROYAL", "Musée du Louvre"], "/a/plain.jpg": []})
+    assert cli.main(["search", "--text", "musée louvre", "--results", str(results)]) == 0
+    assert capsys.readouterr().out == "1.0000\t/a/sign.jpg\t-\ttext: Musée du Louvre\n"
+
+
+def test_search_lists_text_hits_then_clip_hits_each_marked(results: Path, test_models, tmp_path: Path, capsys) -> None:
+    """With an ocr table beside the clip table: the file holding the words first, marked text (and clip when
+    MobileCLIP ranks it too), then MobileCLIP's own ranking of the others, marked clip."""
+    over = {"mobileclip_s2_text": test_models["mobileclip_s2_text"]}
+    query = "cafe de flore"
+    clip_only = search.by_text(results, query, top=5, overrides=over)
+    with_text = _ocr_results(tmp_path, {"coffee.png": ["Café de Flore"], "astronaut.jpg": []}, results)
+    hits = search.by_text_and_words(with_text, query, top=5, overrides=over)
+    coffee = next(h for h in clip_only if h.path.endswith("coffee.png"))
+    assert (Path(hits[0].path).name, hits[0].score, hits[0].why) == ("coffee.png", 1.0, "text: Café de Flore; clip")
+    assert hits[0].thumbnail == coffee.thumbnail
+    assert [(h.path, h.score, h.why) for h in hits[1:]] == [
+        (h.path, h.score, "clip") for h in clip_only if h.media_id != coffee.media_id
+    ]
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models: {{mobileclip_s2_text: {{path: {test_models['mobileclip_s2_text']}}}}}\n")
+    assert cli.main(["search", query, "--results", str(with_text), "--top", "2", "--config", str(config)]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    # "clip" joins the text's reason where the file is among MobileCLIP's own top 2 too.
+    top2 = [h.media_id for h in search.by_text(results, query, top=2, overrides=over)]
+    first = "text: Café de Flore" + ("; clip" if coffee.media_id in top2 else "")
+    assert [line[3] for line in lines] == [first, "clip"]

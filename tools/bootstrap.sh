@@ -28,6 +28,8 @@ if [ "$extra" = dev ]; then
   command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
   # The service tests publish job events to a real MQTT broker they start themselves.
   command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+  # A TrueType font for the text the OCR tests draw (tests/test_ocr.py).
+  [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then

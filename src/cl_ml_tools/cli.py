@@ -145,24 +145,32 @@ def add_models(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    """find files by text (MobileCLIP) or by an example file (DINOv2)
+    """find files by text (MobileCLIP, and the words in them), or by an example file (DINOv2)
 
-    Prints score, path and thumbnail path of the best matches, best first, tab-separated."""
+    Prints score, path and thumbnail path of the best matches, best first, tab-separated; where the words
+    in the pictures are searched too (an ocr table exists, or --text), a fourth column says why each file
+    matched: "clip", "text: <the line that matched>", or both."""
     if not args.like and not args.query:
         raise UsageError('search needs words to look for ("a dog on a beach") or --like PATH')
+    if args.like and args.text:
+        raise UsageError("search takes --like or --text, not both")
     over = overrides(args)
     config = load_config(args.config)
+    query = " ".join(args.query)
     try:
         if args.like:
             preview = (config.get("thumbnails") or {}).get("preview_size", 1024)
             hits = search.by_example(args.results, args.like, args.top, over, preview_size=preview)
+        elif args.text:
+            hits = search.by_words(args.results, query, args.top)
         else:
-            hits = search.by_text(args.results, " ".join(args.query), args.top, over)
+            hits = search.by_text_and_words(args.results, query, args.top, over)
     except search.SearchError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    with_why = not args.like and (args.text or (Path(args.results) / "tables" / "ocr.parquet").exists())
     for hit in hits:
-        print(f"{hit.score:.4f}\t{hit.path}\t{hit.thumbnail or '-'}")
+        print(f"{hit.score:.4f}\t{hit.path}\t{hit.thumbnail or '-'}" + (f"\t{hit.why}" if with_why else ""))
     return EXIT_OK
 
 
@@ -182,6 +190,12 @@ def add_search(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser = _command(commands, common, cmd_search)
     parser.add_argument("query", nargs="*", help='words to look for, e.g. "a dog on a beach"')
     parser.add_argument("--like", metavar="PATH", help="find files that look like this one instead")
+    parser.add_argument(
+        "--text",
+        action="store_true",
+        help="only the words in the pictures (the ocr table): case and accents ignored, one wrong letter per "
+        "word of 4 letters or more forgiven",
+    )
     parser.add_argument("--results", default="results", help="the pipeline's results directory")
     parser.add_argument("--top", type=int, default=20, help="how many files to show")
 

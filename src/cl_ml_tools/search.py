@@ -1,4 +1,5 @@
-"""Search the archive's embeddings: by text (MobileCLIP-S2, ``clip`` table) or by example (DINOv2, ``dino``).
+"""Search the archive's embeddings: by text (MobileCLIP-S2, ``clip`` table) or by example (DINOv2, ``dino``);
+and the words in its pictures (``ocr`` table).
 
 A file's score is the best cosine over its rows (an image's frame 0; each preview frame of a video and its
 mean row), so a video is found by any of its scenes.
@@ -7,7 +8,9 @@ mean row), so a video is found by any of its scenes.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,9 @@ class Hit:
     path: str
     score: float
     thumbnail: str | None
+    why: str = "clip"
+    """What matched: ``clip`` (the image's embedding is near the query's), ``text: <line>`` (the words are in
+    the picture, the best line quoted), or both."""
 
 
 class SearchError(Exception):
@@ -81,13 +87,103 @@ def _rank(
         if media_id != exclude and score > best.get(media_id, -2.0):
             best[media_id] = score
     ranked = sorted(best.items(), key=lambda kv: -kv[1])[:top]
+    return _hits(results, ranked, files)
+
+
+def _hits(results: Path, ranked: list[tuple[str, float]], files: pa.Table, why: Mapping[str, str] = {}) -> list[Hit]:
     hits = [m for m, _ in ranked]
     paths = _column_by_id(files, hits, "path")
     thumbs: dict[str, str] = {}
     if (results / "tables" / "thumbnails.parquet").exists():
         t = _table(results, "thumbnails", ["media_id", "status", "role", "file"])
         thumbs = _column_by_id(t.filter(pc.equal(t.column("role"), "thumb")), hits, "file")
-    return [Hit(m, paths.get(m, "?"), s, thumbs.get(m)) for m, s in ranked]
+    return [Hit(m, paths.get(m, "?"), s, thumbs.get(m), why.get(m, "clip")) for m, s in ranked]
+
+
+# Words of fewer letters must match exactly: one wrong letter in "du" or "of" would match half the language.
+FUZZY_MIN_LETTERS = 4
+# A word one letter off counts for less than the word itself, so that an exact match ranks first.
+FUZZY_WEIGHT = 0.75
+
+
+def words(text: str) -> list[str]:
+    """``text``'s words as search compares them: accents dropped (NFKD, combining marks removed), case folded,
+    split on anything that is not a letter or digit."""
+    bare = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return re.findall(r"\w+", bare.casefold())
+
+
+def _within_one_edit(a: str, b: str) -> bool:
+    """Whether ``a`` becomes ``b`` by at most one substitution, insertion or deletion (Levenshtein ≤ 1)."""
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    # After the common prefix: skip one letter of the longer word, or one of each (a substitution).
+    return a[i:] == b[i + 1 :] or (len(a) == len(b) and a[i + 1 :] == b[i + 1 :])
+
+
+def word_match(query_word: str, candidates: Iterable[str]) -> float:
+    """1 when ``query_word`` is among ``candidates``, ``FUZZY_WEIGHT`` when one is a letter off (words of
+    ``FUZZY_MIN_LETTERS`` or more), else 0."""
+    found = 0.0
+    for word in candidates:
+        if word == query_word:
+            return 1.0
+        if len(query_word) >= FUZZY_MIN_LETTERS and _within_one_edit(query_word, word):
+            found = FUZZY_WEIGHT
+    return found
+
+
+def text_score(query: str, lines: Iterable[str]) -> tuple[float, str]:
+    """How well a file's text lines match ``query``, 0 to 1: the mean over the query's words of each word's
+    best match anywhere in the file; and the line that matched most of them (quoted in the hit)."""
+    wanted = words(query)
+    lines = list(lines)
+    split = [words(line) for line in lines]
+    every = {w for line in split for w in line}
+    if not wanted or not every:
+        return 0.0, ""
+    score = sum(word_match(w, every) for w in wanted) / len(wanted)
+    best_line = max(range(len(lines)), key=lambda i: sum(word_match(w, split[i]) for w in wanted))
+    return score, lines[best_line]
+
+
+def by_words(results: str | os.PathLike[str], query: str, top: int = 20) -> list[Hit]:
+    """Files whose pictures hold the query's words (the ``ocr`` table's lines, every frame of a video),
+    case- and accent-insensitive and tolerant of one wrong letter per word (see :func:`text_score`), best
+    first; files matching none of the words are left out."""
+    results = Path(results)
+    table = _table(results, "ocr", ["media_id", "status", "text"])
+    table = table.filter(pc.is_valid(table.column("text")))
+    lines: dict[str, list[str]] = {}
+    for media_id, text in zip(table.column("media_id").to_pylist(), table.column("text").to_pylist(), strict=True):
+        lines.setdefault(media_id, []).append(text)
+    scored = {m: text_score(query, texts) for m, texts in lines.items()}
+    ranked = sorted(((m, s) for m, (s, _) in scored.items() if s > 0), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return _hits(results, ranked, _files(results), {m: f"text: {scored[m][1]}" for m, _ in ranked})
+
+
+def by_text_and_words(
+    results: str | os.PathLike[str], query: str, top: int = 20, overrides: Mapping[str, Path] | None = None
+) -> list[Hit]:
+    """:func:`by_words`' hits first, then :func:`by_text`'s (MobileCLIP) others, ``top`` in all. The two
+    scores are not on one scale (a share of the query's words, a cosine), so they are not merged: a file
+    that holds the words is better evidence than one that looks like them. A file found both ways (among
+    MobileCLIP's own ``top``) is listed once, among the text hits, its ``why`` naming both. Without an
+    ``ocr`` table: :func:`by_text` alone."""
+    results = Path(results)
+    if not (results / "tables" / "ocr.parquet").exists():
+        return by_text(results, query, top, overrides)
+    text_hits = by_words(results, query, top)
+    clip_hits = by_text(results, query, top, overrides) if (results / "tables" / "clip.parquet").exists() else []
+    clip_ids = {h.media_id for h in clip_hits}
+    seen = {h.media_id for h in text_hits}
+    both = [Hit(**{**h.__dict__, "why": f"{h.why}; clip"}) if h.media_id in clip_ids else h for h in text_hits]
+    return (both + [h for h in clip_hits if h.media_id not in seen])[:top]
 
 
 def by_text(

@@ -165,6 +165,21 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("crop_source", pa.string()),
         ]
     ),
+    # One row per text line of a preview frame; a file whose frames hold no text at all: one row with status ok
+    # and null frame_index, line_index and text (read, nothing found), so that no text is not a missing file.
+    "ocr": pa.schema(
+        [
+            *COMMON,
+            pa.field("frame_index", pa.int32()),
+            pa.field("timestamp_s", pa.float64()),
+            pa.field("line_index", pa.int32()),
+            pa.field("text", pa.string()),
+            pa.field("score", pa.float32()),
+            *(pa.field(name, pa.float32()) for name in ("x", "y", "width", "height")),
+            *(pa.field(name, pa.float32()) for name in ("x_norm", "y_norm", "width_norm", "height_norm")),
+            pa.field("model", pa.string()),
+        ]
+    ),
     "face_embeddings": pa.schema(
         [
             *COMMON,

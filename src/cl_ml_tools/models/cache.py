@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
+import shutil
 import stat
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -211,6 +214,46 @@ class _Bad(ModelError):
     pass
 
 
+def _installed(f: ModelFile) -> Path | None:
+    """Where an installed package holds ``f``: a member of a wheel (a path under site-packages) whose package
+    is importable here. The package is found, not imported."""
+    if f.member is None or not f.url.endswith(".whl"):
+        return None
+    top, _, rest = f.member.partition("/")
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    for location in (found.submodule_search_locations or []) if found else []:
+        candidate = Path(location) / rest
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _copy_installed(spec: ModelSpec, f: ModelFile) -> bool:
+    """Copy ``f`` into the cache from an installed package (the rapidocr wheel's networks), when its bytes
+    match the registry's pin: no download for what pip already put on this machine. The cache keeps its own
+    copy, so that its stamps and a later upgrade of the package leave each other alone."""
+    source = _installed(f)
+    if source is None or f.sha256 is None or source.stat().st_size != f.size or _sha256_file(source) != f.sha256:
+        return False
+    target = _target(spec, f)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _write_stamp(target, f.sha256)
+    log.info("model %s: %s copied into the cache from the installed package (%s)", spec.id, f.name, source)
+    return True
+
+
 def _check_cached(spec: ModelSpec, f: ModelFile, *, full: bool) -> str:
     """Return the sha256 of the verified cached file, or raise _Missing / _Bad."""
     path = _target(spec, f)
@@ -218,6 +261,8 @@ def _check_cached(spec: ModelSpec, f: ModelFile, *, full: bool) -> str:
     try:
         st = path.stat()
     except FileNotFoundError:
+        if _copy_installed(spec, f):
+            return _check_cached(spec, f, full=full)
         raise _Missing(
             f"model {spec.id}: {f.name} is not in the cache. Run `cl-ml-tools models fetch {spec.id}` (needs the "
             f"network), or put {f.name}{' (extracted from the archive)' if f.member else ''} there by hand:\n"
@@ -333,8 +378,8 @@ def identity(model_id: str, overrides: Mapping[str, Path] | None = None) -> str:
 
 def cache_state(model_id: str, overrides: Mapping[str, Path] | None = None) -> tuple[str, Path]:
     """For listings, from ``stat`` alone: ``override``, ``verified`` (every file matches a stamp of its pin),
-    ``cached`` (present with the right size, not hashed yet), ``bad-size`` or ``missing``; and the main
-    file's path."""
+    ``cached`` (present with the right size, not hashed yet), ``installed`` (some file not in the cache but
+    in an installed package, with the right size), ``bad-size`` or ``missing``; and the main file's path."""
     spec = spec_of(model_id)
     given = (overrides or {}).get(model_id)
     if given is not None:
@@ -346,6 +391,10 @@ def cache_state(model_id: str, overrides: Mapping[str, Path] | None = None) -> t
         try:
             st = path.stat()
         except OSError:
+            installed = _installed(f)
+            if installed is not None and size_pin is not None and installed.stat().st_size == size_pin:
+                state = "installed"  # copied into the cache, and verified, on first use
+                continue
             return "missing", _target(spec, spec.files[0])
         if size_pin is not None and st.st_size != size_pin:
             state = "bad-size"

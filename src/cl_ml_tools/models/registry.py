@@ -62,6 +62,7 @@ class ModelSpec:
     text_tower: str | None = None  # an image tower's text counterpart, whose embeddings share its space
     # The file also runs on OpenVINO (models.runtime: auto or openvino), at fp32 or bf16 (docs/models.md).
     openvino: bool = False
+    prepared_by: str | None = None  # who prepares the input where neither image_input nor MediaPipe does
 
     @property
     def embedding_size(self) -> int:
@@ -90,6 +91,12 @@ _MOBILECLIP_NOTICE = (
 # pinned files (docs/models.md, "Where the pins come from").
 _XENOVA_DINOV2 = "https://huggingface.co/Xenova/dinov2-small/resolve/c2bb04a51fab207c420665f1946016107bffc701"
 _XENOVA_MOBILECLIP = "https://huggingface.co/Xenova/mobileclip_s2/resolve/80568acdfbd3e3b8b5e94a7feb07095a00d622bf"
+# The rapidocr wheel on PyPI ships its default PP-OCR networks; the wheel is a zip archive, so its members are
+# downloadable files like any other, and an installed rapidocr package already holds the same bytes (cache.py).
+_RAPIDOCR_WHEEL = (
+    "https://files.pythonhosted.org/packages/59/07/203065283bba0c5e9c10af3602dc25ab3e59ee54dc2d1d22c8faeabf5ed8/"
+    "rapidocr-3.10.0-py3-none-any.whl"
+)
 # InsightFace's (x − 127.5) / 127.5 on the aligned 112×112 crop.
 _ARCFACE_INPUT = ImageInput(resize=112, crop=112, resample="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
@@ -266,6 +273,52 @@ REGISTRY: dict[str, ModelSpec] = {
             notice=_MOBILECLIP_NOTICE,
             embedding_output=0,
         ),
+        ModelSpec(
+            id="ppocr_v6_small",
+            version="rapidocr 3.10.0",
+            files=(
+                ModelFile(
+                    name="PP-OCRv6_det_small.onnx",
+                    url=_RAPIDOCR_WHEEL,
+                    sha256="090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f",
+                    size=9929594,
+                    member="rapidocr/models/PP-OCRv6_det_small.onnx",
+                ),
+                ModelFile(
+                    name="PP-OCRv6_rec_small.onnx",
+                    url=_RAPIDOCR_WHEEL,
+                    sha256="6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884",
+                    size=21234383,
+                    member="rapidocr/models/PP-OCRv6_rec_small.onnx",
+                ),
+                ModelFile(
+                    name="ch_ppocr_mobile_v2.0_cls_mobile.onnx",
+                    url=_RAPIDOCR_WHEEL,
+                    sha256="e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+                    size=585532,
+                    member="rapidocr/models/ch_ppocr_mobile_v2.0_cls_mobile.onnx",
+                ),
+            ),
+            licence=_APACHE,
+            source="https://github.com/RapidAI/RapidOCR",
+            runtime="onnxruntime",
+            # Detection (a text probability map), then recognition of each line crop (CTC over the 18710
+            # characters its metadata lists) and the 0°/180° direction classifier.
+            inputs=(
+                TensorSpec("x", ("N", 3, "H", "W")),
+                TensorSpec("x", ("N", 3, 48, "W")),
+                TensorSpec("x", ("N", 3, 48, 192)),
+            ),
+            outputs=(
+                TensorSpec("fetch_name_0", ("N", 1, "H", "W")),
+                TensorSpec("fetch_name_0", ("N", "T", 18710)),
+                TensorSpec("save_infer_model/scale_0.tmp_1", ("N", 2)),
+            ),
+            description="PP-OCRv6 small text detection and recognition (Chinese and Latin scripts) with the PP-OCR "
+            "text direction classifier, as the rapidocr wheel ships them",
+            step="ocr",
+            prepared_by="RapidOCR's own",
+        ),
     )
 }
 
@@ -391,6 +444,8 @@ def _download(f: ModelFile) -> str:
 
 def _image_input(spec: ModelSpec) -> str:
     r = spec.image_input
+    if r is None and spec.prepared_by:
+        return spec.prepared_by
     if r is None:
         return "MediaPipe's own" if spec.runtime == "mediapipe" else "tokenizer (77 ids)"
     crop = f", centre {r.crop}" if r.crop != r.resize else ""

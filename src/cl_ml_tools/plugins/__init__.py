@@ -1,7 +1,7 @@
 """The service's plugins in Python, without Snakemake or a server: the notebook way in.
 
 ``from cl_ml_tools.plugins import face_detection, face_embedding, dino_embedding, clip_embedding`` (and
-``hash``, ``media_thumbnail``, ``exif``, ``hls_streaming``) gives one module per plugin of the step registry,
+``hash``, ``media_thumbnail``, ``exif``, ``hls_streaming``, ``ocr``) gives one module per plugin of the step registry,
 each with ``run(path, **options) -> pandas.DataFrame``: the rows the plugin's step table has for that file,
 with the columns and types of the pipeline's table. Options are the step's config keys (``hashes.pixel``,
 ``thumbnails.preview_size`` …). Two keyword arguments are not options: ``config``, a config as

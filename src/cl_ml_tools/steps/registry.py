@@ -29,6 +29,7 @@ from . import (
     hashes,
     hls,
     image_embeddings,
+    ocr,
     people,
     thumbnails,
 )
@@ -134,6 +135,15 @@ STEPS: dict[str, Step] = {
             model=face_embeddings.model,
             shard=face_embeddings.shard,
             plugin=Plugin("face_embedding", IMAGES_AND_VIDEOS),
+        ),
+        Step(
+            "ocr",
+            needs="thumbnails",
+            reads=("thumbnails",),
+            settings=ocr.Settings,
+            model=ocr.model,
+            shard=ocr.shard,
+            plugin=Plugin("ocr", IMAGES_AND_VIDEOS),
         ),
         _image_embeddings("dino", dino.Settings, "dino_embedding"),
         _image_embeddings("clip", clip.Settings, "clip_embedding"),

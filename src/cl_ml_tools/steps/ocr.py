@@ -1,0 +1,158 @@
+"""Text lines on the preview frames: PP-OCR detection, direction classification and recognition, run by the
+``rapidocr`` library (its pre- and post-processing: resizing, the DB detector's box extraction, the CTC
+decoding) on the networks of our model registry, with our thread count and batch.
+
+Boxes are axis-aligned, around the detector's quadrilateral (text on a slant gets a box that also holds some
+background), in pixels of the oriented original as the ``faces`` table's are, and normalised to its size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from ..data.config import schema_defaults
+from ..data.tables import STATUS_OK, base_row
+from ..media.errors import MediaError
+from ..models import Resolved
+from .common import Job, Row, StepSettings, map_files
+
+if TYPE_CHECKING:
+    from rapidocr import RapidOCR
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+@schema_defaults("ocr")
+class Settings(StepSettings):
+    model: str
+    min_score: float
+    max_lines: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Line:
+    """One text line in the coordinates of the image it was read from (pixels)."""
+
+    text: str
+    score: float
+    quad: np.ndarray  # (4, 2): the detector's corners, clockwise from top left
+
+
+class Reader:
+    """A RapidOCR engine on the registry's files. One engine runs one image at a time on ``threads`` ONNX
+    Runtime threads (its sessions are not shared between calls in flight)."""
+
+    def __init__(self, resolved: Resolved, settings: Settings, threads: int):
+        from rapidocr import RapidOCR
+
+        det, rec, cls = (resolved.paths[f.name] for f in resolved.spec.files)
+        self.settings = settings
+        self.tag = resolved.tag
+        self.engine: RapidOCR = RapidOCR(
+            params={
+                "Global.log_level": "error",
+                "Global.text_score": settings.min_score,
+                "Det.model_path": str(det),
+                "Rec.model_path": str(rec),
+                "Cls.model_path": str(cls),
+                "Rec.rec_batch_num": settings.batch_size,
+                "Cls.cls_batch_num": settings.batch_size,
+                "EngineConfig.onnxruntime.intra_op_num_threads": max(1, threads),
+                "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+            }
+        )
+
+    def read(self, path: str) -> list[Line]:
+        """The lines of an image file holding a letter or digit, in the library's reading order, at most
+        ``max_lines``."""
+        result = self.engine(path)
+        if result.txts is None or result.boxes is None:
+            return []
+        lines = [
+            Line(str(text), float(score), np.asarray(box, dtype=np.float64))
+            for text, score, box in zip(result.txts, result.scores, result.boxes, strict=True)
+            # Texture read as text comes out as symbols ("***", "￥**" on the sample portraits, scored 0.7):
+            # a line without a letter or digit is nothing anyone searches for.
+            if any(c.isalnum() for c in str(text))
+        ]
+        return lines[: self.settings.max_lines]
+
+
+def lines_of_frame(reader: Reader, preview: Mapping[str, Any]) -> list[Row]:
+    """The text lines of one preview frame, in pixels of the oriented original."""
+    with Image.open(preview["file"]) as image:
+        size = image.size  # the header only: the library decodes the file itself
+    source = (preview["source_width"] or size[0], preview["source_height"] or size[1])
+    scale = np.array([source[0] / size[0], source[1] / size[1]])
+    rows = []
+    for index, line in enumerate(reader.read(preview["file"])):
+        quad = line.quad * scale
+        (x0, y0), (x1, y1) = quad.min(axis=0), quad.max(axis=0)
+        rows.append(
+            {
+                **base_row(preview),
+                "frame_index": preview["frame_index"],
+                "timestamp_s": preview["timestamp_s"],
+                "line_index": index,
+                "text": line.text,
+                "score": line.score,
+                "x": x0,
+                "y": y0,
+                "width": x1 - x0,
+                "height": y1 - y0,
+                "x_norm": x0 / source[0],
+                "y_norm": y0 / source[1],
+                "width_norm": (x1 - x0) / source[0],
+                "height_norm": (y1 - y0) / source[1],
+                "model": reader.tag,
+            }
+        )
+    return rows
+
+
+def lines_of_file(
+    reader: Reader, file_row: Mapping[str, Any], previews: Sequence[Mapping[str, Any]], thumbnail_error: str | None
+) -> list[Row]:
+    if not previews:
+        raise MediaError(f"no preview frame to read text on: the thumbnails step failed ({thumbnail_error})")
+    rows: list[Row] = []
+    for preview in sorted(previews, key=lambda p: p["frame_index"]):
+        rows += lines_of_frame(reader, preview)
+    # Read, and no text: a row of its own, so that a file without text is told from one never read.
+    return rows or [{**base_row(file_row), "model": reader.tag}]
+
+
+def ocr_shard(files: Sequence[Mapping[str, Any]], thumbnails: Sequence[Mapping[str, Any]], reader: Reader) -> list[Row]:
+    """The text lines of every file of a shard that has preview frames; files whose thumbnails failed get an
+    error row. Files run one after the other: the engine's ONNX Runtime threads use the job's cores."""
+    previews: dict[str, list[Mapping[str, Any]]] = {}
+    failed: dict[str, str] = {}
+    for row in thumbnails:
+        if row["status"] != STATUS_OK:
+            failed[row["media_id"]] = row["error"]
+        elif row["role"] == "preview":
+            previews.setdefault(row["media_id"], []).append(row)
+    wanted = [f for f in files if f["media_id"] in previews or f["media_id"] in failed]
+    return map_files(
+        lambda f: lines_of_file(reader, f, previews.get(f["media_id"], []), failed.get(f["media_id"])), wanted
+    )
+
+
+def model(job: Job) -> Reader:
+    """A RapidOCR engine for the job's settings, loaded once per loader."""
+    settings = job.settings
+    return job.models.keep(
+        ("ocr", settings), lambda: Reader(job.models.resolved(settings.model), settings, job.models.threads)
+    )
+
+
+def shard(job: Job) -> list[Row]:
+    return ocr_shard(job.files, job.reads["thumbnails"], model(job))

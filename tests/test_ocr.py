@@ -1,0 +1,165 @@
+"""The ocr step with the real PP-OCR networks of the rapidocr wheel: its lines against the library's own engine
+run directly on the same preview, known words drawn with a real font, the pins against the installed files,
+and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SAMPLE, make_photo
+from PIL import Image, ImageDraw, ImageFont
+
+from cl_ml_tools import models, plugins
+from cl_ml_tools.steps import ocr
+
+SIGN = SAMPLE / "texts" / "metro sign.jpg"  # 900 x 600 once turned upright (stored sideways, Orientation 6)
+PAGE = SAMPLE / "texts" / "phototest.tif"
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
+# The library reads the same bytes with the same settings (our threads aside): its boxes must be ours.
+BOX_TOLERANCE_PX = 0.5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An empty model cache: the step's networks must come from the installed rapidocr package."""
+    cache = tmp_path_factory.mktemp("model-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(models.CACHE_ENV, str(cache))
+        yield cache
+
+
+def test_the_registry_pins_the_wheels_networks(model_cache: Path) -> None:
+    """Each file's pin and size against hashlib over the file the installed rapidocr package holds, and the
+    copy the cache made of it."""
+    spec = models.spec_of("ppocr_v6_small")
+    assert models.cache_state(spec.id)[0] == "installed"
+    package = Path(importlib.util.find_spec("rapidocr").origin).parent
+    resolved = models.locate(spec.id)
+    for f in spec.files:
+        installed = package / f.member.removeprefix("rapidocr/")
+        assert installed.stat().st_size == f.size
+        assert hashlib.sha256(installed.read_bytes()).hexdigest() == f.sha256
+        assert resolved.paths[f.name].read_bytes() == installed.read_bytes()
+        assert resolved.paths[f.name].is_relative_to(model_cache)
+    assert models.cache_state(spec.id)[0] == "verified"
+
+
+def _preview_and_lines(photo: Path, out: Path) -> tuple[dict, pd.DataFrame]:
+    """The thumbnails step's preview of ``photo`` and the ocr step's rows for it, as the pipeline makes them."""
+    thumbnails = plugins.media_thumbnail.run(photo, out=out / "thumbnails")
+    (preview,) = thumbnails[thumbnails.role == "preview"].to_dict("records")
+    return preview, plugins.ocr.run(photo, out=out / "ocr")
+
+
+@pytest.mark.parametrize("photo", [SIGN, PAGE], ids=["sign", "page"])
+def test_lines_are_the_librarys_on_the_same_preview(photo: Path, tmp_path: Path) -> None:
+    """rapidocr's ``RapidOCR()`` with its own defaults (the wheel's networks, min score 0.5) on the preview
+    file: the same texts in the same order, and boxes that are the library's quadrilaterals' bounds scaled
+    from the preview to the oriented original, within ``BOX_TOLERANCE_PX``."""
+    from rapidocr import RapidOCR
+
+    preview, rows = _preview_and_lines(photo, tmp_path)
+    reference = RapidOCR(params={"Global.log_level": "error"})(preview["file"])
+    assert reference.txts, "the library finds text on the sample"
+    # Every line it reads on these two holds a letter (the step drops lines of symbols alone).
+    assert all(any(c.isalnum() for c in text) for text in reference.txts)
+    assert rows.text.tolist() == list(reference.txts)
+    with Image.open(preview["file"]) as image:
+        scale = np.array([preview["source_width"] / image.width, preview["source_height"] / image.height])
+    quads = np.asarray(reference.boxes) * scale
+    want = np.column_stack([quads.min(axis=1), quads.max(axis=1) - quads.min(axis=1)])
+    got = rows[["x", "y", "width", "height"]].to_numpy(dtype=np.float64)
+    assert np.abs(got - want).max() <= BOX_TOLERANCE_PX
+    assert rows.score.to_numpy() == pytest.approx(np.asarray(reference.scores), abs=1e-3)
+    assert (rows.line_index.tolist(), set(rows.frame_index)) == (list(range(len(rows))), {0})
+    assert (rows.status == "ok").all() and rows.model.str.startswith("ppocr_v6_small@sha256:090f04ab").all()
+
+
+def test_the_sign_stored_sideways_is_read_upright_in_the_oriented_pictures_pixels(tmp_path: Path) -> None:
+    """make_archive.py pasted the plate at x 200-670, y 180-380 of the upright 900 x 600 picture (then stored
+    it turned 90°): both lines lie inside it, in the oriented picture's pixels, normalised by its size."""
+    _, rows = _preview_and_lines(SIGN, tmp_path)
+    assert rows.text.tolist() == ["PALAIS ROYAL", "Musée du Louvre"]
+    assert (rows.x >= 200).all() and (rows.x + rows.width <= 670).all()
+    assert (rows.y >= 180).all() and (rows.y + rows.height <= 380).all()
+    assert rows.x_norm.to_numpy() == pytest.approx(rows.x.to_numpy() / 900, rel=1e-5)
+    assert rows.height_norm.to_numpy() == pytest.approx(rows.height.to_numpy() / 600, rel=1e-5)
+
+
+def test_known_words_drawn_on_a_large_photo_are_found_where_they_were_drawn(tmp_path: Path) -> None:
+    """Words drawn with DejaVu Sans Bold on a 2400 x 1600 photo (its preview is scaled down 2.3 times): each
+    is read exactly, its box within 1 % of the picture's width (24 px) of Pillow's own ``textbbox`` for it. The
+    detector grows its boxes around the glyphs (the DB detector's unclip ratio): 11-16 px here."""
+    photo = make_photo(tmp_path / "large.png", (2400, 1600))
+    image = Image.open(photo).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.truetype(FONT, 120)
+    drawn = {"HOTEL DE VILLE": (200, 300), "Boulangerie 1921": (300, 1000)}
+    boxes = {}
+    for text, at in drawn.items():
+        draw.rectangle(draw.textbbox(at, text, font=font), fill=(250, 250, 240))  # a plate, so the text reads
+        draw.text(at, text, fill=(10, 10, 10), font=font)
+        boxes[text] = draw.textbbox(at, text, font=font)
+    image.save(photo)
+    rows = plugins.ocr.run(photo, out=tmp_path / "out")
+    assert sorted(rows.text) == sorted(drawn)
+    for row in rows.to_dict("records"):
+        x0, y0, x1, y1 = boxes[row["text"]]
+        got = (row["x"], row["y"], row["x"] + row["width"], row["y"] + row["height"])
+        assert np.abs(np.array(got) - (x0, y0, x1, y1)).max() < 0.01 * 2400, row["text"]
+
+
+def test_a_photo_without_text_is_one_ok_row_without_a_line(tmp_path: Path) -> None:
+    rows = plugins.ocr.run(make_photo(tmp_path / "plain.jpg"), out=tmp_path / "out")
+    assert len(rows) == 1 and rows.status[0] == "ok" and pd.isna(rows.error[0])
+    assert rows[["frame_index", "line_index", "text", "score", "x"]].isna().all(axis=None)
+
+
+def test_a_file_the_decoder_refuses_is_an_error_row(tmp_path: Path) -> None:
+    bad = tmp_path / "truncated.jpg"
+    shutil.copy(SAMPLE / "misc" / "truncated.jpg", bad)
+    rows = plugins.ocr.run(bad, out=tmp_path / "out")
+    assert len(rows) == 1 and rows.status[0] == "error"
+    assert rows.error[0].startswith("no preview frame to read text on: the thumbnails step failed")
+
+
+def test_lines_of_symbols_alone_are_dropped(tmp_path: Path) -> None:
+    """Asterisks drawn alone on a plate: the library reads them as a line; the step keeps no line of them."""
+    from rapidocr import RapidOCR
+
+    photo = make_photo(tmp_path / "stars.png", (800, 600))
+    image = Image.open(photo).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((80, 180, 720, 420), fill=(250, 250, 240))
+    draw.text((120, 230), "*** +++ ***", fill=(10, 10, 10), font=ImageFont.truetype(FONT, 90))
+    image.save(photo)
+    read = RapidOCR(params={"Global.log_level": "error"})(str(photo)).txts or ()
+    assert read and not any(c.isalnum() for text in read for c in text), read
+    rows = plugins.ocr.run(photo, out=tmp_path / "out")
+    assert len(rows) == 1 and rows.text.isna().all() and rows.status[0] == "ok"
+
+
+def test_max_lines_keeps_the_first_lines_in_reading_order(tmp_path: Path) -> None:
+    rows = plugins.ocr.run(PAGE, out=tmp_path / "out", max_lines=3)
+    assert rows.text.tolist() == [
+        "This is a lot of 12 point text to test the",
+        "ocr code and see if it works on all types",
+        "of file format.",
+    ]
+
+
+def test_the_settings_reach_the_engine() -> None:
+    settings = ocr.Settings.from_config({"model": "ppocr_v6_small", "min_score": 0.7, "max_lines": 5, "batch_size": 3})
+    with models.Loader.from_cache({}, threads=2) as loader:
+        reader = ocr.Reader(loader.resolved("ppocr_v6_small"), settings, threads=2)
+    config = reader.engine.cfg
+    assert config.Global.text_score == 0.7 and config.Rec.rec_batch_num == 3
+    assert config.EngineConfig.onnxruntime.intra_op_num_threads == 2
+    assert Path(config.Det.model_path).is_relative_to(models.cache_dir())
