@@ -677,15 +677,19 @@ def test_every_registry_file_is_pinned_at_a_fixed_revision() -> None:
 
 
 @pytest.fixture
-def two_models(server: Server, cache: Path, tmp_path: Path, monkeypatch) -> dict[str, bytes]:
+def two_models(server: Server, cache: Path, tmp_path: Path, monkeypatch) -> Iterator[dict[str, bytes]]:
     """A registry of two served models, so commands without ids never reach the real hubs."""
-    for model_id in list(models.REGISTRY):  # emptied in place: every module of the package holds this dict
-        monkeypatch.delitem(models.REGISTRY, model_id)
+    # Emptied in place (every module of the package holds this dict) and refilled in its own order: undoing
+    # a delitem per entry put them back in reverse, and the order is the schema's model choices' order.
+    saved = dict(models.REGISTRY)
+    models.REGISTRY.clear()
     monkeypatch.chdir(tmp_path)
     data = {"alpha": payload(1000, seed=11), "beta": payload(2000, seed=12)}
     for model_id, body in data.items():
         register(monkeypatch, model_id, served(server, f"/{model_id}.onnx", body))
-    return data
+    yield data
+    models.REGISTRY.clear()
+    models.REGISTRY.update(saved)
 
 
 def test_cli_list_fetch_verify(two_models: dict[str, bytes], cache: Path, capsys) -> None:
