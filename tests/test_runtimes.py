@@ -6,6 +6,7 @@ check the code path and the numerical closeness of the runtimes on these graphs,
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -206,3 +207,10 @@ def test_the_workflow_runs_the_configured_runtime(tmp_path: Path) -> None:
         table = pq.read_table(tmp_path / "results" / "tables" / f"{step}.parquet").to_pylist()
         ok = [row for row in table if row["status"] == "ok"]
         assert ok and all(row["model"].endswith(suffix) for row in ok), {row["model"] for row in ok}
+    # Another runtime or precision makes other embeddings: the steps that run the model run again.
+    write_config(
+        tmp_path, {"photos": "archive"}, models={**TEST_MODELS, "runtime": "openvino"},
+        hls=off, faces=off, face_embeddings=off, people=off, duplicates=off, report=off,
+    )  # fmt: skip
+    planned = snakemake(tmp_path, "--dry-run").stdout
+    assert re.search(r"^dino\s+1\s*$", planned, re.M) and not re.search(r"^clip\s", planned, re.M), planned

@@ -12,6 +12,7 @@ rule clip:
         settings=config["clip"],
         version=tables.VERSIONS["clip"],
         model_sha256=model_sha256(config["clip"]["model"]),
+        model_runtime=model_runtime(config["clip"]["model"]),
     threads: 2
     resources:
         mem_mb=3000,

@@ -102,6 +102,15 @@ def model_sha256(model_id):
     return models.identity(model_id, MODEL_OVERRIDES)
 
 
+RUNTIME = models.runtime_from_config(config)
+
+
+def model_runtime(model_id):
+    """How the model runs on the CPU (models.runtime, and its models.precision): another choice makes other
+    embeddings (the model column says which), so the steps that run it run again."""
+    return f"{RUNTIME.runtime} {RUNTIME.precision.get(model_id, 'default')}"
+
+
 def model_overrides(model_id):
     """The config's local file for this model only, so that pointing another model elsewhere reruns nothing."""
     return {model_id: str(MODEL_OVERRIDES[model_id])} if model_id in MODEL_OVERRIDES else {}

@@ -12,6 +12,7 @@ rule dino:
         settings=config["dino"],
         version=tables.VERSIONS["dino"],
         model_sha256=model_sha256(config["dino"]["model"]),
+        model_runtime=model_runtime(config["dino"]["model"]),
     threads: 2
     resources:
         mem_mb=3000,

@@ -13,6 +13,7 @@ rule face_embeddings:
         settings=config["face_embeddings"],
         version=tables.VERSIONS["face_embeddings"],
         model_sha256=model_sha256(config["face_embeddings"]["model"]),
+        model_runtime=model_runtime(config["face_embeddings"]["model"]),
     threads: 2
     resources:
         mem_mb=3000,
