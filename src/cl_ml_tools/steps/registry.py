@@ -237,7 +237,7 @@ def run_job(name: str, snakemake: Any) -> None:
             shard_name = snakemake.wildcards.get("shard", "")
             parts_read = {k: v for k, v in paths.items() if k != "shard_list"}
             fingerprint = reuse.fingerprint(name, dict(snakemake.params.items()), parts_read)
-            folder = part.parent / ".reuse" / part.stem
+            folder = part.parents[2] / "reuse" / name / part.stem  # results/reuse/<step>/<shard>
 
             def compute(files: Sequence[Any], reads: Mapping[str, Sequence[Row]]) -> list[Row]:
                 return step.shard(Job(files, settings, reads, out, snakemake.threads, loader, shard_name))

@@ -8,7 +8,7 @@ and the fingerprints of the parts it reads, so that a change anywhere upstream r
 docs/design.md, "Reuse inside a shard", says why this cannot give a stale row.
 
 Snakemake deletes a job's outputs before it runs, so what an earlier job made is kept in a *reuse folder*
-beside the part, ``results/parts/<step>/.reuse/<shard>/``: a hard link to the part, a tree of hard links to
+under the results, ``results/reuse/<step>/<shard>/``: a hard link to the part, a tree of hard links to
 what the step wrote besides its rows (images, crops, renditions), and ``index.json`` (fingerprint, the out
 folder, each file's inputs digest). It is replaced whole, by rename, after the new part is written.
 """
