@@ -42,10 +42,10 @@ def job(tmp: Path, files: list[dict[str, Any]], fingerprint: str = "fp") -> tupl
     for p in sorted(out.glob("*")):
         p.unlink()
     step = Step(out)
-    rows, digests, _ = reuse.run(files, {}, fingerprint, folder, out, step)
+    rows, _, offered, _ = reuse.run(files, {}, {}, fingerprint, folder, out, step)
     part.parent.mkdir(parents=True, exist_ok=True)
     tables.write_part("thumbnails", [{**r, "width": 1, "height": 1} for r in rows], part)
-    reuse.save(folder, part, out, fingerprint, digests)
+    reuse.save(folder, part, out, fingerprint, offered)
     return rows, step
 
 
@@ -99,3 +99,23 @@ def test_the_fingerprint_follows_settings_version_and_the_parts_read(tmp_path: P
     )
     tables.write_part("thumbnails", [], upstream, {reuse.FINGERPRINT_KEY: b"two"})
     assert base != reuse.fingerprint("faces", {"settings": {"min_score": 0.5}}, {"thumbnails": upstream})
+
+
+def test_a_step_that_reads_only_rows_sees_the_file_change_behind_them(tmp_path: Path) -> None:
+    """dino reads only thumbnails rows; a photo edited in place gets a preview row that reads the same (same
+    path and size), so the change must come through the digest thumbnails recorded for the file."""
+    preview = {**tables.base_row(file_row("a.jpg")), "file": "/r/a.preview.jpg", "role": "preview"}
+    mid = preview["media_id"]
+    computed = []
+
+    def embed(files: Sequence[Mapping[str, Any]], reads: Mapping[str, Any]) -> list[dict[str, Any]]:
+        computed.extend(r["media_id"] for r in reads["thumbnails"])
+        return [dict(r) for r in reads["thumbnails"]]
+
+    folder, part = tmp_path / "reuse", tmp_path / "dino.parquet"
+    for recorded, expected in (("before", [mid]), ("before", [mid]), ("after the edit", [mid, mid])):
+        rows, _, offered, _ = reuse.run([], {"thumbnails": [preview]}, {"thumbnails": {mid: recorded}}, "fp", folder,
+                                        None, embed)  # fmt: skip
+        tables.write_part("thumbnails", [{**r, "width": 1, "height": 1} for r in rows], part)
+        reuse.save(folder, part, None, "fp", offered)
+        assert computed == expected

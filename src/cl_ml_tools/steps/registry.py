@@ -242,7 +242,12 @@ def run_job(name: str, snakemake: Any) -> None:
             def compute(files: Sequence[Any], reads: Mapping[str, Sequence[Row]]) -> list[Row]:
                 return step.shard(Job(files, settings, reads, out, snakemake.threads, loader, shard_name))
 
-            rows, digests, counts = reuse.run(source, inputs, fingerprint, folder, out, compute)
-            metadata = {reuse.FINGERPRINT_KEY: fingerprint.encode(), reuse.COUNTS_KEY: json.dumps(counts).encode()}
+            upstream = {k: reuse.part_digests(v) for k, v in parts_read.items()}
+            rows, digests, offered, counts = reuse.run(source, inputs, upstream, fingerprint, folder, out, compute)
+            metadata = {
+                reuse.FINGERPRINT_KEY: fingerprint.encode(),
+                reuse.DIGESTS_KEY: json.dumps(digests).encode(),
+                reuse.COUNTS_KEY: json.dumps(counts).encode(),
+            }
             tables.write_part(name, rows, part, metadata)
-            reuse.save(folder, part, out, fingerprint, digests)
+            reuse.save(folder, part, out, fingerprint, offered)

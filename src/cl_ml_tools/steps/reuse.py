@@ -34,6 +34,9 @@ from .common import Row
 log = logging.getLogger(__name__)
 
 FINGERPRINT_KEY = b"cl_ml_tools.fingerprint"
+DIGESTS_KEY = b"cl_ml_tools.inputs"
+"""Part metadata: each file's inputs digest, which a step reading the part folds into its own digest of the
+file (dino reads only thumbnails rows, which name a preview, not the bytes it was made from)."""
 COUNTS_KEY = b"cl_ml_tools.reuse"
 """Part metadata: ``{"reused": files, "computed": files}`` of the job that wrote it."""
 FORMAT = 1
@@ -48,6 +51,12 @@ def part_fingerprint(path: str | os.PathLike[str]) -> str | None:
     """The fingerprint a part was written with (None for parts from before reuse)."""
     value = (pq.read_schema(path).metadata or {}).get(FINGERPRINT_KEY)
     return value.decode() if value else None
+
+
+def part_digests(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The inputs digests a part was written with (none for parts from before reuse)."""
+    value = (pq.read_schema(path).metadata or {}).get(DIGESTS_KEY)
+    return json.loads(value) if value else {}
 
 
 def fingerprint(step: str, params: Mapping[str, Any], reads: Mapping[str, str | os.PathLike[str]]) -> str:
@@ -73,8 +82,14 @@ def by_file(rows: Iterable[Row]) -> dict[str, list[Row]]:
     return grouped
 
 
-def digests(files: Sequence[Mapping[str, Any] | Entry], reads: Mapping[str, Sequence[Row]]) -> dict[str, str]:
-    """Each file's inputs digest: its own entry or row and the rows of the parts read for it."""
+def digests(
+    files: Sequence[Mapping[str, Any] | Entry],
+    reads: Mapping[str, Sequence[Row]],
+    upstream: Mapping[str, Mapping[str, str]],
+) -> dict[str, str]:
+    """Each file's inputs digest: its own entry or row, the rows of the parts read for it, and the inputs
+    digests those parts recorded for it (``upstream``: by part, then by media id), so that the chain reaches
+    back to the file's size and mtime whatever the rows in between say."""
     read_by_file = {name: by_file(rows) for name, rows in sorted(reads.items())}
     out = {}
     for f in files:
@@ -84,6 +99,8 @@ def digests(files: Sequence[Mapping[str, Any] | Entry], reads: Mapping[str, Sequ
             h.update(f"\0{name}\0".encode())
             for row in grouped.get(mid, []):
                 h.update(_canonical(row).encode("utf-8", "surrogateescape"))
+        for name, recorded in sorted(upstream.items()):
+            h.update(f"\0{name}\0{recorded.get(mid, '')}".encode())
         out[mid] = h.hexdigest()
     return out
 
@@ -191,19 +208,21 @@ def save(folder: Path, part: Path, out: Path | None, fingerprint: str, digests: 
 def run(
     files: Sequence[Mapping[str, Any] | Entry],
     reads: Mapping[str, Sequence[Row]],
+    upstream: Mapping[str, Mapping[str, str]],
     fingerprint: str,
     folder: Path,
     out: Path | None,
     compute: Callable[[Sequence[Any], Mapping[str, Sequence[Row]]], list[Row]],
-) -> tuple[list[Row], dict[str, str], dict[str, int]]:
+) -> tuple[list[Row], dict[str, str], dict[str, str], dict[str, int]]:
     """The job's rows in file order: those of unchanged files from the reuse folder, the rest from
-    ``compute(files, reads)`` on the changed files and their read rows only. Also returns the digests to
-    record (files with an error row are left out: an error may be passing, a permission or a file still
-    being copied, and costs little to retry) and the counts of files reused and computed."""
+    ``compute(files, reads)`` on the changed files and their read rows only. Also returns every file's
+    inputs digest (for the part), those the reuse folder may offer next time (files with an error row are
+    left out: an error may be passing, a permission or a file still being copied, and costs little to
+    retry) and the counts of files reused and computed."""
     if not files:
         # Steps with no ``files`` input (dino, clip, face_embeddings) work on the files their read rows are of.
         files = [rows[0] for rows in by_file(r for name in sorted(reads) for r in reads[name]).values()]
-    wanted = digests(files, reads)
+    wanted = digests(files, reads, upstream)
     reused = reusable(folder, fingerprint, wanted, out)
     todo = [f for f in files if media_id(f) not in reused]
     ids = {media_id(f) for f in todo}
@@ -214,4 +233,4 @@ def run(
     record = {mid: d for mid, d in wanted.items() if mid not in failed}
     counts = {"reused": len(files) - len(todo), "computed": len(todo)}
     log.info("reuse: %d files reused, %d computed", counts["reused"], counts["computed"])
-    return rows, record, counts
+    return rows, wanted, record, counts
