@@ -235,7 +235,7 @@ def run_job(name: str, snakemake: Any) -> None:
             out = next((Path(v) for k, v in outputs.items() if k != "part"), None)
             part = Path(outputs.get("part") or snakemake.output[0])
             shard_name = snakemake.wildcards.get("shard", "")
-            parts_read = {k: v for k, v in paths.items() if k != "shard_list"}
+            parts_read = {k: v for k, v in paths.items() if k != "shard_list" and v}  # [] for a step left out
             fingerprint = reuse.fingerprint(name, dict(snakemake.params.items()), parts_read)
             folder = part.parents[2] / "reuse" / name / part.stem  # results/reuse/<step>/<shard>
 
