@@ -182,7 +182,7 @@ def paste_faces(pixels: np.ndarray, rng: np.random.Generator) -> None:
     """One to three head-and-shoulders crops pasted at random sizes and places (in place)."""
     for _ in range(int(rng.integers(1, 4))):
         face = _faces[rng.integers(len(_faces))]
-        height = int(rng.integers(150, 900))
+        height = int(rng.integers(HEIGHT // 20, HEIGHT * 3 // 10))  # 150-900 px at 12 MP
         width = height * face.width // face.height
         x, y = int(rng.integers(0, WIDTH - width)), int(rng.integers(0, HEIGHT - height))
         pixels[y : y + height, x : x + width] = np.asarray(face.resize((width, height), Image.Resampling.BICUBIC))
@@ -243,10 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heics", type=int, default=0, help="HEIC copies of the first photos (default 0)")
     parser.add_argument("--videos", type=int, default=3, help="number of short videos (default 3)")
     parser.add_argument("--video-seconds", type=float, default=4.0, help="length of each video (default 4)")
+    parser.add_argument("--size", default=f"{WIDTH}x{HEIGHT}", help=f"photo size WxH (default {WIDTH}x{HEIGHT}: 12 MP)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the photos (default 90)")
     parser.add_argument("--seed", type=int, default=20240601, help="corpus seed (default 20240601)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="worker processes (default: all cores)")
     args = parser.parse_args(argv)
+    # Module globals, inherited by the forked workers: a smaller size keeps benchmarks of many files short.
+    width, height = (int(v) for v in args.size.split("x"))
+    globals().update(WIDTH=width, HEIGHT=height)
 
     photos_dir, videos_dir = args.out / "photos", args.out / "videos"
     photos_dir.mkdir(parents=True, exist_ok=True)

@@ -256,11 +256,13 @@ def error_row(file_row: Mapping[str, Any], message: str) -> dict[str, Any]:
     return {**base_row(file_row), "status": STATUS_ERROR, "error": message}
 
 
-def to_arrow(name: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+def to_arrow(name: str, rows: Sequence[Mapping[str, Any]], metadata: Mapping[bytes, bytes] | None = None) -> pa.Table:
+    """The rows as the table's schema, its metadata the table version and ``metadata``."""
     schema = SCHEMAS[name]
     text = [f.name for f in schema if pa.types.is_string(f.type)]
     clean = [{**r, **{k: displayable(r[k]) for k in text if isinstance(r.get(k), str)}} for r in rows]
-    return pa.Table.from_pylist(clean, schema=schema.with_metadata({VERSION_KEY: str(VERSIONS[name]).encode()}))
+    stamped = schema.with_metadata({**(metadata or {}), VERSION_KEY: str(VERSIONS[name]).encode()})
+    return pa.Table.from_pylist(clean, schema=stamped)
 
 
 def part_version(schema: pa.Schema) -> int:
@@ -273,8 +275,13 @@ def write_parquet(table: pa.Table, target: str | os.PathLike[str]) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
-def write_part(name: str, rows: Sequence[Mapping[str, Any]], target: str | os.PathLike[str]) -> None:
-    table = to_arrow(name, rows)
+def write_part(
+    name: str,
+    rows: Sequence[Mapping[str, Any]],
+    target: str | os.PathLike[str],
+    metadata: Mapping[bytes, bytes] | None = None,
+) -> None:
+    table = to_arrow(name, rows, metadata)
     write_parquet(table, target)
     counts = Counter(table.column("status").to_pylist()) if "status" in table.column_names else {}
     log.info("%s: %d rows (%s) -> %s", name, table.num_rows, ", ".join(f"{n} {s}" for s, n in counts.items()), target)

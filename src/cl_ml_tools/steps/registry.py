@@ -9,6 +9,7 @@ Python). A new step is one module, one entry here and one rule file.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from . import (
     image_embeddings,
     ocr,
     people,
+    reuse,
     thumbnails,
 )
 from .common import Job, Row, StepSettings, log_to, work
@@ -237,9 +239,25 @@ def run_job(name: str, snakemake: Any) -> None:
         if step.model is not None:
             step.model(job)
         with work():
-            inputs = {k: _read(v) for k, v in snakemake.input.items() if k != "model"}
+            paths = {k: v for k, v in snakemake.input.items() if k != "model"}
+            inputs = {k: _read(v) for k, v in paths.items()}
             source = inputs.pop("shard_list", None) or inputs.pop("files", [])
             out = next((Path(v) for k, v in outputs.items() if k != "part"), None)
-            job = Job(source, settings, inputs, out, snakemake.threads, loader, snakemake.wildcards.get("shard", ""))
-            rows = step.shard(job)
-            tables.write_part(name, rows, outputs.get("part") or snakemake.output[0])
+            part = Path(outputs.get("part") or snakemake.output[0])
+            shard_name = snakemake.wildcards.get("shard", "")
+            parts_read = {k: v for k, v in paths.items() if k != "shard_list" and v}  # [] for a step left out
+            fingerprint = reuse.fingerprint(name, dict(snakemake.params.items()), parts_read)
+            folder = part.parents[2] / "reuse" / name / part.stem  # results/reuse/<step>/<shard>
+
+            def compute(files: Sequence[Any], reads: Mapping[str, Sequence[Row]]) -> list[Row]:
+                return step.shard(Job(files, settings, reads, out, snakemake.threads, loader, shard_name))
+
+            upstream = {k: reuse.part_digests(v) for k, v in parts_read.items()}
+            rows, digests, offered, counts = reuse.run(source, inputs, upstream, fingerprint, folder, out, compute)
+            metadata = {
+                reuse.FINGERPRINT_KEY: fingerprint.encode(),
+                reuse.DIGESTS_KEY: json.dumps(digests).encode(),
+                reuse.COUNTS_KEY: json.dumps(counts).encode(),
+            }
+            tables.write_part(name, rows, part, metadata)
+            reuse.save(folder, part, out, fingerprint, offered)
