@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from ..data.tables import STATUS_SKIPPED, error_row
+from ..data.tables import STATUS_OK, STATUS_SKIPPED, error_row
 from ..media.errors import MediaError
 from ..media.sniff import media_kind
 from ..models.loader import Loader
@@ -129,3 +129,29 @@ def select(files: Sequence[Mapping[str, Any]], kinds: Iterable[str]) -> list[Map
     inventory skipped (symlinks out of the root and the like)."""
     wanted = set(kinds)
     return [f for f in files if f["status"] != STATUS_SKIPPED and media_kind(f["kind"], f["path"]) in wanted]
+
+
+def preview_frames(
+    files: Sequence[Mapping[str, Any]], thumbnails: Sequence[Mapping[str, Any]]
+) -> tuple[list[Mapping[str, Any]], dict[str, list[Mapping[str, Any]]], dict[str, str]]:
+    """What a per-frame step reads of the thumbnails part: the shard's files it has rows for (not images or
+    videos have none), each file's preview rows, and the thumbnails step's error for the files it failed on;
+    the last two by media id."""
+    previews: dict[str, list[Mapping[str, Any]]] = {}
+    failed: dict[str, str] = {}
+    for row in thumbnails:
+        if row["status"] != STATUS_OK:
+            failed[row["media_id"]] = row["error"]
+        elif row["role"] == "preview":
+            previews.setdefault(row["media_id"], []).append(row)
+    return [f for f in files if f["media_id"] in previews or f["media_id"] in failed], previews, failed
+
+
+def box_columns(x0: float, y0: float, x1: float, y1: float, source: tuple[int, int]) -> dict[str, float]:
+    """A box's columns in a per-frame table (faces, ocr): in pixels of the oriented original, ``source`` its
+    size, and normalised by it."""
+    w, h = source
+    return {
+        "x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0,
+        "x_norm": x0 / w, "y_norm": y0 / h, "width_norm": (x1 - x0) / w, "height_norm": (y1 - y0) / h,
+    }  # fmt: skip

@@ -25,11 +25,11 @@ from PIL import Image
 
 from .. import models
 from ..data.config import schema_defaults
-from ..data.tables import KEYPOINTS, STATUS_OK, base_row
+from ..data.tables import KEYPOINTS, base_row
 from ..media import imaging
 from ..media.errors import MediaError
 from ..media.fileio import atomic_path
-from .common import Job, Row, StepSettings, map_files
+from .common import Job, Row, StepSettings, box_columns, map_files, preview_frames
 
 if TYPE_CHECKING:
     from mediapipe.tasks.python.vision import FaceDetector
@@ -348,14 +348,7 @@ def faces_of_frame(
             "timestamp_s": preview["timestamp_s"],
             "face_index": index,
             "score": det.score,
-            "x": x0,
-            "y": y0,
-            "width": x1 - x0,
-            "height": y1 - y0,
-            "x_norm": x0 / source[0],
-            "y_norm": y0 / source[1],
-            "width_norm": (x1 - x0) / source[0],
-            "height_norm": (y1 - y0) / source[1],
+            **box_columns(x0, y0, x1, y1, source),
             "sharpness": sharp,
             "frontalness": frontal,
             "quality": quality(face_px, sharp, frontal),
@@ -401,14 +394,7 @@ def faces_shard(
     settings = detector.settings
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    previews: dict[str, list[Mapping[str, Any]]] = {}
-    failed: dict[str, str] = {}
-    for row in thumbnails:
-        if row["status"] != STATUS_OK:
-            failed[row["media_id"]] = row["error"]
-        elif row["role"] == "preview":
-            previews.setdefault(row["media_id"], []).append(row)
-    wanted = [f for f in files if f["media_id"] in previews or f["media_id"] in failed]
+    wanted, previews, failed = preview_frames(files, thumbnails)
     return map_files(
         lambda f: faces_of_file(
             detector, f, previews.get(f["media_id"], []), out_dir, settings, failed.get(f["media_id"])

@@ -17,10 +17,10 @@ import numpy as np
 from PIL import Image
 
 from ..data.config import schema_defaults
-from ..data.tables import STATUS_OK, base_row
+from ..data.tables import base_row
 from ..media.errors import MediaError
 from ..models import Resolved
-from .common import Job, Row, StepSettings, map_files
+from .common import Job, Row, StepSettings, box_columns, map_files, preview_frames
 
 if TYPE_CHECKING:
     from rapidocr import RapidOCR
@@ -104,14 +104,7 @@ def lines_of_frame(reader: Reader, preview: Mapping[str, Any]) -> list[Row]:
                 "line_index": index,
                 "text": line.text,
                 "score": line.score,
-                "x": x0,
-                "y": y0,
-                "width": x1 - x0,
-                "height": y1 - y0,
-                "x_norm": x0 / source[0],
-                "y_norm": y0 / source[1],
-                "width_norm": (x1 - x0) / source[0],
-                "height_norm": (y1 - y0) / source[1],
+                **box_columns(x0, y0, x1, y1, source),
                 "model": reader.tag,
             }
         )
@@ -133,14 +126,7 @@ def lines_of_file(
 def ocr_shard(files: Sequence[Mapping[str, Any]], thumbnails: Sequence[Mapping[str, Any]], reader: Reader) -> list[Row]:
     """The text lines of every file of a shard that has preview frames; files whose thumbnails failed get an
     error row. Files run one after the other: the engine's ONNX Runtime threads use the job's cores."""
-    previews: dict[str, list[Mapping[str, Any]]] = {}
-    failed: dict[str, str] = {}
-    for row in thumbnails:
-        if row["status"] != STATUS_OK:
-            failed[row["media_id"]] = row["error"]
-        elif row["role"] == "preview":
-            previews.setdefault(row["media_id"], []).append(row)
-    wanted = [f for f in files if f["media_id"] in previews or f["media_id"] in failed]
+    wanted, previews, failed = preview_frames(files, thumbnails)
     return map_files(
         lambda f: lines_of_file(reader, f, previews.get(f["media_id"], []), failed.get(f["media_id"])), wanted
     )
