@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,9 @@ from PIL import Image
 from standins import arcface, blazeface_files, clip_vocab, dinov2, mobileclip_image, mobileclip_text
 
 from cl_ml_tools.media import sniff
+
+if TYPE_CHECKING:
+    from test_service import Server
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "archive"
@@ -164,3 +168,20 @@ def make_dng(path: Path, width: int = 256, height: int = 192) -> Path:
     ]
     tifffile.imwrite(path, ramp, photometric=32803, subfiletype=0, extratags=tags)  # 32803: CFA
     return path
+
+
+@pytest.fixture
+def launch() -> Iterator[Callable[..., Server]]:
+    """Start a server that is killed after the test if the test did not stop it (a failed assertion)."""
+    from test_service import Server  # the service tests' own helper; imported here only when a test asks
+
+    started: list[Server] = []
+
+    def start(*args: Any, **kwargs: Any) -> Server:
+        started.append(Server(*args, **kwargs).start())
+        return started[-1]
+
+    yield start
+    for server in started:
+        if server.proc is not None and server.proc.poll() is None:
+            server.kill()

@@ -44,21 +44,6 @@ def long_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_video(tmp_path_factory.mktemp("video") / "long.mp4", seconds=8, size="1280x720", audio=False)
 
 
-@pytest.fixture
-def launch() -> Iterator[Callable[..., Server]]:
-    """Start a server that is killed after the test if the test did not stop it (a failed assertion)."""
-    started: list[Server] = []
-
-    def start(*args: Any, **kwargs: Any) -> Server:
-        started.append(Server(*args, **kwargs).start())
-        return started[-1]
-
-    yield start
-    for server in started:
-        if server.proc is not None and server.proc.poll() is None:
-            server.kill()
-
-
 def ffmpegs(storage: Path) -> list[int]:
     return processes(storage, (b"ffmpeg",))
 

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from conftest import make_video
@@ -20,11 +21,13 @@ def _status(server: Server, job_id: str) -> dict:
     return server.client.get(f"/jobs/{job_id}/status").json()
 
 
-def test_sigkill_loses_no_accepted_job_and_reruns_the_unfinished_one(tmp_path: Path) -> None:
+def test_sigkill_loses_no_accepted_job_and_reruns_the_unfinished_one(
+    tmp_path: Path, launch: Callable[..., Server]
+) -> None:
     storage = tmp_path / "storage"
     config = service_config(tmp_path, storage, worker={"max_concurrent_jobs": 1})
     serve = [str(BIN / "cl-ml-tools"), "serve", "--config", str(config), "--port", "{port}"]
-    first = Server(tmp_path, config, command=serve).start()
+    first = launch(tmp_path, config, command=serve)
     slow = first.submit("hls_streaming", VIDEO)["job_id"]
     queued = [first.submit("hash", PHOTO)["job_id"] for _ in range(4)] + [first.submit("exif", PHOTO)["job_id"]]
     wait_for(lambda: _status(first, slow)["status"] == "running", "the first job to start", every=0.02)
@@ -35,7 +38,7 @@ def test_sigkill_loses_no_accepted_job_and_reruns_the_unfinished_one(tmp_path: P
     # The runner dies with its server (PR_SET_PDEATHSIG), so nothing of the killed server runs on.
     wait_for(lambda: processes(storage) == [], "the killed server's runner to end", seconds=20)
 
-    second = Server(tmp_path, config).start()  # plain uvicorn this time, same storage
+    second = launch(tmp_path, config)  # plain uvicorn this time, same storage
     results = {job_id: second.result(job_id) for job_id in [slow, *queued]}
     assert {r["status"] for r in results.values()} == {"ok"}, results
     assert _status(second, slow)["attempts"] == 2  # started before the kill, run again after it
@@ -50,11 +53,11 @@ def test_sigkill_loses_no_accepted_job_and_reruns_the_unfinished_one(tmp_path: P
     assert processes(storage) == []
 
 
-def test_gunicorn_with_two_uvicorn_workers_serves_one_queue(tmp_path: Path) -> None:
+def test_gunicorn_with_two_uvicorn_workers_serves_one_queue(tmp_path: Path, launch: Callable[..., Server]) -> None:
     config = service_config(tmp_path, tmp_path / "storage", worker={"max_concurrent_jobs": 2})
     # --no-control-socket: gunicorn 27 otherwise makes one in ~/.gunicorn.
     gunicorn = [str(BIN / "gunicorn"), "-k", "uvicorn_worker.UvicornWorker", "-w", "2", "--no-control-socket"]
-    server = Server(tmp_path, config, command=[*gunicorn, "-b", "127.0.0.1:{port}", "cl_ml_tools.master:app"]).start()
+    server = launch(tmp_path, config, command=[*gunicorn, "-b", "127.0.0.1:{port}", "cl_ml_tools.master:app"])
     ids = [server.submit(plugin, PHOTO)["job_id"] for plugin in ("exif", "hash") * 4]
     assert all(server.result(job_id)["status"] == "ok" for job_id in ids)
     # Whichever worker answers, the job counts come from the shared queue.
@@ -67,7 +70,7 @@ def test_gunicorn_with_two_uvicorn_workers_serves_one_queue(tmp_path: Path) -> N
 
 
 def test_a_job_past_its_timeout_or_whose_runner_dies_gets_an_error_and_a_broker_that_is_down_stops_nothing(
-    tmp_path: Path,
+    tmp_path: Path, launch: Callable[..., Server]
 ) -> None:
     with socket.socket() as s:  # a port where nothing listens
         s.bind(("127.0.0.1", 0))
@@ -81,7 +84,7 @@ def test_a_job_past_its_timeout_or_whose_runner_dies_gets_an_error_and_a_broker_
         hls={"preset": "veryslow", "ladder": [{"height": 720, "video_kbps": 4000}]},
         mqtt={"enabled": True, "broker": f"127.0.0.1:{dead}"},
     )
-    server = Server(tmp_path, config).start()
+    server = launch(tmp_path, config)
     video = make_video(tmp_path / "long.mp4", seconds=8, size="1280x720", audio=False)
     ladder = [{"height": 720, "video_kbps": 4000}]
     stuck = server.result(server.submit("hls_streaming", video, preset="veryslow", ladder=ladder)["job_id"])
