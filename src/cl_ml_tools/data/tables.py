@@ -86,6 +86,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("mtime", pa.timestamp("ns", tz="UTC")),
             pa.field("kind", pa.string()),
             pa.field("format", pa.string()),
+            pa.field("sha256", pa.string()),
             pa.field("shard", pa.string()),
             pa.field("raw_path", pa.binary()),
         ]
@@ -223,6 +224,7 @@ TABLES = tuple(SCHEMAS)
 # triggers) and a table never mixes parts of two meanings (each part records it; ``consolidate`` checks it).
 # Parts written before versions were recorded count as version 1.
 VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
+    "files": 2,  # sha256 of the bytes (issue 26: what a moved file's rows are found by)
     # pixel_sha512 over canonical colours; video_sha512 over the demuxer's keyframe payloads; pHash with SciPy's
     # DCT, and both perceptual hashes from the full decode whatever hashes.pixel says (issue 19)
     "hashes": 2,

@@ -73,8 +73,9 @@ def log_to(path: str) -> None:
 
 @contextlib.contextmanager
 def work() -> Iterator[None]:
-    """Mark a job's own work in its log: what the job is for, after the interpreter started, the imports ran
-    and the models loaded. benchmarks/bench_pipeline.py reads these lines to tell overhead from work."""
+    """Mark a job's own work in its log: what the job is for, after the interpreter started and the imports
+    ran (its model is loaded inside, only when some file is not reused). benchmarks/bench_pipeline.py reads
+    these lines to tell overhead from work."""
     start, cpu = time.time(), _cpu_seconds()
     yield
     log.info("work: start=%.3f end=%.3f cpu=%.3f", start, time.time(), _cpu_seconds() - cpu)
