@@ -32,6 +32,7 @@ from . import (
     image_embeddings,
     ocr,
     people,
+    places,
     reuse,
     thumbnails,
 )
@@ -146,6 +147,14 @@ STEPS: dict[str, Step] = {
             model=ocr.model,
             shard=ocr.shard,
             plugin=Plugin("ocr", IMAGES_AND_VIDEOS),
+        ),
+        Step(
+            "places",
+            needs="exif",
+            reads=("exif",),
+            settings=places.Settings,
+            shard=places.shard,
+            plugin=Plugin("places", None, batchable=True),
         ),
         _image_embeddings("dino", dino.Settings, "dino_embedding"),
         _image_embeddings("clip", clip.Settings, "clip_embedding"),
