@@ -55,7 +55,12 @@ def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(SAMPLE, work / "archive")
     shutil.copy(SAMPLE / "2021 holiday" / "astronaut.jpg", work / "archive" / "astronaut copy.jpg")
     write_config(
-        work, {"photos": "archive"}, hls={"enabled": False}, people={"max_distance": 0.35}, ocr={"enabled": True}
+        work,
+        {"photos": "archive"},
+        hls={"enabled": False},
+        people={"max_distance": 0.35},
+        ocr={"enabled": True},
+        places={"enabled": True},
     )
     snakemake(work)
     return work
@@ -120,8 +125,10 @@ def write_config(workdir: Path, inputs: dict[str, str], **overrides: object) -> 
     config["inputs"] = inputs
     config["models"] = dict(TEST_MODELS)
     # OCR costs up to half a second of CPU per preview frame (real PP-OCR networks, no stand-in): on only where
-    # a test asks for it.
+    # a test asks for it. Places, cheap, is off for the same tests' sake: they count the jobs and tables of the
+    # steps that were there before it.
     config["ocr"] = {**config["ocr"], "enabled": False}
+    config["places"] = {**config["places"], "enabled": False}
     for key, value in overrides.items():
         if isinstance(value, dict) and key != "models":
             config[key] = {**config.get(key, {}), **value}

@@ -181,6 +181,20 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("model", pa.string()),
         ]
     ),
+    "places": pa.schema(
+        [
+            *COMMON,
+            pa.field("latitude", pa.float64()),
+            pa.field("longitude", pa.float64()),
+            pa.field("gps", pa.string()),
+            pa.field("country_code", pa.string()),
+            pa.field("country", pa.string()),
+            pa.field("region", pa.string()),
+            pa.field("place", pa.string()),
+            pa.field("distance_km", pa.float64()),
+            pa.field("gazetteer", pa.string()),
+        ]
+    ),
     "face_embeddings": pa.schema(
         [
             *COMMON,
@@ -240,7 +254,7 @@ VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
 VERSION_KEY = b"cl_ml_tools.version"
 # Columns with a handful of distinct values: pandas categories (less memory, faster groupby, and their
 # values listed by ``.cat.categories``).
-CATEGORIES = ("input", "status", "kind", "format", "role", "make", "model", "lens", "mime", "crop_source")
+CATEGORIES = ("input", "status", "kind", "format", "role", "make", "model", "lens", "mime", "crop_source", "gps")
 
 
 def base_row(file_row: Mapping[str, Any]) -> dict[str, Any]:
