@@ -472,3 +472,48 @@ def test_the_step_names_people_and_reports_a_vanished_example(tmp_path: Path, ca
     empty = pd.DataFrame({"status": [], "path": [], "error": []})
     shown = Text(report.errors_page([("faces", empty)], settings_r, [("people", "people.names", problem)])).text
     assert ["people", "people.names", problem] == shown[shown.index("people") : shown.index("people") + 3]
+
+
+@pytest.mark.e2e
+def test_pipeline_names_a_person_and_reruns_people_when_the_names_file_changes(tmp_path: Path) -> None:
+    """The real snakemake: a relative names file names Grace Hopper; editing the file schedules people alone
+    (Snakemake's mtime trigger on an input), and a bad or missing file is reported, never fatal."""
+    import json
+    import shutil
+
+    from conftest import SAMPLE, snakemake, write_config
+    from test_workflow import job_counts
+
+    from cl_ml_tools.data import tables
+
+    shutil.copytree(SAMPLE / "2023 reunion", tmp_path / "archive" / "2023")
+    names = tmp_path / "names.yaml"
+    names.write_text('Grace: ["2023/hopper.jpg#0"]\n')
+    off = {"enabled": False}
+    write_config(tmp_path, {"photos": "archive"}, hls=off, dino=off, clip=off, report=off,
+                 people={"max_distance": 0.35, "names": "names.yaml"})  # fmt: skip
+    snakemake(tmp_path)
+    results = tmp_path / "results"
+    faces = tables.people_faces(results).merge(tables.load("people", results)[["person_id", "name"]])
+    files = tables.load("files", results).set_index("media_id").relpath
+    assert {n: {files[m] for m in g.media_id} for n, g in faces.groupby("name")} == {
+        "Grace": {"2023/hopper.jpg", "2023/together.jpg"}
+    }
+
+    names.write_text('Grace: ["2023/hopper.jpg#0"]\nEileen: ["2023/gone.jpg#0"]\n')
+    assert job_counts(snakemake(tmp_path, "--dry-run").stdout) == {"all": 1, "people": 1}
+    snakemake(tmp_path)
+    gone = "names file names.yaml: Eileen: '2023/gone.jpg#0': no such file in the archive"
+    outcome = json.loads((results / "people" / "names.json").read_text())
+    assert outcome["problems"] == [gone, "names file names.yaml: Eileen: no example face found, so no person "
+                                   "is named Eileen"]  # fmt: skip
+    assert gone in (results / "logs" / "people" / "people.log").read_text()
+    assert set(outcome["people"]) == {"Grace"}
+
+    names.unlink()
+    assert job_counts(snakemake(tmp_path, "--dry-run").stdout) == {"all": 1, "people": 1}
+    snakemake(tmp_path)
+    assert json.loads((results / "people" / "names.json").read_text())["problems"] == [
+        "names file names.yaml: cannot be read (No such file or directory); no person is named"
+    ]
+    assert tables.load("people", results).name.isna().all()
