@@ -287,6 +287,11 @@ def test_split_faces_go_to_the_name_of_their_nearest_example() -> None:
     assert [named[label] for label in labels] == ["Ann", "Bea", "Ann", "Bea"]
     labels, named = people.apply_names(np.zeros(4, np.int64), matrix, {"Ann": [0], "Bea": [1]})
     assert [named[label] for label in labels] == ["Ann", "Bea", "Ann", "Ann"]
+    # Bea's second example is in another cluster (label 1), and face 2 is nearer it (0.8) than Ann's (0.6):
+    # every example of the names counts, so face 2 is Bea's, and one name makes one person of both clusters.
+    matrix = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0.6, 0, 0.8, 0], [0, 0, 1, 0], [0, 0, 0.8, 0.6]], np.float32)
+    labels, named = people.apply_names(np.array([0, 0, 0, 1, 1]), matrix, {"Ann": [0], "Bea": [1, 3]})
+    assert [named.get(label) for label in labels] == ["Ann", "Bea", "Bea", "Bea", "Bea"]
 
 
 def test_names_and_ids_stay_put_when_photos_are_added(tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ share more faces with, and the other id is retired.
 
 Names (``people.names``, a YAML file of name → example faces, :func:`read_names`) constrain the clusters
 afterwards (:func:`apply_names`): a cluster holding examples of several names is split, each of its faces
-going to the name with the nearest example (highest cosine; ties to the name listed first); then every
+going to the name with the nearest example, among all of those names' examples (highest cosine; ties to
+the name listed first); then every
 cluster and lone example face holding examples of one name become one person. Faces not in a named cluster
 are left as they were. A named person takes the id its name had in the last run before any id is given by
 overlap, so names and their ids stay put when photos are added. Problems with the file (missing, not YAML,
@@ -32,6 +33,7 @@ the step.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import logging
 import os
@@ -323,8 +325,8 @@ class _Lookup:
         at = bisect.bisect_left(self.keys, key)
         if at < len(self.keys) and self.keys[at] == key:
             return at
-        start = bisect.bisect_left(self.keys, (media_id,))
-        seen = [k for k in self.keys[start : start + 1000] if k.media_id == media_id]
+        after = itertools.islice(self.keys, bisect.bisect_left(self.keys, (media_id,)), None)
+        seen = list(itertools.takewhile(lambda k: k.media_id == media_id, after))
         listed = ", ".join(
             f"#{k.face_index}" if k.frame_index == 0 else f"#{k.frame_index}/{k.face_index}" for k in seen
         )
@@ -349,11 +351,13 @@ def apply_names(
         if len(names_here) < 2:
             continue
         members = np.flatnonzero(labels == label)
-        cosine = matrix[members] @ matrix[inside].T
-        of_name = np.array([owner[f] for f in inside])
+        # Every example of those names counts, also those the clusterer put elsewhere.
+        known = np.array([f for n in names_here for f in examples[order[n]]])
+        of_name = np.array([owner[f] for f in known])
+        cosine = matrix[members] @ matrix[known].T
         best = np.stack([cosine[:, of_name == n].max(axis=1) for n in names_here], axis=1)
         choice = np.array(names_here)[np.argmax(best, axis=1)]
-        choice[np.searchsorted(members, inside)] = of_name  # an identical face given another name ties
+        choice[np.searchsorted(members, inside)] = [owner[f] for f in inside]  # identical faces tie
         for n in names_here:
             labels[members[choice == n]] = fresh
             fresh += 1
