@@ -48,17 +48,21 @@ def test_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pipeline on the sample archive plus a byte copy of the astronaut photo (HLS off, to save time;
-    people.max_distance suited to the stand-in ArcFace), shared by the report and analysis tests."""
+    people.max_distance suited to the stand-in ArcFace; Grace Hopper named), shared by the report and analysis
+    tests."""
     import shutil
 
     work = tmp_path_factory.mktemp("sample")
     shutil.copytree(SAMPLE, work / "archive")
     shutil.copy(SAMPLE / "2021 holiday" / "astronaut.jpg", work / "archive" / "astronaut copy.jpg")
+    # One person named (docs/analysis.md shows the name): Grace Hopper, by her portrait's one face.
+    (work / "names.yaml").write_text('Grace: ["2023 reunion/hopper.jpg#0"]\n')
+    people = {"max_distance": 0.35, "names": str(work / "names.yaml")}
     write_config(
         work,
         {"photos": "archive"},
         hls={"enabled": False},
-        people={"max_distance": 0.35},
+        people=people,
         ocr={"enabled": True},
         places={"enabled": True},
     )

@@ -220,6 +220,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "people": pa.schema(
         [
             pa.field("person_id", pa.int64(), nullable=False),
+            pa.field("name", pa.string()),
             pa.field("size", pa.int32()),
             pa.field("photos", pa.int32()),
             pa.field("faces", pa.list_(FACE)),
@@ -250,6 +251,7 @@ VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     "hls": 2,
     "dino": 2,  # a preview decoded at reduced JPEG scale is resized with the full decode's geometry
     "clip": 2,  # the same
+    "people": 2,  # the name column: persons named by people.names
 }
 VERSION_KEY = b"cl_ml_tools.version"
 # Columns with a handful of distinct values: pandas categories (less memory, faster groupby, and their
