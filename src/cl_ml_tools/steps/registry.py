@@ -32,6 +32,7 @@ from . import (
     image_embeddings,
     ocr,
     people,
+    quality,
     reuse,
     thumbnails,
 )
@@ -146,6 +147,13 @@ STEPS: dict[str, Step] = {
             model=ocr.model,
             shard=ocr.shard,
             plugin=Plugin("ocr", IMAGES_AND_VIDEOS),
+        ),
+        Step(
+            "quality",
+            needs="thumbnails",
+            reads=("thumbnails",),
+            shard=quality.shard,
+            plugin=Plugin("quality", IMAGES_AND_VIDEOS),
         ),
         _image_embeddings("dino", dino.Settings, "dino_embedding"),
         _image_embeddings("clip", clip.Settings, "clip_embedding"),
