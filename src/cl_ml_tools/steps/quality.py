@@ -31,10 +31,12 @@ HIGHLIGHT_LEVEL = 250.0
 
 
 def working_image(path: str) -> Image.Image:
-    """The preview at the working scale, RGB: a JPEG decoded at a reduced DCT scale where that still leaves at
-    least ``WORKING_SIZE`` px on the long side, then Pillow's box (area-average) filter down to it."""
+    """The preview at the working scale, RGB: fully decoded, then Pillow's box filter (each pixel the area
+    average of the pixels it covers) down to ``WORKING_SIZE`` px on the long side. No reduced JPEG decode
+    (draft): its DCT scaling keeps more fine detail than area averaging, and sharpness would then depend on the
+    preview's size (24 % higher on a 1100-px picture drafted to 550 then boxed to 512); it would save 3 of the
+    7 CPU-ms a 1024-px preview costs."""
     with Image.open(path) as image:
-        image.draft("RGB", (WORKING_SIZE, WORKING_SIZE))
         rgb = image.convert("RGB")
     w, h = rgb.size
     scale = WORKING_SIZE / max(w, h)
