@@ -80,15 +80,17 @@ def test_luma_is_pillows_rounded_to_levels(photo: Path) -> None:
 
 @pytest.mark.parametrize("factor", [2, 4])
 def test_the_working_image_averages_the_pixels_each_one_covers(factor: int, tmp_path: Path) -> None:
-    """A preview ``factor`` times the working size (the thumbnails step's 1024 px previews: 2): each working
-    pixel is the mean of a factor × factor block, as OpenCV's INTER_AREA and numpy's block mean compute it."""
+    """A JPEG preview ``factor`` times the working size (the thumbnails step's 1024 px previews: 2): each
+    working pixel is the mean of a factor × factor block of the full decode, as numpy's block mean and OpenCV's
+    INTER_AREA compute it (a reduced JPEG decode, libjpeg's DCT scaling, would be sharper than that)."""
     with Image.open(SAMPLE / "2023 reunion" / "together.jpg") as photo:
-        preview = photo.convert("RGB").resize((512 * factor, 288 * factor), Image.Resampling.BICUBIC)
-    preview.save(tmp_path / "preview.png")
-    got = np.asarray(quality.working_image(str(tmp_path / "preview.png")), dtype=np.float64)
-    pixels = np.asarray(preview, dtype=np.float64)
-    blocks = pixels.reshape(288, factor, 512, factor, 3).mean(axis=(1, 3))
-    area = cv2.resize(np.asarray(preview), (512, 288), interpolation=cv2.INTER_AREA)
+        photo.convert("RGB").resize((512 * factor, 288 * factor), Image.Resampling.BICUBIC).save(
+            tmp_path / "preview.jpg", quality=85
+        )
+    got = np.asarray(quality.working_image(str(tmp_path / "preview.jpg")), dtype=np.float64)
+    decoded = cv2.cvtColor(cv2.imread(str(tmp_path / "preview.jpg")), cv2.COLOR_BGR2RGB)
+    blocks = decoded.astype(np.float64).reshape(288, factor, 512, factor, 3).mean(axis=(1, 3))
+    area = cv2.resize(decoded, (512, 288), interpolation=cv2.INTER_AREA)
     assert got.shape == (288, 512, 3)
     # 8 bits (the mean of a 2 × 2 block is a multiple of 0.25: 0.25 off on average once rounded), and Pillow's
     # fixed-point arithmetic puts some pixels a level off.
