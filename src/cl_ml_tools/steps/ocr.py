@@ -1,6 +1,9 @@
 """Text lines on the preview frames: PP-OCR detection, direction classification and recognition, run by the
 ``rapidocr`` library (its pre- and post-processing: resizing, the DB detector's box extraction, the CTC
-decoding) on the networks of our model registry, with our thread count and batch.
+decoding) on the networks of our model registry, with our thread count and batch. Two things are ours: a
+cheap first pass (the detector on the frame scaled down to ``probe_size``) that lets only frames with a
+line-shaped box on to the full pass, and tight crops of a word or a line, on which the detector finds
+nothing, recognised whole (docs/performance.md, "OCR").
 
 Boxes are axis-aligned, around the detector's quadrilateral (text on a slant gets a box that also holds some
 background), in pixels of the oriented original as the ``faces`` table's are, and normalised to its size.
