@@ -109,6 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--dino-int8", action="store_true", help="dino.model dinov2_small_int8: --dino quantised")
     ap.add_argument("--markdown", type=Path, help="also write the tables here")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=YAML",
+        help="a config value over the project's, e.g. ocr.enabled=false (snakemake's --config reads nested values "
+        "as strings)",
+    )
     ap.add_argument("snakemake_args", nargs="*", help="more snakemake arguments (after --), e.g. --set-threads dino=1")
     args = ap.parse_args(argv)
 
@@ -121,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     cfg = config(args.corpus.resolve(), models)
+    for setting in args.set:
+        key, value = setting.split("=", 1)
+        section, name = key.split(".", 1)
+        cfg.setdefault(section, {})[name] = yaml.safe_load(value)
     if args.dino_int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 

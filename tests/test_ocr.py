@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SAMPLE, make_photo
+from conftest import REPO, SAMPLE, make_photo
 from PIL import Image, ImageDraw, ImageFont
 
 from cl_ml_tools import models, plugins
@@ -22,6 +22,8 @@ from cl_ml_tools.steps import ocr
 SIGN = SAMPLE / "texts" / "metro sign.jpg"  # 900 x 600 once turned upright (stored sideways, Orientation 6)
 PAGE = SAMPLE / "texts" / "phototest.tif"
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
+# Real word crops of public scene-text benchmarks, with their labels (benchmarks/data/ocr/truth.json)
+CROPS = REPO / "benchmarks" / "data" / "ocr" / "crops"
 # The library reads the same bytes with the same settings (our threads aside): its boxes must be ours.
 BOX_TOLERANCE_PX = 0.5
 
@@ -163,3 +165,38 @@ def test_the_settings_reach_the_engine() -> None:
     assert config.Global.text_score == 0.7 and config.Rec.rec_batch_num == 3
     assert config.EngineConfig.onnxruntime.intra_op_num_threads == 2
     assert Path(config.Det.model_path).is_relative_to(models.cache_dir())
+    probe = reader.probe.cfg
+    assert (probe.Det.limit_side_len, probe.Det.limit_type, probe.Det.model_path) == (320, "max", config.Det.model_path)
+
+
+@pytest.mark.parametrize(
+    ("crop", "word"), [("demo_7.png", "underground"), ("demo_3.png", "London"), ("demo_8.jpg", "RONALDO")]
+)
+def test_a_tight_word_crop_the_detector_finds_nothing_on_is_read_whole(crop: str, word: str, tmp_path: Path) -> None:
+    """Word crops of clovaai/deep-text-recognition-benchmark's demo, labelled in its README: rapidocr's
+    ``RapidOCR()`` with its defaults reads nothing on them (its detector finds no line); the step reads the
+    label, its box the whole picture."""
+    from rapidocr import RapidOCR
+
+    assert RapidOCR(params={"Global.log_level": "error"})(str(CROPS / crop)).txts is None
+    rows = plugins.ocr.run(CROPS / crop, out=tmp_path / "out")
+    assert [str(text) for text in rows.text] == [word]
+    with Image.open(CROPS / crop) as image:
+        assert rows[["x", "y", "width", "height"]].iloc[0].tolist() == [0, 0, image.width, image.height]
+    assert rows.score[0] >= ocr.WHOLE_FRAME_MIN_SCORE
+
+
+def test_a_photo_the_probe_finds_no_text_box_on_is_not_read_further() -> None:
+    """The sample's astronaut (no text): the cheap pass finds no box, so the full pass's detector and the
+    recogniser are never loaded (the library loads each network on its first use); without the probe both run
+    and read nothing either."""
+    settings = ocr.Settings.from_config({"model": "ppocr_v6_small"})
+    preview = SAMPLE / "2021 holiday" / "astronaut.jpg"
+    with models.Loader.from_cache({}, threads=1) as loader:
+        resolved = loader.resolved("ppocr_v6_small")
+    reader = ocr.Reader(resolved, settings, threads=1)
+    assert reader.read(str(preview)) == []
+    assert reader.probe is not None and reader.probe.text_det is not None
+    assert (reader.engine.text_det, reader.engine.text_rec) == (None, None)
+    unprobed = ocr.Reader(resolved, ocr.Settings.from_config({"model": "ppocr_v6_small", "probe_size": 0}), threads=1)
+    assert unprobed.read(str(preview)) == [] and unprobed.engine.text_det is not None

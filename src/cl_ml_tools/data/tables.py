@@ -267,6 +267,8 @@ VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     "dino": 2,  # a preview decoded at reduced JPEG scale is resized with the full decode's geometry
     "clip": 2,  # the same
     "people": 2,  # the name column: persons named by people.names
+    # a cheap first pass skips previews without a line-shaped box; tight crops the detector misses read whole
+    "ocr": 2,
 }
 VERSION_KEY = b"cl_ml_tools.version"
 # Columns with a handful of distinct values: pandas categories (less memory, faster groupby, and their
