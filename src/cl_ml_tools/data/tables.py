@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..media.fileio import atomic_path, displayable
@@ -417,6 +416,8 @@ class Embeddings(NamedTuple):
 def load_embeddings(name: str, results: str | os.PathLike[str] = "results") -> Embeddings:
     """The ok rows of an embedding table (``dino``, ``clip``, ``face_embeddings``) and their embeddings as
     one 2-D array, built from the Arrow buffer without a Python object per row."""
+    import pyarrow.compute as pc  # 26 ms to import: only where a table is read back
+
     table = pq.read_table(_path(name, results))
     if "embedding" not in table.column_names:
         raise KeyError(f"table {name!r} has no embedding column")
@@ -481,6 +482,8 @@ def embedding_rows(source: str | os.PathLike[str] | pa.Table, rows: np.ndarray) 
 
 def people_faces(results: str | os.PathLike[str] = "results") -> pd.DataFrame:
     """The ``people`` table one row per face: ``person_id``, ``media_id``, ``frame_index``, ``face_index``."""
+    import pyarrow.compute as pc  # 26 ms to import: only where a table is read back
+
     table = pq.read_table(_path("people", results), columns=["person_id", "faces"])
     faces = table.column("faces").combine_chunks()
     person = pc.list_parent_indices(faces)

@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from .. import __version__
 from .cache import (
     _Bad,
     _check_cached,
@@ -89,6 +88,8 @@ def _download(spec: ModelSpec, f: ModelFile, dest: IO[bytes], limit: int | None,
 
     if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
         raise failure(f"downloads are switched off ({OFFLINE_ENV} is set)")
+    from .. import __version__  # read from the package metadata only when something is downloaded
+
     request = urllib.request.Request(f.url, headers={"User-Agent": f"cl_ml_tools/{__version__}"})
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
