@@ -187,3 +187,26 @@ def test_a_file_moved_to_another_shard_is_found_whichever_job_runs_first(tmp_pat
     # The source shard keeps what left it for one job only.
     job(tmp_path, left[:1], shard="0000", by_content=True)
     assert not list((tmp_path / "reuse" / "0000" / "out").glob(f"{left[1]['media_id']}*"))
+
+
+def test_a_folder_replaced_while_it_is_read_gives_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another shard's job saves its folder (rename) while this job takes a moved file's rows from it: what
+    was taken is dropped, links included, and the file is computed."""
+    left, right = [file_row("a.jpg"), file_row("b.jpg")], [file_row("c.jpg")]
+    job(tmp_path, left, shard="0000", by_content=True)
+    job(tmp_path, right, shard="0001", by_content=True)
+    rows_of = reuse._Folder.rows
+
+    def rows_then_replaced(self: Any, mids: set[str]) -> Any:
+        taken = rows_of(self, mids)
+        if self.path.name == "0000":
+            monkeypatch.setattr(reuse._Folder, "rows", rows_of)
+            job(tmp_path, left, shard="0000", by_content=True)  # that shard's rerun, saved in between
+        return taken
+
+    monkeypatch.setattr(reuse._Folder, "rows", rows_then_replaced)
+    arrived = moved(left[1], "new/b.jpg")
+    rows, step = job(tmp_path, [*right, arrived], shard="0001", by_content=True)
+    assert step.computed == ["/a/new/b.jpg"]
+    assert step.counts == {"reused": 1, "moved": 0, "computed": 1}
+    assert Path(rows[-1]["file"]).read_bytes() == b"/a/new/b.jpg"  # made again, not a stale link
