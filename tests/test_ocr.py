@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -200,3 +201,36 @@ def test_a_photo_the_probe_finds_no_text_box_on_is_not_read_further() -> None:
     assert (reader.engine.text_det, reader.engine.text_rec) == (None, None)
     unprobed = ocr.Reader(resolved, ocr.Settings.from_config({"model": "ppocr_v6_small", "probe_size": 0}), threads=1)
     assert unprobed.read(str(preview)) == [] and unprobed.engine.text_det is not None
+
+
+def test_a_video_is_read_frame_by_frame_where_the_text_is_shown(tmp_path: Path) -> None:
+    """A 4-second video whose first half shows a sign drawn with a real font and whose second half shows
+    none, encoded by the real ffmpeg: the frames the thumbnails step previews (its own rows) are read one
+    by one, the sign on each frame before 2 s, no row for those after (the file has text elsewhere)."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    font = ImageFont.truetype(FONT, 56)
+    for i in range(40):  # 10 frames a second
+        image = Image.linear_gradient("L").resize((640, 360)).convert("RGB")
+        if i < 20:
+            draw = ImageDraw.Draw(image)
+            draw.rectangle((60, 130, 580, 230), fill=(250, 250, 240))
+            draw.text((90, 150), "PLATFORM 9", fill=(10, 10, 10), font=font)
+        image.save(frames / f"{i:03d}.png")
+    video = tmp_path / "sign.mp4"
+    ffmpeg = ["ffmpeg", "-v", "error", "-framerate", "10", "-i", str(frames / "%03d.png")]
+    subprocess.run([*ffmpeg, "-c:v", "libx264", "-pix_fmt", "yuv420p", str(video)], check=True)
+    previews = plugins.media_thumbnail.run(video, out=tmp_path / "thumbs")
+    previews = previews[previews.role == "preview"].sort_values("frame_index")
+    rows = plugins.ocr.run(video, out=tmp_path / "out")
+    assert set(rows.frame_index) <= set(previews.frame_index)  # a frame without text has no row
+    assert len(previews) == 8
+    assert (previews.timestamp_s < 1.9).sum() >= 3 and (previews.timestamp_s > 2.1).sum() >= 3
+    for frame in previews.itertuples():
+        lines = rows[rows.frame_index == frame.frame_index]
+        assert (lines.timestamp_s == frame.timestamp_s).all()
+        read = sorted(lines.text.dropna())
+        if frame.timestamp_s < 1.9:
+            assert read == ["PLATFORM 9"], frame.timestamp_s
+        elif frame.timestamp_s > 2.1:
+            assert read == [], frame.timestamp_s
