@@ -215,6 +215,24 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("quality", pa.float32()),
         ]
     ),
+    # One row per event; the representative file is named by media_id and path.
+    "events": pa.schema(
+        [
+            pa.field("event_id", pa.int64(), nullable=False),
+            pa.field("start", pa.timestamp("us", tz="UTC")),
+            pa.field("end", pa.timestamp("us", tz="UTC")),
+            pa.field("size", pa.int32()),
+            pa.field("media_ids", pa.list_(pa.string())),
+            pa.field("undated", pa.int32()),
+            pa.field("located", pa.int32()),
+            pa.field("latitude", pa.float64()),
+            pa.field("longitude", pa.float64()),
+            pa.field("place", pa.string()),
+            pa.field("country", pa.string()),
+            pa.field("media_id", pa.string()),
+            pa.field("path", pa.string()),
+        ]
+    ),
 }
 
 TABLES = tuple(SCHEMAS)

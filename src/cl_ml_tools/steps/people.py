@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from ..data.config import schema_defaults
 from ..data.tables import FACE, STATUS_OK, embedding_rows, read_columns, write_part
 from ..media.fileio import atomic_path
 from ..models import l2_normalise
-from .common import StepSettings
+from .common import StepSettings, assign_ids
 
 log = logging.getLogger(__name__)
 
@@ -144,25 +143,6 @@ def members_of(labels: np.ndarray) -> dict[int, np.ndarray]:
     values, starts = np.unique(labels[order], return_index=True)
     groups = np.split(order, starts[1:]) if len(order) else []
     return {int(v): g for v, g in zip(values, groups, strict=True) if v >= 0}
-
-
-def assign_ids(
-    clusters: Sequence[Sequence[FaceKey]], previous: Mapping[FaceKey, int], next_id: int
-) -> tuple[list[int], int]:
-    """A person id per cluster (see the module docstring), and the next id never used."""
-    overlaps = Counter((c, previous[k]) for c, members in enumerate(clusters) for k in members if k in previous)
-    ids: list[int | None] = [None] * len(clusters)
-    taken: set[int] = set()
-    for (c, pid), _ in sorted(overlaps.items(), key=lambda kv: (-kv[1], kv[0][1], kv[0][0])):
-        if ids[c] is None and pid not in taken:
-            ids[c] = pid
-            taken.add(pid)
-    out = []
-    for pid in ids:
-        if pid is None:
-            pid, next_id = next_id, next_id + 1
-        out.append(pid)
-    return out, next_id
 
 
 def read_ids(path: str | os.PathLike[str]) -> tuple[dict[FaceKey, int], int]:

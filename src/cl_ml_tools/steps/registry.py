@@ -23,6 +23,7 @@ from . import (
     clip,
     dino,
     duplicates,
+    events,
     exif,
     face_embeddings,
     faces,
@@ -151,6 +152,7 @@ STEPS: dict[str, Step] = {
         _image_embeddings("clip", clip.Settings, "clip_embedding"),
         Step("duplicates", needs="hashes", settings=duplicates.Settings, archive=duplicates.archive),
         Step("people", needs="face_embeddings", settings=people.Settings, archive=people.archive),
+        Step("events", needs="exif", settings=events.Settings, archive=events.archive),
     )
 }
 SHARD_STEPS = tuple(name for name, s in STEPS.items() if s.shard is not None)
