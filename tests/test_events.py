@@ -57,17 +57,17 @@ class Archive:
         )
 
     def events(self, settings: events.Settings = SETTINGS, **kw: Any) -> list[dict[str, Any]]:
-        rows, _ = events.find_events(events.read_timeline(self.files, self.exif, settings), settings, {}, 1, **kw)
-        return rows
+        table, _ = events.find_events(events.read_timeline(self.files, self.exif, settings), settings, {}, 1, **kw)
+        return table.to_pylist()
 
 
 def groups(rows: list[dict[str, Any]]) -> list[list[str]]:
     return [r["media_ids"] for r in rows]
 
 
-def utc(text: str) -> int:
-    """µs since the epoch of an ISO time with its offset, by the standard library."""
-    return int(datetime.fromisoformat(text).astimezone(UTC).timestamp()) * 1_000_000
+def utc(text: str) -> datetime:
+    """An ISO time with its offset in UTC, by the standard library."""
+    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 def day_trip() -> Archive:
@@ -157,7 +157,7 @@ def test_photos_without_dates_take_their_mtime_or_no_event() -> None:
     # como-2's exif row failed: its mtime (the copy) times it, so it leaves the trip for the copy's event.
     assert groups(rows) == [["home-fri-1", "home-fri-2"], trip, ["home-sat"], ["como-2", "screenshot"]]
     assert [r["undated"] for r in rows] == [0, 1, 0, 2]
-    assert rows[3]["start"] == rows[3]["end"] == int(COPIED.timestamp()) * 1_000_000
+    assert rows[3]["start"] == rows[3]["end"] == COPIED
     without = a.events(replace(SETTINGS, mtime_fallback=False))
     assert groups(without) == [["home-fri-1", "home-fri-2"], [m for m in trip if m != "scan"], ["home-sat"]]
 
@@ -173,7 +173,7 @@ def test_two_cameras_the_phones_zone_and_a_wrong_clock() -> None:
     a.add("fast-1", "2024-10-12T11:40:00")  # taken 10:40: one hour fast
     a.add("slow-1", "2024-10-11T12:00:00")  # taken 12:00 on the 12th: a day slow
     timeline = events.read_timeline(a.files, a.exif, SETTINGS)
-    time = dict(zip(timeline.media_id, timeline.time_us.tolist(), strict=True))
+    time = {m: datetime.fromtimestamp(t / 1e6, UTC) for m, t in zip(timeline.media_id, timeline.time_us, strict=True)}
     source = dict(zip(timeline.media_id, timeline.source, strict=True))
     assert time["camera-1"] == utc("2024-10-12T10:30:00+09:00") and source["camera-1"] == "nearby_offset"
     # A day away from any recorded offset: read as UTC.
@@ -265,7 +265,7 @@ def test_ids_survive_added_photos_and_new_events(tmp_path: Path) -> None:
     assert second.start[2] == pd.Timestamp("2024-05-04T08:55:00+02:00")
     # The trip split by a stricter gap: its larger part keeps id 2, the smaller gets a fresh one.
     again = events.find_events(events.read_timeline(a.files, a.exif, replace(SETTINGS, max_gap_hours=3)),
-                               replace(SETTINGS, max_gap_hours=3), *events.read_ids(ids))[0]  # fmt: skip
+                               replace(SETTINGS, max_gap_hours=3), *events.read_ids(ids))[0].to_pylist()  # fmt: skip
     parts = {r["event_id"]: r["media_ids"] for r in again}
     assert parts[2] == ["bellagio-1", "bellagio-2", "como-4", "como-late"]
     assert parts[5] == ["como-1", "como-2", "como-3"] and set(parts) == {1, 2, 3, 4, 5}
@@ -275,8 +275,8 @@ def test_an_archive_without_photos_has_no_events(tmp_path: Path) -> None:
     a = Archive()
     a.add("notes", "2024-05-04T10:00:00", "+02:00", kind="other")
     assert a.events() == []
-    rows, next_id = events.find_events(events.read_timeline([], [], SETTINGS), SETTINGS, {}, 1)
-    assert rows == [] and next_id == 1
+    table, next_id = events.find_events(events.read_timeline([], [], SETTINGS), SETTINGS, {}, 1)
+    assert table.num_rows == 0 and next_id == 1
 
 
 def test_offsets_parse_as_the_standard_library_reads_them() -> None:

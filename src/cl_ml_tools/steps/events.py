@@ -35,8 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,16 +197,6 @@ def split(timeline: Timeline, settings: Settings) -> np.ndarray:
     return np.cumsum(starts) - 1
 
 
-def _centre(lat: np.ndarray, lon: np.ndarray) -> tuple[float | None, float | None]:
-    """The mean position on the sphere (the mean of unit vectors, so that an event across the 180th
-    meridian is not placed on the 0th), or None for no position."""
-    if not len(lat):
-        return None, None
-    p, q = np.radians(lat), np.radians(lon)
-    x, y, z = (np.cos(p) * np.cos(q)).mean(), (np.cos(p) * np.sin(q)).mean(), np.sin(p).mean()
-    return float(np.degrees(np.arctan2(z, np.hypot(x, y)))), float(np.degrees(np.arctan2(y, x)))
-
-
 def read_places(places: str | os.PathLike[str] | None) -> dict[str, tuple[str, str | None]]:
     """media_id → (place, country) of the ``places`` table's ok rows with a place; empty without the step."""
     if not places:
@@ -218,12 +207,19 @@ def read_places(places: str | os.PathLike[str] | None) -> dict[str, tuple[str, s
     return dict(zip(table.column("media_id").to_pylist(), pairs, strict=True))
 
 
-def _place(members: Sequence[str], places: Mapping[str, tuple[str, str | None]]) -> tuple[str | None, str | None]:
-    counts = Counter(places[m] for m in members if m in places)
-    if not counts:
-        return None, None
-    # Counter keeps first-seen order and max returns the first of equal counts: ties go to the earliest.
-    return max(counts, key=counts.__getitem__)
+def _modes(event: np.ndarray, code: np.ndarray, n_events: int) -> np.ndarray:
+    """Per event, its files' most frequent ``code`` ≥ 0 (ties: the code whose first file came first), −1
+    for an event without one. ``event`` is ascending; files are in timeline order."""
+    out = np.full(n_events, -1, dtype=np.int64)
+    pos = np.flatnonzero(code >= 0)
+    if not len(pos):
+        return out
+    width = int(code.max()) + 1
+    pairs, first, counts = np.unique(event[pos] * width + code[pos], return_index=True, return_counts=True)
+    order = np.lexsort((pos[first], -counts, pairs // width))
+    best = order[np.r_[True, np.diff(pairs[order] // width) != 0]]
+    out[pairs[best] // width] = pairs[best] % width
+    return out
 
 
 def find_events(
@@ -232,41 +228,58 @@ def find_events(
     previous: Mapping[str, int],
     next_id: int,
     places: Mapping[str, tuple[str, str | None]] | None = None,
-) -> tuple[list[dict[str, Any]], int]:
-    """Rows of the ``events`` table, in time order, and the next unused id."""
+) -> tuple[pa.Table, int]:
+    """The ``events`` table, in time order, and the next unused id. Built column by column (one pass of
+    NumPy's ``reduceat`` per column, not a Python loop over events): an archive has tens of thousands."""
     labels = split(timeline, settings)
     bounds = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1], True]) if len(labels) else np.array([0])
-    spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
-    members = [timeline.media_id[a:b].tolist() for a, b in spans]
-    ids, next_id = assign_ids(members, previous, next_id)
-    rows = []
-    for (a, b), event_id, media in zip(spans, ids, members, strict=True):
-        images = np.flatnonzero(timeline.image[a:b])
-        candidates = images if len(images) else np.arange(b - a)
-        rep = a + int(candidates[(len(candidates) - 1) // 2])
-        lat, lon = timeline.latitude[a:b], timeline.longitude[a:b]
-        located = ~np.isnan(lat)
-        latitude, longitude = _centre(lat[located], lon[located])
-        place, country = _place(media, places or {})
-        rows.append(
-            {
-                "event_id": event_id,
-                "start": int(timeline.time_us[a]),
-                "end": int(timeline.time_us[b - 1]),
-                "size": b - a,
-                "media_ids": media,
-                "undated": int((timeline.source[a:b] == MTIME).sum()),
-                "located": int(located.sum()),
-                "latitude": latitude,
-                "longitude": longitude,
-                "place": place,
-                "country": country,
-                "media_id": timeline.media_id[rep],
-                "path": timeline.path[rep],
-            }
-        )
-    log.info("%d files: %d events", len(timeline.time_us), len(rows))
-    return rows, next_id
+    starts, ends = bounds[:-1], bounds[1:]
+    n_events = len(starts)
+    media = timeline.media_id.tolist()
+    ids, next_id = assign_ids([media[a:b] for a, b in zip(starts, ends, strict=True)], previous, next_id)
+
+    images = np.r_[np.flatnonzero(timeline.image), 0]  # padded: an index past the last image stays valid
+    first_image = np.searchsorted(images[:-1], starts)
+    n_images = np.searchsorted(images[:-1], ends) - first_image
+    middle_image = images[np.minimum(first_image + (n_images - 1) // 2, len(images) - 1)]
+    representative = np.where(n_images > 0, middle_image, starts + (ends - starts - 1) // 2)
+
+    located = ~np.isnan(timeline.latitude)
+    p, q = np.radians(np.nan_to_num(timeline.latitude)), np.radians(np.nan_to_num(timeline.longitude))
+    unit = np.c_[np.cos(p) * np.cos(q), np.cos(p) * np.sin(q), np.sin(p)] * located[:, None]
+    # The mean position is the direction of the sum of unit vectors, so an event across the 180th meridian
+    # is not placed on the 0th.
+    x, y, z = np.add.reduceat(unit, starts, axis=0).T if n_events else np.zeros((3, 0))
+    n_located = np.add.reduceat(located, starts) if n_events else np.zeros(0, np.int64)
+    undated = np.add.reduceat(timeline.source == MTIME, starts) if n_events else np.zeros(0, np.int64)
+
+    found = [(places or {}).get(m) for m in media]
+    labels_seen = list(dict.fromkeys(f for f in found if f is not None))
+    code_of = {label: i for i, label in enumerate(labels_seen)}
+    codes = np.array([code_of[f] if f is not None else -1 for f in found], dtype=np.int64)
+    mode = _modes(labels, codes, n_events)
+    place = [labels_seen[c] if c >= 0 else (None, None) for c in mode.tolist()]
+
+    nowhere = n_located == 0
+    table = pa.table(
+        {
+            "event_id": pa.array(ids, pa.int64()),
+            "start": pa.array(timeline.time_us[starts], pa.timestamp("us", tz="UTC")),
+            "end": pa.array(timeline.time_us[ends - 1], pa.timestamp("us", tz="UTC")),
+            "size": pa.array(ends - starts, pa.int32()),
+            "media_ids": pa.ListArray.from_arrays(pa.array(bounds, pa.int32()), pa.array(media, pa.string())),
+            "undated": pa.array(undated, pa.int32()),
+            "located": pa.array(n_located, pa.int32()),
+            "latitude": pa.array(np.degrees(np.arctan2(z, np.hypot(x, y))), mask=nowhere),
+            "longitude": pa.array(np.degrees(np.arctan2(y, x)), mask=nowhere),
+            "place": pa.array([pl for pl, _ in place], pa.string()),
+            "country": pa.array([c for _, c in place], pa.string()),
+            "media_id": pa.array(timeline.media_id[representative], pa.string()),
+            "path": pa.array(timeline.path[representative], pa.string()),
+        }
+    )
+    log.info("%d files: %d events", len(media), n_events)
+    return table, next_id
 
 
 def read_ids(path: str | os.PathLike[str]) -> tuple[dict[str, int], int]:
@@ -279,13 +292,10 @@ def read_ids(path: str | os.PathLike[str]) -> tuple[dict[str, int], int]:
     return ids, max([next_id, *(i + 1 for i in ids.values())])
 
 
-def write_ids(path: str | os.PathLike[str], events: Sequence[Mapping[str, Any]], next_id: int) -> None:
-    sizes = [len(e["media_ids"]) for e in events]
+def write_ids(path: str | os.PathLike[str], events: pa.Table, next_id: int) -> None:
+    members = events.column("media_ids").combine_chunks()
     table = pa.table(
-        {
-            "media_id": pa.array([m for e in events for m in e["media_ids"]], pa.string()),
-            "event_id": pa.array(np.repeat([e["event_id"] for e in events], sizes).astype(np.int64)),
-        },
+        {"media_id": members.flatten(), "event_id": events.column("event_id").take(pc.list_parent_indices(members))},
         metadata={"next_id": str(next_id)},
     )
     with atomic_path(path) as tmp:
@@ -303,9 +313,9 @@ def events_table(
     """The whole step: the consolidated tables in, the ``events`` table and the id file out."""
     previous, next_id = read_ids(ids)
     timeline = read_timeline(files, exif, settings)
-    rows, next_id = find_events(timeline, settings, previous, next_id, read_places(places))
-    write_ids(ids, rows, next_id)
-    write_part("events", rows, output)
+    table, next_id = find_events(timeline, settings, previous, next_id, read_places(places))
+    write_ids(ids, table, next_id)
+    write_part("events", table, output)
 
 
 def archive(inputs: Mapping[str, Any], output: str, settings: Settings, params: Mapping[str, Any]) -> None:
