@@ -197,18 +197,19 @@ def test_without_any_recorded_offset_camera_time_is_read_as_utc() -> None:
 
 def test_the_representative_is_the_middle_image_and_the_place_the_most_frequent() -> None:
     a = Archive()
-    for i, kind in enumerate(["video", "image", "video", "image", "image", "image", "video"]):
+    for i, kind in enumerate(["video", "video", "image", "video", "image", "image", "image"]):
         a.add(f"f{i}", f"2024-06-01T{10 + i}:00:00", "Z", kind=kind)
-    a.add("v0", "2024-06-03T10:00:00", "Z", kind="video")
-    a.add("v1", "2024-06-03T11:00:00", "Z", kind="video")
-    places = {"f0": ("Lyon", "France"), "f1": ("Villeurbanne", "France"), "f3": ("Villeurbanne", "France"),
-              "f4": ("Lyon", "France"), "v0": ("Gent", "Belgium"), "v1": ("Brugge", "Belgium")}  # fmt: skip
+    for i in range(3):
+        a.add(f"v{i}", f"2024-06-03T1{i}:00:00", "Z", kind="video")
+    places = {"f0": ("Villeurbanne", "France"), "f1": ("Lyon", "France"), "f3": ("Lyon", "France"),
+              "f4": ("Villeurbanne", "France"), "v0": ("Gent", "Belgium"), "v1": ("Brugge", "Belgium")}  # fmt: skip
     rows = a.events(places=places)
-    # Images f1, f3, f4, f5: the second of four. Videos only: the first of two.
-    assert [r["media_id"] for r in rows] == ["f3", "v0"]
-    assert [r["path"] for r in rows] == ["/archive/f3", "/archive/v0"]
-    # Lyon and Villeurbanne twice each: Lyon was seen first. Gent and Brugge once: Gent first.
-    assert [(r["place"], r["country"]) for r in rows] == [("Lyon", "France"), ("Gent", "Belgium")]
+    # Images f2, f4, f5, f6: the second of four (the middle file, f3, is a video). Videos only: the second of
+    # three.
+    assert [r["media_id"] for r in rows] == ["f4", "v1"]
+    assert [r["path"] for r in rows] == ["/archive/f4", "/archive/v1"]
+    # Villeurbanne and Lyon twice each: Villeurbanne was seen first. Gent and Brugge once: Gent first.
+    assert [(r["place"], r["country"]) for r in rows] == [("Villeurbanne", "France"), ("Gent", "Belgium")]
     assert [(r["place"], r["latitude"]) for r in a.events()] == [(None, None), (None, None)]
 
 
