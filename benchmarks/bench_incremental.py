@@ -1,6 +1,6 @@
 """Reruns inside one shard (issue 26): a full run over one shard, then one added photo, one photo edited in
 place, one moved to another folder and ten deleted, each followed by a rerun; CPU and wall seconds of each
-rerun against the first run.
+rerun against the first run, and a rerun with nothing changed (Snakemake's parse and DAG alone).
 
     python benchmarks/make_corpus.py --out /tmp/inc_corpus --photos 1000 --videos 0 --size 1024x768
     python benchmarks/bench_incremental.py --corpus /tmp/inc_corpus --work /tmp/inc_work
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -62,18 +63,21 @@ def run(work: Path) -> tuple[float, float]:
     return time.perf_counter() - start, cpu() - before
 
 
-def shard_work(results: Path, since: float) -> tuple[float, dict[str, tuple[int, int]]]:
-    """CPU of the shard jobs' own work that ran after ``since``, and each rewritten part's reuse counts."""
-    total = 0.0
-    for log in (results / "logs").glob("*/0000.log"):
+def shard_work(results: Path, since: float) -> tuple[float, int, dict[str, tuple[int, int, int]]]:
+    """CPU of the shard jobs' own work that ran after ``since``, how many jobs of any rule ran (each leaves
+    a log), and each rewritten part's reuse counts."""
+    total, jobs = 0.0, 0
+    for log in (results / "logs").glob("*/*.log"):
         if log.stat().st_mtime >= since:
-            total += sum(float(m[3]) for m in WORK.finditer(log.read_text()))
+            jobs += 1
+            if log.name == "0000.log":
+                total += sum(float(m[3]) for m in WORK.finditer(log.read_text()))
     counts = {}
     for part in (results / "parts").glob("*/0000.parquet"):
         if part.stat().st_mtime >= since:
             c = json.loads(pq.read_schema(part).metadata[reuse.COUNTS_KEY])
-            counts[part.parent.name] = (c["reused"], c["computed"])
-    return total, counts
+            counts[part.parent.name] = (c["reused"], c.get("moved", 0), c["computed"])
+    return total, jobs, counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted(p.name for p in photos.iterdir())
 
     def add() -> None:
-        shutil.copy(photos / names[0], photos / "added.jpg")
+        """A new photo (new bytes: a copy would be found by content, like a move)."""
+        with Image.open(photos / names[0]) as im:
+            im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photos / "added.jpg", quality=90)
+
+    def nothing() -> None:
+        pass
 
     def edit() -> None:
         target = photos / names[1]
@@ -117,21 +126,32 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     started = time.time()
     wall, total = run(work)
-    first_work, _ = shard_work(work / "results", started)
-    rows.append(("first run", len(names), wall, total, first_work, {}))
-    for label, change in (("1 added", add), ("1 edited in place", edit), ("1 moved", move), ("10 deleted", delete)):
+    first_work, first_jobs, _ = shard_work(work / "results", started)
+    rows.append(("first run", first_jobs, wall, total, first_work, {}))
+    changes = (
+        ("nothing changed", nothing),
+        ("1 added", add),
+        ("1 edited in place", edit),
+        ("1 moved", move),
+        ("10 deleted", delete),
+    )
+    for label, change in changes:
         change()
+        time.sleep(0.01)  # log mtimes after ``started``
         started = time.time()
         wall, total = run(work)
-        own, counts = shard_work(work / "results", started)
-        rows.append((label, len(names), wall, total, own, counts))
+        own, jobs, counts = shard_work(work / "results", started)
+        rows.append((label, jobs, wall, total, own, counts))
     base_wall, base_cpu, base_work = rows[0][2], rows[0][3], rows[0][4]
-    print("| run | wall s | CPU s | CPU vs first | shard jobs' work CPU s | vs first | files reused / computed |")
-    print("|---|---|---|---|---|---|---|")
-    for label, _n, wall, total, own, counts in rows:
-        reused = {f"{r}/{c}" for r, c in counts.values()}
+    print(
+        "| run | jobs | wall s | CPU s | CPU vs first | shard jobs' work CPU s | vs first "
+        "| files reused / moved / computed (per step) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for label, jobs, wall, total, own, counts in rows:
+        reused = {f"{r}/{m}/{c}" for r, m, c in counts.values()}
         print(
-            f"| {label} | {wall:.1f} | {total:.1f} | {100 * total / base_cpu:.1f} % | {own:.2f} | "
+            f"| {label} | {jobs} | {wall:.1f} | {total:.1f} | {100 * total / base_cpu:.1f} % | {own:.2f} | "
             f"{100 * own / base_work:.1f} % | {', '.join(sorted(reused)) or '–'} |"
         )
     print(f"(first run: {base_wall:.1f} s wall)")

@@ -19,11 +19,12 @@ both the page cache and the numbers are about CPU, not disk.
 One ``snakemake --cores N`` (the default profile) runs everything; the whole command is timed, and its CPU
 time is that of every process it started. Per step: jobs, wall seconds and the largest peak RSS from
 Snakemake's benchmark records (``results/benchmarks/``), and from each job's log the span and CPU seconds of
-its own work (``steps.work()``: after the interpreter started, the imports ran and the models loaded; CPU of
-all its threads and of the exiftool and ffmpeg processes it ran). Snakemake's own ``cpu_time`` column is not
+its own work (``steps.work()``: after the interpreter started and the imports ran, its model load included,
+since a job loads its model only when some file is not reused; CPU of all its threads and of the exiftool and
+ffmpeg processes it ran). Snakemake's own ``cpu_time`` column is not
 used: it samples the process tree and missed a quarter of the CPU of long jobs here. The wall time covered
-by no job's work is the overhead (Snakemake's DAG and scheduling, interpreter starts, imports, model loads,
-idle cores included).
+by no job's work is the overhead (Snakemake's DAG and scheduling, interpreter starts, imports, idle cores
+included).
 """
 
 from __future__ import annotations

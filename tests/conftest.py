@@ -48,14 +48,23 @@ def test_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pipeline on the sample archive plus a byte copy of the astronaut photo (HLS off, to save time;
-    people.max_distance suited to the stand-in ArcFace), shared by the report and analysis tests."""
+    people.max_distance suited to the stand-in ArcFace; Grace Hopper named), shared by the report and analysis
+    tests."""
     import shutil
 
     work = tmp_path_factory.mktemp("sample")
     shutil.copytree(SAMPLE, work / "archive")
     shutil.copy(SAMPLE / "2021 holiday" / "astronaut.jpg", work / "archive" / "astronaut copy.jpg")
+    # One person named (docs/analysis.md shows the name): Grace Hopper, by her portrait's one face.
+    (work / "names.yaml").write_text('Grace: ["2023 reunion/hopper.jpg#0"]\n')
+    people = {"max_distance": 0.35, "names": str(work / "names.yaml")}
     write_config(
-        work, {"photos": "archive"}, hls={"enabled": False}, people={"max_distance": 0.35}, ocr={"enabled": True}
+        work,
+        {"photos": "archive"},
+        hls={"enabled": False},
+        people=people,
+        ocr={"enabled": True},
+        places={"enabled": True},
     )
     snakemake(work)
     return work
@@ -120,8 +129,10 @@ def write_config(workdir: Path, inputs: dict[str, str], **overrides: object) -> 
     config["inputs"] = inputs
     config["models"] = dict(TEST_MODELS)
     # OCR costs up to half a second of CPU per preview frame (real PP-OCR networks, no stand-in): on only where
-    # a test asks for it.
+    # a test asks for it. Places, cheap, is off for the same tests' sake: they count the jobs and tables of the
+    # steps that were there before it.
     config["ocr"] = {**config["ocr"], "enabled": False}
+    config["places"] = {**config["places"], "enabled": False}
     for key, value in overrides.items():
         if isinstance(value, dict) and key != "models":
             config[key] = {**config.get(key, {}), **value}

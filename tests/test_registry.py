@@ -26,7 +26,7 @@ def test_every_plugin_is_a_module_with_run() -> None:
     from cl_ml_tools.plugins import clip_embedding, dino_embedding, face_detection, face_embedding  # noqa: F401
 
     guide = ["hash", "media_thumbnail", "face_detection", "face_embedding", "dino_embedding", "clip_embedding"]
-    assert sorted(registry.PLUGINS) == sorted([*guide, "exif", "hls_streaming", "ocr"])
+    assert sorted(registry.PLUGINS) == sorted([*guide, "exif", "hls_streaming", "ocr", "places"])
     for name in registry.PLUGINS:
         assert callable(getattr(plugins, name).run)
 

@@ -3,25 +3,30 @@ pipeline end to end: tests/test_incremental.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cl_ml_tools.data import tables
 from cl_ml_tools.steps import reuse
 
 
-def file_row(name: str, size: int = 10, mtime: int = 1) -> dict[str, Any]:
+def file_row(name: str, size: int = 10, mtime: int = 1, content: str | None = None) -> dict[str, Any]:
+    """A ``files`` row; ``content`` names the bytes (the file's own name by default)."""
+    sha256 = hashlib.sha256((content or name).encode()).hexdigest()
     return {"media_id": f"{abs(hash(name)) % 16**16:016x}", "input": "photos", "path": f"/a/{name}", "size": size,
-            "mtime": mtime}  # fmt: skip
+            "mtime": mtime, "kind": "image", "format": "jpeg", "sha256": sha256}  # fmt: skip
 
 
 class Step:
     """A thumbnails-like step: one row per file and one image named after its media id."""
 
     def __init__(self, out: Path) -> None:
-        self.out, self.computed = out, []
+        self.out, self.computed, self.counts = out, [], {}
 
     def __call__(self, files: Sequence[Mapping[str, Any]], reads: Mapping[str, Any]) -> list[dict[str, Any]]:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -35,17 +40,20 @@ class Step:
         return rows
 
 
-def job(tmp: Path, files: list[dict[str, Any]], fingerprint: str = "fp") -> tuple[list[dict[str, Any]], Step]:
+def job(
+    tmp: Path, files: list[dict[str, Any]], fingerprint: str = "fp", shard: str = "0000", by_content: bool = False
+) -> tuple[list[dict[str, Any]], Step]:
     """One job as run_job does it: Snakemake has emptied the out folder, the rows are made, the part written
     and the reuse folder saved."""
-    out, part, folder = tmp / "thumbnails" / "0000", tmp / "parts" / "0000.parquet", tmp / "reuse" / "0000"
+    out, part, folder = tmp / "thumbnails" / shard, tmp / "parts" / f"{shard}.parquet", tmp / "reuse" / shard
     for p in sorted(out.glob("*")):
         p.unlink()
     step = Step(out)
-    rows, _, offered, _ = reuse.run(files, {}, {}, fingerprint, folder, out, step)
+    rows, digests, offered, step.counts = reuse.run(files, {}, {}, fingerprint, folder, out, step, by_content)
     part.parent.mkdir(parents=True, exist_ok=True)
+    gone = reuse.departed(folder, fingerprint, out, digests)
     tables.write_part("thumbnails", [{**r, "width": 1, "height": 1} for r in rows], part)
-    reuse.save(folder, part, out, fingerprint, offered)
+    reuse.save(folder, part, out, fingerprint, offered, gone)
     return rows, step
 
 
@@ -119,3 +127,63 @@ def test_a_step_that_reads_only_rows_sees_the_file_change_behind_them(tmp_path: 
         tables.write_part("thumbnails", [{**r, "width": 1, "height": 1} for r in rows], part)
         reuse.save(folder, part, None, "fp", offered)
         assert computed == expected
+
+
+def moved(row: dict[str, Any], name: str) -> dict[str, Any]:
+    """The same bytes at another path: ``mv``, a rename, a copy (any mtime: the SHA-256 is what counts)."""
+    return {**file_row(name, mtime=7, content=Path(row["path"]).name), "size": row["size"]}
+
+
+def test_a_file_moved_within_the_shard_keeps_its_rows_renamed_and_its_image_relinked(tmp_path: Path) -> None:
+    files = [file_row("a.jpg"), file_row("b.jpg")]
+    job(tmp_path, files, by_content=True)
+    renamed = [files[0], moved(files[1], "2024/b.jpg")]
+    rows, step = job(tmp_path, renamed, by_content=True)
+    assert step.computed == []
+    assert step.counts == {"reused": 1, "moved": 1, "computed": 0}
+    new_id, old_id = renamed[1]["media_id"], files[1]["media_id"]
+    assert rows[1]["media_id"] == new_id and rows[1]["path"] == "/a/2024/b.jpg"
+    image = Path(rows[1]["file"])
+    assert image.name == f"{new_id}.thumb.jpg"
+    # The very bytes made for b.jpg, linked from the reuse folder, not written again.
+    assert image.read_bytes() == b"/a/b.jpg"
+    assert image.stat().st_nlink > 1  # its other name is in the reuse folder
+    assert not any(old_id in p.name for p in image.parent.iterdir())
+    # The rows are those the step gives for the moved file, but for the image's bytes.
+    fresh = Step(tmp_path / "x")([renamed[1]], {})[0]
+    assert {k: rows[1][k] for k in fresh if k != "file"} == {k: v for k, v in fresh.items() if k != "file"}
+
+
+def test_a_path_step_computes_a_moved_file_again(tmp_path: Path) -> None:
+    files = [file_row("a.jpg")]
+    job(tmp_path, files)
+    _, step = job(tmp_path, [moved(files[0], "b.jpg")])
+    assert step.computed == ["/a/b.jpg"]
+
+
+def test_the_same_name_with_other_bytes_is_computed(tmp_path: Path) -> None:
+    files = [file_row("a.jpg"), file_row("b.jpg")]
+    job(tmp_path, files, by_content=True)
+    # b.jpg replaced by a copy of a.jpg under a new name, and a.jpg edited: only the copy is found.
+    changed = [file_row("a.jpg", content="edited"), moved(files[0], "c.jpg")]
+    _, step = job(tmp_path, changed, by_content=True)
+    assert step.computed == ["/a/a.jpg"]
+    assert step.counts == {"reused": 0, "moved": 1, "computed": 1}
+
+
+@pytest.mark.parametrize("first", ["source shard", "destination shard"])
+def test_a_file_moved_to_another_shard_is_found_whichever_job_runs_first(tmp_path: Path, first: str) -> None:
+    left, right = [file_row("a.jpg"), file_row("b.jpg")], [file_row("c.jpg")]
+    job(tmp_path, left, shard="0000", by_content=True)
+    job(tmp_path, right, shard="0001", by_content=True)
+    arrived = moved(left[1], "new/b.jpg")
+    jobs = [(left[:1], "0000"), ([*right, arrived], "0001")]
+    for files, shard in jobs if first == "source shard" else jobs[::-1]:
+        rows, step = job(tmp_path, files, shard=shard, by_content=True)
+        assert step.computed == []
+    image = Path(rows[-1]["file"] if first == "source shard" else job(tmp_path, [*right, arrived], shard="0001",
+                 by_content=True)[0][-1]["file"])  # fmt: skip
+    assert image.parent.name == "0001" and image.read_bytes() == b"/a/b.jpg"
+    # The source shard keeps what left it for one job only.
+    job(tmp_path, left[:1], shard="0000", by_content=True)
+    assert not list((tmp_path / "reuse" / "0000" / "out").glob(f"{left[1]['media_id']}*"))

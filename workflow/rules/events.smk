@@ -4,7 +4,7 @@ rule events:
     input:
         files=RESULTS / "tables" / "files.parquet",
         exif=RESULTS / "tables" / "exif.parquet",
-        places=RESULTS / "tables" / "places.parquet" if config.get("places", {}).get("enabled") else [],
+        places=RESULTS / "tables" / "places.parquet" if config["places"]["enabled"] else [],
     output:
         RESULTS / "tables" / "events.parquet",
     log:

@@ -11,6 +11,7 @@ localrules:
 rule report:
     input:
         **{step: RESULTS / "tables" / f"{step}.parquet" for step in ENABLED},
+        people_names=RESULTS / "people" / people.NAMES_FILE if "people" in ENABLED else [],
     output:
         overview=report(
             RESULTS / "report" / "overview.svg", caption="../report/overview.rst", category="1. Archive"

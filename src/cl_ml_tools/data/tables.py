@@ -86,6 +86,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("mtime", pa.timestamp("ns", tz="UTC")),
             pa.field("kind", pa.string()),
             pa.field("format", pa.string()),
+            pa.field("sha256", pa.string()),
             pa.field("shard", pa.string()),
             pa.field("raw_path", pa.binary()),
         ]
@@ -180,6 +181,20 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("model", pa.string()),
         ]
     ),
+    "places": pa.schema(
+        [
+            *COMMON,
+            pa.field("latitude", pa.float64()),
+            pa.field("longitude", pa.float64()),
+            pa.field("gps", pa.string()),
+            pa.field("country_code", pa.string()),
+            pa.field("country", pa.string()),
+            pa.field("region", pa.string()),
+            pa.field("place", pa.string()),
+            pa.field("distance_km", pa.float64()),
+            pa.field("gazetteer", pa.string()),
+        ]
+    ),
     "face_embeddings": pa.schema(
         [
             *COMMON,
@@ -205,6 +220,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "people": pa.schema(
         [
             pa.field("person_id", pa.int64(), nullable=False),
+            pa.field("name", pa.string()),
             pa.field("size", pa.int32()),
             pa.field("photos", pa.int32()),
             pa.field("faces", pa.list_(FACE)),
@@ -241,6 +257,7 @@ TABLES = tuple(SCHEMAS)
 # triggers) and a table never mixes parts of two meanings (each part records it; ``consolidate`` checks it).
 # Parts written before versions were recorded count as version 1.
 VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
+    "files": 2,  # sha256 of the bytes (issue 26: what a moved file's rows are found by)
     # pixel_sha512 over canonical colours; video_sha512 over the demuxer's keyframe payloads; pHash with SciPy's
     # DCT, and both perceptual hashes from the full decode whatever hashes.pixel says (issue 19)
     "hashes": 2,
@@ -252,11 +269,12 @@ VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     "hls": 2,
     "dino": 2,  # a preview decoded at reduced JPEG scale is resized with the full decode's geometry
     "clip": 2,  # the same
+    "people": 2,  # the name column: persons named by people.names
 }
 VERSION_KEY = b"cl_ml_tools.version"
 # Columns with a handful of distinct values: pandas categories (less memory, faster groupby, and their
 # values listed by ``.cat.categories``).
-CATEGORIES = ("input", "status", "kind", "format", "role", "make", "model", "lens", "mime", "crop_source")
+CATEGORIES = ("input", "status", "kind", "format", "role", "make", "model", "lens", "mime", "crop_source", "gps")
 
 
 def base_row(file_row: Mapping[str, Any]) -> dict[str, Any]:

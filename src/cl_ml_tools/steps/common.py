@@ -74,8 +74,9 @@ def log_to(path: str) -> None:
 
 @contextlib.contextmanager
 def work() -> Iterator[None]:
-    """Mark a job's own work in its log: what the job is for, after the interpreter started, the imports ran
-    and the models loaded. benchmarks/bench_pipeline.py reads these lines to tell overhead from work."""
+    """Mark a job's own work in its log: what the job is for, after the interpreter started and the imports
+    ran (its model is loaded inside, only when some file is not reused). benchmarks/bench_pipeline.py reads
+    these lines to tell overhead from work."""
     start, cpu = time.time(), _cpu_seconds()
     yield
     log.info("work: start=%.3f end=%.3f cpu=%.3f", start, time.time(), _cpu_seconds() - cpu)
@@ -161,14 +162,20 @@ def box_columns(x0: float, y0: float, x1: float, y1: float, source: tuple[int, i
 K = TypeVar("K", bound=Hashable)
 
 
-def assign_ids(clusters: Sequence[Sequence[K]], previous: Mapping[K, int], next_id: int) -> tuple[list[int], int]:
+def assign_ids(
+    clusters: Sequence[Sequence[K]], previous: Mapping[K, int], next_id: int, given: Sequence[int | None] = ()
+) -> tuple[list[int], int]:
     """Ids that survive reruns (``people``' persons, ``events``): each cluster (a list of member keys) gets the
-    id of the earlier cluster it shares the most members with (largest overlaps first, each old id used once);
-    clusters sharing no member with any earlier one get ids never used before, in the order given. Returns the
-    ids and the next id never used."""
-    overlaps = Counter((c, previous[k]) for c, members in enumerate(clusters) for k in members if k in previous)
+    id ``given`` for it, if any and not yet taken (people's named persons); then the id of the earlier cluster
+    it shares the most members with (largest overlaps first, each old id used once); clusters left get ids
+    never used before, in the order given. Returns the ids and the next id never used."""
     ids: list[int | None] = [None] * len(clusters)
     taken: set[int] = set()
+    for c, pid in enumerate(given):
+        if pid is not None and pid not in taken:
+            ids[c] = pid
+            taken.add(pid)
+    overlaps = Counter((c, previous[k]) for c, members in enumerate(clusters) for k in members if k in previous)
     for (c, pid), _ in sorted(overlaps.items(), key=lambda kv: (-kv[1], kv[0][1], kv[0][0])):
         if ids[c] is None and pid not in taken:
             ids[c] = pid

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from ..data.config import schema_defaults
 from . import image_embeddings
+from .image_embeddings import model, shard
+
+__all__ = ["Settings", "model", "shard"]
 
 
 @dataclass(frozen=True)

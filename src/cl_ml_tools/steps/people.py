@@ -18,12 +18,26 @@ a new cluster the id of the earlier person it shares the most faces with (larges
 id used once); clusters sharing no face with any earlier person get ids never used before. Adding photos
 therefore keeps every person's id; two earlier persons merged by new photos keep the id of the one they
 share more faces with, and the other id is retired.
+
+Names (``people.names``, a YAML file of name → example faces, :func:`read_names`) constrain the clusters
+afterwards (:func:`apply_names`): a cluster holding examples of several names is split, each of its faces
+going to the name with the nearest example, among all of those names' examples (highest cosine; ties to
+the name listed first); then every
+cluster and lone example face holding examples of one name become one person. Faces not in a named cluster
+are left as they were. A named person takes the id its name had in the last run before any id is given by
+overlap, so names and their ids stay put when photos are added. Problems with the file (missing, not YAML,
+an example that matches no face) are logged and written beside the table for the report; they never stop
+the step.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import json
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,19 +47,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import yaml
 
-from ..data import neighbours
+from ..data import inventory, neighbours
 from ..data.config import schema_defaults
 from ..data.tables import FACE, STATUS_OK, embedding_rows, read_columns, write_part
-from ..media.fileio import atomic_path
+from ..media.fileio import atomic_path, write_bytes_atomic
 from ..models import l2_normalise
-from .common import StepSettings, assign_ids
+from . import common
+from .common import StepSettings
 
 log = logging.getLogger(__name__)
 
 IDS_FILE = "people_ids.parquet"
 """Which face had which person id in the last run, in ``results/people/``; not a declared Snakemake output,
 because Snakemake deletes a job's outputs before running it and the ids must outlive that."""
+NAMES_FILE = "names.json"
+"""What became of the names file in the last run, in ``results/people/``: the names file, each name's
+person id, and the problems found in the file (the report shows them)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +73,7 @@ class Settings(StepSettings):
     min_faces: int
     min_quality: float
     max_distance: float
+    names: str | None
 
 
 class FaceKey(NamedTuple):
@@ -145,6 +165,19 @@ def members_of(labels: np.ndarray) -> dict[int, np.ndarray]:
     return {int(v): g for v, g in zip(values, groups, strict=True) if v >= 0}
 
 
+def assign_ids(
+    clusters: Sequence[Sequence[FaceKey]],
+    previous: Mapping[FaceKey, int],
+    next_id: int,
+    names: Sequence[str | None] = (),
+    name_ids: Mapping[str, int] | None = None,
+) -> tuple[list[int], int]:
+    """A person id per cluster (see the module docstring), and the next id never used. ``names`` (one per
+    cluster, None for the unnamed) and ``name_ids`` (each name's id in the last run) come first."""
+    given = [(name_ids or {}).get(name) if name is not None else None for name in names]
+    return common.assign_ids(clusters, previous, next_id, given)
+
+
 def read_ids(path: str | os.PathLike[str]) -> tuple[dict[FaceKey, int], int]:
     """The face → person id map of the last run, and its next unused id (1 when there was no run)."""
     if not Path(path).exists():
@@ -156,6 +189,13 @@ def read_ids(path: str | os.PathLike[str]) -> tuple[dict[FaceKey, int], int]:
     return ids, max([next_id, *(i + 1 for i in ids.values())])
 
 
+def read_name_ids(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Each name's person id in the last run (none when there was no run, or no names)."""
+    if not Path(path).exists():
+        return {}
+    return json.loads((pq.read_schema(path).metadata or {}).get(b"names", b"{}"))
+
+
 def write_ids(path: str | os.PathLike[str], people: Sequence[Mapping[str, Any]], next_id: int) -> None:
     columns: dict[str, list[Any]] = {c: [] for c in (*FaceKey._fields, "person_id")}
     for person in people:
@@ -163,9 +203,160 @@ def write_ids(path: str | os.PathLike[str], people: Sequence[Mapping[str, Any]],
             for c in FaceKey._fields:
                 columns[c].append(face[c])
             columns["person_id"].append(person["person_id"])
-    schema = pa.schema([*FACE, ("person_id", pa.int64())], metadata={"next_id": str(next_id)})
+    named = {p["name"]: p["person_id"] for p in people if p.get("name") is not None}
+    metadata = {"next_id": str(next_id), "names": json.dumps(named, ensure_ascii=False)}
+    schema = pa.schema([*FACE, ("person_id", pa.int64())], metadata=metadata)
     with atomic_path(path) as tmp:
         pq.write_table(pa.table(columns, schema=schema), tmp)
+
+
+ENTRY = re.compile(r"(?P<path>.+)#(?:(?P<frame>\d+)/)?(?P<face>\d+)", re.S)
+"""An example face: ``[<input>:]<path>#<face_index>``, or ``#<frame_index>/<face_index>`` in a video."""
+
+
+@dataclass(frozen=True)
+class Names:
+    """A names file read against the archive's faces."""
+
+    examples: dict[str, list[int]]
+    """Each name's example faces, as positions in :class:`Faces`, names in the file's order."""
+    problems: list[str]
+
+
+def read_names(path: str | os.PathLike[str] | None, files: str | os.PathLike[str] | None, faces: Faces) -> Names:
+    """The names file ``path`` (see the module docstring and docs/tables.md), each example looked up in the
+    ``files`` table and ``faces``. Whatever cannot be used is left out and described in ``problems``."""
+    if path is None:
+        return Names({}, [])
+    try:
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return Names({}, [f"names file {path}: cannot be read ({reason}); no person is named"])
+    if document is None:
+        return Names({}, [])
+    if not isinstance(document, dict):
+        return Names({}, [f"names file {path}: must map each name to a list of example faces; no person is named"])
+    problems: list[str] = []
+    entries: dict[str, list[str]] = {}
+    for name, listed in document.items():
+        if not isinstance(listed, list) or not all(isinstance(e, str) for e in listed):
+            problems.append(
+                f"names file {path}: {name}: not a list of example faces like ['folder/photo.jpg#0'], "
+                f"so no person is named {name}"
+            )
+        else:
+            entries[str(name)] = listed
+    lookup = _Lookup(files, faces, {e for listed in entries.values() for e in listed})
+    examples: dict[str, list[int]] = {}
+    owners: dict[int, list[str]] = {}
+    for name, listed in entries.items():
+        examples[name] = []
+        for entry in listed:
+            found = lookup.face(entry)
+            if isinstance(found, str):
+                problems.append(f"names file {path}: {name}: {found}")
+            elif found not in examples[name]:
+                examples[name].append(found)
+                owners.setdefault(found, []).append(name)
+    for face, named in owners.items():
+        if len(named) > 1:
+            problems.append(
+                f"names file {path}: face #{faces.keys[face].face_index} of {faces.path[face]} is given to "
+                f"{' and '.join(named)}: it is an example of none of them"
+            )
+            for name in named:
+                examples[name].remove(face)
+    for name in [n for n, found in examples.items() if not found]:
+        problems.append(f"names file {path}: {name}: no example face found, so no person is named {name}")
+        del examples[name]
+    return Names(examples, problems)
+
+
+class _Lookup:
+    """Example entries → positions in :class:`Faces`, through the ``files`` rows of the paths they name."""
+
+    def __init__(self, files: str | os.PathLike[str] | None, faces: Faces, entries: set[str]) -> None:
+        self.keys = faces.keys
+        paths = {m["path"] for m in map(ENTRY.fullmatch, entries) if m}
+        wanted = paths | {p.partition(":")[2] for p in paths}
+        self.candidates: dict[str, list[tuple[str, str]]] = {}
+        self.inputs: set[str] = set()
+        if files is not None:
+            table = pq.read_table(files, columns=["input", "relpath"])
+            self.inputs = set(pc.unique(table.column("input")).to_pylist())
+            table = table.filter(pc.is_in(table.column("relpath"), pa.array(sorted(wanted), pa.string())))
+            for input_name, relpath in zip(*(table.column(c).to_pylist() for c in ("input", "relpath")), strict=True):
+                self.candidates.setdefault(relpath, []).append((input_name, relpath))
+
+    def face(self, entry: str) -> int | str:
+        """The position of the face ``entry`` names, or why there is none."""
+        match = ENTRY.fullmatch(entry)
+        if match is None:
+            return f"'{entry}' is not '<path>#<face_index>'"
+        relpath, face = match["path"], entry[match.end("path") :]
+        prefix, colon, rest = relpath.partition(":")
+        found = self.candidates.get(relpath, [])
+        if colon and prefix in self.inputs:
+            relpath = rest
+            found = [c for c in self.candidates.get(rest, []) if c[0] == prefix]
+        if not found:
+            return f"'{entry}': no such file in the archive"
+        if len(found) > 1:
+            return f"'{entry}' is in several inputs: write one of " + ", ".join(f"'{i}:{r}{face}'" for i, r in found)
+        media_id = inventory.media_id(*found[0])
+        key = FaceKey(media_id, int(match["frame"] or 0), int(match["face"]))
+        at = bisect.bisect_left(self.keys, key)
+        if at < len(self.keys) and self.keys[at] == key:
+            return at
+        after = itertools.islice(self.keys, bisect.bisect_left(self.keys, (media_id,)), None)
+        seen = list(itertools.takewhile(lambda k: k.media_id == media_id, after))
+        listed = ", ".join(
+            f"#{k.face_index}" if k.frame_index == 0 else f"#{k.frame_index}/{k.face_index}" for k in seen
+        )
+        return (
+            f"'{entry}': {relpath} has no such face ({f'its faces: {listed}' if seen else 'no face was found in it'})"
+        )
+
+
+def apply_names(
+    labels: np.ndarray, matrix: np.ndarray, examples: Mapping[str, Sequence[int]]
+) -> tuple[np.ndarray, dict[int, str]]:
+    """The cluster labels with the names' constraints applied (module docstring), and the name of each named
+    label. Each face is expected to be an example of one name at most (:func:`read_names` sees to it)."""
+    labels = labels.copy()
+    order = list(examples)
+    owner = {face: n for n, name in enumerate(order) for face in examples[name]}
+    fresh = int(labels.max(initial=-1)) + 1
+    # Different names: split their cluster, each face to the name of its nearest example.
+    for label in sorted({int(labels[f]) for f in owner if labels[f] >= 0}):
+        inside = np.array(sorted(f for f in owner if labels[f] == label))
+        names_here = sorted({owner[f] for f in inside})
+        if len(names_here) < 2:
+            continue
+        members = np.flatnonzero(labels == label)
+        # Every example of those names counts, also those the clusterer put elsewhere.
+        known = np.array([f for n in names_here for f in examples[order[n]]])
+        of_name = np.array([owner[f] for f in known])
+        cosine = matrix[members] @ matrix[known].T
+        best = np.stack([cosine[:, of_name == n].max(axis=1) for n in names_here], axis=1)
+        choice = np.array(names_here)[np.argmax(best, axis=1)]
+        choice[np.searchsorted(members, inside)] = [owner[f] for f in inside]  # identical faces tie
+        for n in names_here:
+            labels[members[choice == n]] = fresh
+            fresh += 1
+    # One name: every cluster holding its examples, and its examples in no cluster, become one person.
+    remap = np.arange(fresh + len(order))
+    named: dict[int, str] = {}
+    for name in order:
+        faces = np.asarray(examples[name])
+        clustered = labels[faces] >= 0
+        remap[labels[faces[clustered]]] = fresh
+        labels[faces[~clustered]] = fresh
+        named[fresh] = name
+        fresh += 1
+    labels[labels >= 0] = remap[labels[labels >= 0]]
+    return labels, named
 
 
 def find_people(
@@ -174,14 +365,18 @@ def find_people(
     previous: Mapping[FaceKey, int],
     next_id: int,
     search: neighbours.Search = neighbours.SEARCH,
+    names: Mapping[str, Sequence[int]] | None = None,
+    name_ids: Mapping[str, int] | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Rows of the ``people`` table, largest person first, and the next unused id."""
+    """Rows of the ``people`` table, largest person first, and the next unused id. ``names``: each name's
+    example faces (positions in ``faces``); ``name_ids``: each name's id in the last run."""
     labels = cluster(faces.matrix, faces.quality, settings, search)
+    labels, named = apply_names(labels, faces.matrix, names or {})
     members = members_of(labels)
     # Largest first, so that a first run numbers people by how often they appear.
     order = sorted(members, key=lambda c: (-len(members[c]), faces.keys[members[c][0]]))
     clusters = [[faces.keys[i] for i in members[c]] for c in order]
-    ids, next_id = assign_ids(clusters, previous, next_id)
+    ids, next_id = assign_ids(clusters, previous, next_id, [named.get(c) for c in order], name_ids)
     rows = []
     for c, pid in zip(order, ids, strict=True):
         idx = members[c]
@@ -191,6 +386,7 @@ def find_people(
         rows.append(
             {
                 "person_id": pid,
+                "name": named.get(c),
                 "size": len(idx),
                 "photos": len({faces.keys[i].media_id for i in idx}),
                 "faces": [faces.keys[i]._asdict() for i in idx],
@@ -212,14 +408,44 @@ def people_table(
     output: str | os.PathLike[str],
     settings: Settings,
     search: neighbours.Search = neighbours.SEARCH,
+    files: str | os.PathLike[str] | None = None,
+    names_out: str | os.PathLike[str] | None = None,
 ) -> None:
-    """The whole step: the consolidated tables in, the ``people`` part and the id file out."""
+    """The whole step: the consolidated tables in (``files`` to find the names file's examples), the
+    ``people`` part, the id file and the names' outcome (``names_out``, :data:`NAMES_FILE`) out."""
     previous, next_id = read_ids(ids)
-    rows, next_id = find_people(read_faces(faces, face_embeddings), settings, previous, next_id, search)
+    found = read_faces(faces, face_embeddings)
+    names = read_names(settings.names, files, found)
+    for problem in names.problems:
+        log.warning("%s", problem)
+    rows, next_id = find_people(found, settings, previous, next_id, search, names.examples, read_name_ids(ids))
     write_ids(ids, rows, next_id)
+    if names_out is not None:
+        outcome = {
+            "names_file": settings.names,
+            "people": {r["name"]: r["person_id"] for r in rows if r["name"] is not None},
+            "problems": names.problems,
+        }
+        write_bytes_atomic(names_out, json.dumps(outcome, indent=1, ensure_ascii=False).encode())
     write_part("people", rows, output)
 
 
+def read_problems(names_out: str | os.PathLike[str] | None) -> list[str]:
+    """The problems :func:`people_table` found in the names file (none when there is no outcome file)."""
+    if not names_out or not Path(names_out).exists():
+        return []
+    return list(json.loads(Path(names_out).read_text(encoding="utf-8"))["problems"])
+
+
 def archive(inputs: Mapping[str, Any], output: str, settings: Settings, params: Mapping[str, Any]) -> None:
-    """The rule's job: its ``faces`` and ``face_embeddings`` tables, the id file named by its ``ids`` param."""
-    people_table(inputs["faces"], inputs["face_embeddings"], params["ids"], output, settings)
+    """The rule's job: its ``faces``, ``face_embeddings`` and ``files`` tables (``files`` only when names are
+    set), the id file and the names' outcome named by its ``ids`` and ``names_out`` params."""
+    people_table(
+        inputs["faces"],
+        inputs["face_embeddings"],
+        params["ids"],
+        output,
+        settings,
+        files=inputs.get("files") or None,
+        names_out=params["names_out"],
+    )

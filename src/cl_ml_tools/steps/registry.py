@@ -9,33 +9,19 @@ Python). A new step is one module, one entry here and one rule file.
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pyarrow as pa
 
 from ..data import inventory, tables
 from ..models import Loader
-from . import (
-    clip,
-    dino,
-    duplicates,
-    events,
-    exif,
-    face_embeddings,
-    faces,
-    files,
-    hashes,
-    hls,
-    image_embeddings,
-    ocr,
-    people,
-    reuse,
-    thumbnails,
-)
+from . import reuse
 from .common import Job, Row, StepSettings, log_to, work
 
 IMAGES_AND_VIDEOS = frozenset({"image", "video"})
@@ -59,6 +45,14 @@ def _every_file(read: str, files: list[Mapping[str, Any]], settings: Any) -> lis
 
 @dataclass(frozen=True)
 class Step:
+    """A step's entry. What it runs is its module's (``steps/<name>.py``), found by name: ``shard(job)`` (one
+    shard's rows, or one call's, or one file's) or, over the whole archive, ``archive(inputs, output,
+    settings, params)``; and where it has them ``Settings`` (from its config section), ``model(job)`` (loads
+    the section's ``model`` into ``job.loader`` and returns it) and ``wanted(read, files, settings)`` (of a
+    job's files, those a part it reads is needed for). The module is imported when one of these is first
+    used, so that a Snakemake job, a fresh interpreter, imports its own step's code and not every step's
+    (0.3-0.6 CPU-s a job, in a rerun where a job's work is a fraction of a second)."""
+
     name: str
     """The step's rule, module, table, part folder and config section."""
     needs: str | None = None
@@ -66,16 +60,37 @@ class Step:
     reads: tuple[str, ...] = ()
     """Parts of earlier steps it reads, ``needs`` included (``hashes`` reads ``thumbnails`` when that step runs:
     a video's perceptual hash describes the poster frame thumbnails chose)."""
-    settings: type[StepSettings] | None = None
-    model: Callable[[Job], Any] | None = None
-    """Loads the step's model into ``job.loader`` (its config section's ``model``) and returns it."""
-    shard: Callable[[Job], list[Row]] | None = None
-    """One shard's rows (or one call's, or one file's); None for a step over the whole archive."""
-    archive: Callable[[Mapping[str, Any], str, Any, Mapping[str, Any]], None] | None = None
-    """A whole-archive step: (its rule's inputs, its output, settings, its rule's params) → the table written."""
+    over_archive: bool = False
+    """It runs once over the consolidated tables (``archive``), not per shard (``shard``)."""
     plugin: Plugin | None = None
-    wanted: Callable[[str, list[Mapping[str, Any]], Any], list[Mapping[str, Any]]] = _every_file
-    """Of a job's files, those a part it reads is needed for (a step over one file runs that part first)."""
+    by_content: bool = True
+    """Its rows for a file follow from the file's bytes and the rows it reads, not from its path or dates, so
+    a moved, renamed or copied file takes the rows made for the same bytes elsewhere (:mod:`.reuse`). Not
+    ``files`` (the listing itself) nor ``exif`` (exiftool's File group: dates, permissions)."""
+
+    @property
+    def module(self) -> ModuleType:
+        return importlib.import_module(f"{__package__}.{self.name}")
+
+    @property
+    def shard(self) -> Callable[[Job], list[Row]] | None:
+        return None if self.over_archive else self.module.shard
+
+    @property
+    def archive(self) -> Callable[[Mapping[str, Any], str, Any, Mapping[str, Any]], None] | None:
+        return self.module.archive if self.over_archive else None
+
+    @property
+    def settings(self) -> type[StepSettings] | None:
+        return getattr(self.module, "Settings", None)
+
+    @property
+    def model(self) -> Callable[[Job], Any] | None:
+        return getattr(self.module, "model", None)
+
+    @property
+    def wanted(self) -> Callable[[str, list[Mapping[str, Any]], Any], list[Mapping[str, Any]]]:
+        return getattr(self.module, "wanted", _every_file)
 
     @property
     def schema(self) -> pa.Schema:
@@ -88,76 +103,33 @@ class Step:
         return tables.VERSIONS[self.name]
 
 
-def _image_embeddings(name: str, settings: type[StepSettings], plugin: str) -> Step:
-    """dino and clip: one step function (:mod:`.image_embeddings`) over two config sections and models."""
-    return Step(
-        name,
-        needs="thumbnails",
-        reads=("thumbnails",),
-        settings=settings,
-        model=image_embeddings.model,
-        shard=image_embeddings.shard,
-        plugin=Plugin(plugin, IMAGES_AND_VIDEOS),
-    )
+def _frames(name: str, plugin: str) -> Step:
+    """A step over the preview frames thumbnails made, on images and videos."""
+    return Step(name, needs="thumbnails", reads=("thumbnails",), plugin=Plugin(plugin, IMAGES_AND_VIDEOS))
 
 
 STEPS: dict[str, Step] = {
     s.name: s
     for s in (
-        Step("files", settings=None, shard=files.shard),
-        Step(
-            "hashes",
-            reads=("thumbnails",),
-            settings=hashes.Settings,
-            shard=hashes.shard,
-            plugin=Plugin("hash", None, batchable=True),
-            wanted=hashes.wanted,
-        ),
-        Step("exif", shard=exif.shard, plugin=Plugin("exif", None, batchable=True)),
-        Step(
-            "thumbnails",
-            settings=thumbnails.Settings,
-            shard=thumbnails.shard,
-            plugin=Plugin("media_thumbnail", IMAGES_AND_VIDEOS),
-        ),
-        Step("hls", settings=hls.Settings, shard=hls.shard, plugin=Plugin("hls_streaming", frozenset({"video"}))),
-        Step(
-            "faces",
-            needs="thumbnails",
-            reads=("thumbnails",),
-            settings=faces.Settings,
-            model=faces.model,
-            shard=faces.shard,
-            plugin=Plugin("face_detection", IMAGES_AND_VIDEOS),
-        ),
-        Step(
-            "face_embeddings",
-            needs="faces",
-            reads=("faces",),
-            settings=face_embeddings.Settings,
-            model=face_embeddings.model,
-            shard=face_embeddings.shard,
-            plugin=Plugin("face_embedding", IMAGES_AND_VIDEOS),
-        ),
-        Step(
-            "ocr",
-            needs="thumbnails",
-            reads=("thumbnails",),
-            settings=ocr.Settings,
-            model=ocr.model,
-            shard=ocr.shard,
-            plugin=Plugin("ocr", IMAGES_AND_VIDEOS),
-        ),
-        _image_embeddings("dino", dino.Settings, "dino_embedding"),
-        _image_embeddings("clip", clip.Settings, "clip_embedding"),
-        Step("duplicates", needs="hashes", settings=duplicates.Settings, archive=duplicates.archive),
-        Step("people", needs="face_embeddings", settings=people.Settings, archive=people.archive),
-        Step("events", needs="exif", settings=events.Settings, archive=events.archive),
+        Step("files", by_content=False),
+        Step("hashes", reads=("thumbnails",), plugin=Plugin("hash", None, batchable=True)),
+        Step("exif", plugin=Plugin("exif", None, batchable=True), by_content=False),
+        Step("thumbnails", plugin=Plugin("media_thumbnail", IMAGES_AND_VIDEOS)),
+        Step("hls", plugin=Plugin("hls_streaming", frozenset({"video"}))),
+        _frames("faces", "face_detection"),
+        Step("face_embeddings", needs="faces", reads=("faces",), plugin=Plugin("face_embedding", IMAGES_AND_VIDEOS)),
+        _frames("ocr", "ocr"),
+        Step("places", needs="exif", reads=("exif",), plugin=Plugin("places", None, batchable=True)),
+        _frames("dino", "dino_embedding"),
+        _frames("clip", "clip_embedding"),
+        Step("duplicates", needs="hashes", over_archive=True),
+        Step("people", needs="face_embeddings", over_archive=True),
+        Step("events", needs="exif", over_archive=True),
     )
 }
-SHARD_STEPS = tuple(name for name, s in STEPS.items() if s.shard is not None)
+SHARD_STEPS = tuple(name for name, s in STEPS.items() if not s.over_archive)
 """Steps run per shard (a part each, then consolidated into a table)."""
-ARCHIVE_STEPS = tuple(name for name, s in STEPS.items() if s.archive is not None)
+ARCHIVE_STEPS = tuple(name for name, s in STEPS.items() if s.over_archive)
 """Steps over the whole archive, reading the consolidated tables."""
 NEEDS = {name: s.needs for name, s in STEPS.items() if s.needs is not None}
 PLUGINS = {s.plugin.name: s for s in STEPS.values() if s.plugin is not None}
@@ -236,30 +208,31 @@ def run_job(name: str, snakemake: Any) -> None:
     assert step.shard is not None
     outputs = dict(snakemake.output.items())
     records = [snakemake.input.model] if "model" in dict(snakemake.input.items()) else []
-    with Loader.from_records(records, snakemake.config, snakemake.threads) as loader:
-        job = Job(files=[], settings=settings, threads=snakemake.threads, loader=loader)
-        if step.model is not None:
-            step.model(job)
-        with work():
-            paths = {k: v for k, v in snakemake.input.items() if k != "model"}
-            inputs = {k: _read(v) for k, v in paths.items()}
-            source = inputs.pop("shard_list", None) or inputs.pop("files", [])
-            out = next((Path(v) for k, v in outputs.items() if k != "part"), None)
-            part = Path(outputs.get("part") or snakemake.output[0])
-            shard_name = snakemake.wildcards.get("shard", "")
-            parts_read = {k: v for k, v in paths.items() if k != "shard_list" and v}  # [] for a step left out
-            fingerprint = reuse.fingerprint(name, dict(snakemake.params.items()), parts_read)
-            folder = part.parents[2] / "reuse" / name / part.stem  # results/reuse/<step>/<shard>
+    with Loader.from_records(records, snakemake.config, snakemake.threads) as loader, work():
+        paths = {k: v for k, v in snakemake.input.items() if k != "model"}
+        inputs = {k: _read(v) for k, v in paths.items()}
+        source = inputs.pop("shard_list", None) or inputs.pop("files", [])
+        out = next((Path(v) for k, v in outputs.items() if k != "part"), None)
+        part = Path(outputs.get("part") or snakemake.output[0])
+        shard_name = snakemake.wildcards.get("shard", "")
+        parts_read = {k: v for k, v in paths.items() if k != "shard_list" and v}  # [] for a step left out
+        fingerprint = reuse.fingerprint(name, dict(snakemake.params.items()), parts_read)
+        folder = part.parents[2] / "reuse" / name / part.stem  # results/reuse/<step>/<shard>
 
-            def compute(files: Sequence[Any], reads: Mapping[str, Sequence[Row]]) -> list[Row]:
-                return step.shard(Job(files, settings, reads, out, snakemake.threads, loader, shard_name))
+        def compute(files: Sequence[Any], reads: Mapping[str, Sequence[Row]]) -> list[Row]:
+            # Only here is the model loaded: a job whose files are all reused (deletes, moves) loads none.
+            return step.shard(Job(files, settings, reads, out, snakemake.threads, loader, shard_name))
 
-            upstream = {k: reuse.part_digests(v) for k, v in parts_read.items()}
-            rows, digests, offered, counts = reuse.run(source, inputs, upstream, fingerprint, folder, out, compute)
-            metadata = {
-                reuse.FINGERPRINT_KEY: fingerprint.encode(),
-                reuse.DIGESTS_KEY: json.dumps(digests).encode(),
-                reuse.COUNTS_KEY: json.dumps(counts).encode(),
-            }
-            tables.write_part(name, rows, part, metadata)
-            reuse.save(folder, part, out, fingerprint, offered)
+        # By content, the file's own row stands for it, not the digest the files step recorded from its path.
+        upstream = {k: reuse.part_digests(v) for k, v in parts_read.items() if not (step.by_content and k == "files")}
+        rows, digests, offered, counts = reuse.run(
+            source, inputs, upstream, fingerprint, folder, out, compute, by_content=step.by_content
+        )
+        metadata = {
+            reuse.FINGERPRINT_KEY: fingerprint.encode(),
+            reuse.DIGESTS_KEY: json.dumps(digests).encode(),
+            reuse.COUNTS_KEY: json.dumps(counts).encode(),
+        }
+        gone = reuse.departed(folder, fingerprint, out, digests)
+        tables.write_part(name, rows, part, metadata)
+        reuse.save(folder, part, out, fingerprint, offered, gone)

@@ -37,6 +37,7 @@ figcaption { font-size: 11px; color: #555; overflow: hidden; text-overflow: elli
 .label { width: 150px; flex: none; font-weight: 600; }
 table { border-collapse: collapse; } td, th { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; }
 .none { color: #777; }
+.problems { color: #a00; margin-bottom: 12px; }
 """
 
 
@@ -91,8 +92,11 @@ def gallery_page(files: pd.DataFrame, thumbs: Mapping[str, str], settings: Setti
     return page(f"Gallery: {len(media)} photos and videos", body)
 
 
-def people_page(people: pd.DataFrame, faces: pd.DataFrame, settings: Settings) -> str:
-    """One row per person, largest first: their face crops, the representative's first."""
+def people_page(
+    people: pd.DataFrame, faces: pd.DataFrame, settings: Settings, name_problems: Sequence[str] = ()
+) -> str:
+    """One row per person, largest first: their face crops, the representative's first; above them, what was
+    wrong with the names file (``people.names``)."""
     crops = {
         (str(m), int(f), int(i)): str(c)
         for m, f, i, c in zip(faces.media_id, faces.frame_index, faces.face_index, faces.crop, strict=True)
@@ -104,10 +108,14 @@ def people_page(people: pd.DataFrame, faces: pd.DataFrame, settings: Settings) -
         first = (person.media_id, person.frame_index, person.face_index)
         keys = [first, *(k for k in keys if k != first)][: settings.faces_per_person]
         pictures = "".join(_img(crops.get(k), f"person {person.person_id}") for k in keys)
-        label = f"Person {person.person_id}<br><small>{person.size} faces in {person.photos} files</small>"
+        who = f"{html.escape(person.name)} (person {person.person_id})" if isinstance(person.name, str) else ""
+        label = f"{who or f'Person {person.person_id}'}<br><small>{person.size} faces in {person.photos} files</small>"
         rows.append(f'<div class="row"><div class="label">{label}</div>{pictures}</div>')
     if not rows:
         rows.append('<p class="none">No people: no face was seen often enough (people.min_faces).</p>')
+    if name_problems:
+        listed = "".join(f"<li>{html.escape(p)}</li>" for p in name_problems)
+        rows.insert(0, f'<div class="problems">Problems with the names file:<ul>{listed}</ul></div>')
     return page(
         f"People: {len(people)}", "".join(rows) + _more(min(len(people), settings.people), len(people), "people")
     )
@@ -134,12 +142,15 @@ def duplicates_page(
     )
 
 
-def errors_page(tables: Iterable[tuple[str, pd.DataFrame]], settings: Settings) -> str:
-    """Every error row of every table: step, file, message."""
+def errors_page(
+    tables: Iterable[tuple[str, pd.DataFrame]], settings: Settings, more: Sequence[tuple[str, str, str]] = ()
+) -> str:
+    """Every error row of every table, then ``more`` errors: step, file, message."""
     rows: list[tuple[str, str, str]] = []
     for step, df in tables:
         bad = df[df.status == "error"]
         rows += [(step, str(p), str(e)) for p, e in zip(bad.path, bad.error, strict=True)]
+    rows += more
     cells = "".join(
         f"<tr><td>{html.escape(s)}</td><td>{html.escape(p)}</td><td>{html.escape(e)}</td></tr>"
         for s, p, e in rows[: settings.errors]
@@ -206,22 +217,32 @@ def _bars(ax: Axes, title: str, counts: pd.Series) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def write_pages(loaded: Mapping[str, pd.DataFrame], targets: Mapping[str, str], settings: Settings) -> None:
+def write_pages(
+    loaded: Mapping[str, pd.DataFrame],
+    targets: Mapping[str, str],
+    settings: Settings,
+    name_problems: Sequence[str] = (),
+) -> None:
     """Every page of :data:`PAGES` from the consolidated tables in ``loaded`` (by step; the steps that are
-    off are missing), to ``targets`` (by page name without suffix)."""
+    off are missing), to ``targets`` (by page name without suffix). ``name_problems``: what the people step
+    found wrong in the names file, shown on the people and errors pages."""
     files = loaded["files"]
     thumbs = thumbs_by_media(loaded["thumbnails"]) if "thumbnails" in loaded else {}
     overview_figure(files, loaded.get("exif"), targets["overview"])
     off = "<p>The {} step is not enabled.</p>"
     pages = {
         "gallery": gallery_page(files, thumbs, settings),
-        "people": people_page(loaded["people"], loaded["faces"], settings)
+        "people": people_page(loaded["people"], loaded["faces"], settings, name_problems)
         if "people" in loaded
         else page("People", off.format("people")),
         "duplicates": duplicates_page(loaded["duplicates"], files, thumbs, settings)
         if "duplicates" in loaded
         else page("Duplicates", off.format("duplicates")),
-        "errors": errors_page(((step, df) for step, df in loaded.items() if "status" in df), settings),
+        "errors": errors_page(
+            ((step, df) for step, df in loaded.items() if "status" in df),
+            settings,
+            [("people", "people.names", p) for p in name_problems],
+        ),
     }
     for name, text in pages.items():
         write_bytes_atomic(targets[name], text.encode())
