@@ -229,8 +229,11 @@ def test_0_0_is_no_position_and_the_centre_crosses_the_date_line() -> None:
     a.add("fiji-1", "2024-02-01T10:00:00", "+12:00", (-17.0, 179.9))
     a.add("nowhere", "2024-02-01T10:30:00", "+12:00", (0.0, 0.0))  # would be a jump of 19 000 km
     a.add("fiji-2", "2024-02-01T11:00:00", "+12:00", (-17.0, -179.9))
+    a.add("off-the-globe", "2024-02-01T11:10:00", "+12:00", (-97.0, 179.9))
+    a.add("fiji-3", "2024-02-01T11:20:00", "+12:00", (-17.0, 180.0))
+    a.add("off-the-globe-2", "2024-02-01T11:30:00", "+12:00", (-17.0, 379.9))
     (row,) = a.events()
-    assert row["located"] == 2
+    assert row["located"] == 3
     assert abs(row["longitude"]) == pytest.approx(180.0) and row["latitude"] == pytest.approx(-17.0, abs=1e-3)
 
 

@@ -14,7 +14,8 @@ Every image and video of ``files`` (status ok) gets a time on one UTC timeline:
 Sorted by that time (ties by ``media_id``), each file joins the event of the file before it unless it was
 taken more than ``max_gap_hours`` later, or it has a GPS position more than ``max_jump_km`` (great-circle
 distance, haversine on a sphere of the Earth's mean radius) from the last file with a position in that
-event. A position of exactly 0°, 0° (cameras without a fix write it) counts as none.
+event. A position of exactly 0°, 0° (cameras without a fix write it), or one off the globe (a latitude
+beyond ±90°, a longitude beyond ±180°), counts as none.
 
 A camera whose clock is wrong cannot be corrected: nothing in the files says which clock is right. Its
 photos sit on the timeline where its clock puts them. Wrong by less than ``max_gap_hours`` they still join
@@ -157,7 +158,8 @@ def read_timeline(files: Source, exif: Source, settings: Settings) -> Timeline:
     keep = dated | fallback
 
     lat, lon = _floats(joined, "gps_latitude"), _floats(joined, "gps_longitude")
-    nowhere = (lat == 0) & (lon == 0) | np.isnan(lat) | np.isnan(lon)
+    with np.errstate(invalid="ignore"):  # NaN compares False
+        nowhere = (lat == 0) & (lon == 0) | ~(np.abs(lat) <= 90) | ~(np.abs(lon) <= 180)
     lat[nowhere] = lon[nowhere] = np.nan
     order = np.flatnonzero(keep)
     order = order[np.argsort(time_us[order], kind="stable")]  # stable: media_id order among equal times
