@@ -26,7 +26,7 @@ def test_every_plugin_is_a_module_with_run() -> None:
     from cl_ml_tools.plugins import clip_embedding, dino_embedding, face_detection, face_embedding  # noqa: F401
 
     guide = ["hash", "media_thumbnail", "face_detection", "face_embedding", "dino_embedding", "clip_embedding"]
-    assert sorted(registry.PLUGINS) == sorted([*guide, "exif", "hls_streaming", "ocr", "places"])
+    assert sorted(registry.PLUGINS) == sorted([*guide, "exif", "hls_streaming", "ocr", "places", "quality"])
     for name in registry.PLUGINS:
         assert callable(getattr(plugins, name).run)
 
@@ -47,7 +47,7 @@ def _same_rows(got: pd.DataFrame, want: pd.DataFrame, skip: set[str] = PLACES) -
 @pytest.mark.parametrize(
     ("plugin", "name"),
     [(p, "astronaut.jpg") for p in registry.PLUGINS if p != "hls_streaming"]
-    + [("hash", "clip.mp4"), ("dino_embedding", "clip.mp4"), ("ocr", "metro sign.jpg")],
+    + [("hash", "clip.mp4"), ("dino_embedding", "clip.mp4"), ("ocr", "metro sign.jpg"), ("quality", "clip.mp4")],
 )
 def test_run_gives_the_pipeline_tables_rows(sample_run: Path, plugin: str, name: str, tmp_path: Path) -> None:
     """The sample run's config (models, settings) and the same file: its rows in the step's table."""

@@ -26,6 +26,8 @@ CATEGORIES = {
     "3. People": "results/report/people.html",
     "4. Duplicates": "results/report/duplicates.html",
     "5. Errors": "results/report/errors.html",
+    "6. Blurry": "results/report/blurry.html",
+    "7. Badly exposed": "results/report/badly_exposed.html",
 }
 # Where the screenshots in docs/ come from: CL_ML_TOOLS_SCREENSHOTS=docs pytest tests/test_report.py
 SCREENSHOTS = os.environ.get("CL_ML_TOOLS_SCREENSHOTS")
@@ -158,6 +160,19 @@ def test_errors_are_listed_with_their_messages(report: Path, browser) -> None:
     rows = browser.find_elements(By.CSS_SELECTOR, "tr")
     assert len(rows) == errors + 1 and errors > 0
     assert "truncated" in browser.find_element(By.TAG_NAME, "body").text
+
+
+def test_blurry_and_badly_exposed_pages_list_what_the_quality_table_flags(report: Path, browser) -> None:
+    """The sample's black video frames are blurry and dark but the colour bars after them are not, so no file
+    is blurry; Tesseract's white test page is 90 % clipped white: the one badly exposed file."""
+    open_result(browser, report, "6. Blurry")
+    page_images(browser)
+    assert "No file is blurry" in browser.find_element(By.TAG_NAME, "body").text
+    open_result(browser, report, "7. Badly exposed")
+    total, decoded, broken = page_images(browser)
+    assert broken == [] and total == decoded == 1
+    caption = browser.find_element(By.TAG_NAME, "figcaption").text
+    assert caption.startswith("texts/phototest.tif · bright (mean luma 0.9") and caption.endswith("% white")
 
 
 def test_report_command_works_in_the_environment_make_run_builds(sample_run: Path, tmp_path: Path) -> None:

@@ -483,18 +483,9 @@ def test_tables_of_an_older_hashes_definition_are_recomputed(tmp_path: Path) -> 
     shutil.copy(SAMPLE / "misc" / "spinner.gif", work / "archive")
     off = {"enabled": False}
     others = (
-        "exif",
-        "thumbnails",
-        "hls",
-        "faces",
-        "face_embeddings",
-        "dino",
-        "clip",
-        "duplicates",
-        "people",
-        "events",
-        "report",
-    )
+        "exif", "thumbnails", "hls", "faces", "face_embeddings", "quality", "dino", "clip", "duplicates", "people",
+        "events", "report",
+    )  # fmt: skip
     write_config(work, {"photos": "archive"}, sharding={"shards": 2, "shard_size": 1000}, **dict.fromkeys(others, off))
     snakemake(work, "-s", str(old / "Snakefile"))  # the last -s wins
     for part in (work / "results" / "parts" / "hashes").glob("*.parquet"):

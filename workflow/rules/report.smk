@@ -24,6 +24,12 @@ rule report:
             RESULTS / "report" / "duplicates.html", caption="../report/duplicates.rst", category="4. Duplicates"
         ),
         errors=report(RESULTS / "report" / "errors.html", caption="../report/errors.rst", category="5. Errors"),
+        blurry=report(RESULTS / "report" / "blurry.html", caption="../report/blurry.rst", category="6. Blurry"),
+        badly_exposed=report(
+            RESULTS / "report" / "badly_exposed.html",
+            caption="../report/badly_exposed.rst",
+            category="7. Badly exposed",
+        ),
     log:
         log_file("report", "report"),
     benchmark:

@@ -77,6 +77,10 @@ def _image_embeddings(step: str) -> pa.Schema:
     )
 
 
+# The quality table's measures of a preview frame (steps/quality.py), each a float32 column.
+QUALITY_MEASURES = (
+    "sharpness", "mean_luma", "shadows_clipped", "highlights_clipped", "contrast", "noise", "colourfulness",
+)  # fmt: skip
 SCHEMAS: dict[str, pa.Schema] = {
     "files": pa.schema(
         [
@@ -193,6 +197,17 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("place", pa.string()),
             pa.field("distance_km", pa.float64()),
             pa.field("gazetteer", pa.string()),
+        ]
+    ),
+    # One row per preview frame, at the working scale (steps/quality.py); docs/tables.md defines each measure.
+    "quality": pa.schema(
+        [
+            *COMMON,
+            pa.field("frame_index", pa.int32()),
+            pa.field("timestamp_s", pa.float64()),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            *(pa.field(name, pa.float32()) for name in QUALITY_MEASURES),
         ]
     ),
     "face_embeddings": pa.schema(

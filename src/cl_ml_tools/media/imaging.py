@@ -173,3 +173,11 @@ def is_blank(image: Image.Image, threshold: float = 6.0) -> bool:
     """True for an all-black, all-white or otherwise flat frame (luma standard deviation below threshold)."""
     small = ImageOps.grayscale(image).resize((64, 64), Image.Resampling.BILINEAR)
     return float(np.asarray(small, dtype=np.float32).std()) < threshold
+
+
+def laplacian_variance(gray: np.ndarray) -> float:
+    """Variance of the 3×3 Laplacian (4-neighbour kernel) of a grey image, with the reflected border (edge
+    pixel not repeated) of OpenCV's ``cv2.Laplacian``; computed in ``gray``'s float type, unclipped."""
+    padded = np.pad(gray, 1, mode="reflect")
+    laplacian = padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:] - 4 * gray
+    return float(laplacian.var(dtype=np.float64))

@@ -1,10 +1,10 @@
 """The service's plugins in Python, without Snakemake or a server: the notebook way in.
 
 ``from cl_ml_tools.plugins import face_detection, face_embedding, dino_embedding, clip_embedding`` (and
-``hash``, ``media_thumbnail``, ``exif``, ``places``, ``hls_streaming``, ``ocr``) gives one module per plugin of the
-step registry, each with ``run(path, **options) -> pandas.DataFrame``: the rows the plugin's step table has for
-that file, with the columns and types of the pipeline's table. Options are the step's config keys (``hashes.pixel``,
-``thumbnails.preview_size`` …). Two keyword arguments are not options: ``config``, a config as
+``hash``, ``media_thumbnail``, ``exif``, ``places``, ``hls_streaming``, ``ocr``, ``quality``) gives one module per
+plugin of the step registry, each with ``run(path, **options) -> pandas.DataFrame``: the rows the plugin's step
+table has for that file, with the columns and types of the pipeline's table. Options are the step's config keys
+(``hashes.pixel``, ``thumbnails.preview_size`` …). Two keyword arguments are not options: ``config``, a config as
 ``config.yaml`` holds it (its step sections under the options, its ``models`` section's local files; the
 schema's defaults give the rest), and ``out``, the folder for the files a step makes (previews, crops,
 renditions; a new temporary folder by default). Models come from the local cache (the production guide's

@@ -269,10 +269,7 @@ def sharpness(crop: Image.Image) -> float:
     """Variance of the Laplacian of the aligned crop's luma: low for blurred or heavily upscaled faces. The
     3×3 kernel and reflected border of OpenCV's ``cv2.Laplacian``, in floats: on a sharp face the Laplacian
     spans ±1020 grey levels, and an 8-bit filter (Pillow's) would clip it."""
-    luma = np.asarray(crop.convert("L"), dtype=np.float64)
-    padded = np.pad(luma, 1, mode="reflect")
-    laplacian = padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:] - 4 * luma
-    return float(laplacian.var())
+    return imaging.laplacian_variance(np.asarray(crop.convert("L"), dtype=np.float64))
 
 
 def quality(face_px: float, sharp: float, frontal: float) -> float:

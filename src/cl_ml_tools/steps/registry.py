@@ -119,6 +119,7 @@ STEPS: dict[str, Step] = {
         _frames("faces", "face_detection"),
         Step("face_embeddings", needs="faces", reads=("faces",), plugin=Plugin("face_embedding", IMAGES_AND_VIDEOS)),
         _frames("ocr", "ocr"),
+        _frames("quality", "quality"),
         Step("places", needs="exif", reads=("exif",), plugin=Plugin("places", None, batchable=True)),
         _frames("dino", "dino_embedding"),
         _frames("clip", "clip_embedding"),

@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
 
-PAGES = ("overview.svg", "gallery.html", "people.html", "duplicates.html", "errors.html")
+PAGES = (
+    "overview.svg", "gallery.html", "people.html", "duplicates.html", "errors.html", "blurry.html",
+    "badly_exposed.html",
+)  # fmt: skip
 
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 16px; color: #222; }
@@ -49,6 +52,12 @@ class Settings(StepSettings):
     people: int
     duplicate_groups: int
     errors: int
+    blurry: int
+    blurry_below: float
+    badly_exposed: int
+    dark_below: float
+    bright_above: float
+    clipped_above: float
 
 
 def data_uri(path: str | os.PathLike[str]) -> str:
@@ -163,6 +172,79 @@ def errors_page(
     return page(f"Errors: {len(rows)}", body + _more(min(len(rows), settings.errors), len(rows), "errors"))
 
 
+def _listed(
+    quality: pd.DataFrame, files: pd.DataFrame, flagged: pd.Series, order: str, ascending: bool
+) -> pd.DataFrame:
+    """The files every one of whose preview frames is ``flagged``: their frame worst by ``order`` (lowest when
+    ``ascending``), worst first, with the file's relpath; a video with one good frame is not listed."""
+    ok = quality[quality.status == "ok"].assign(flagged=flagged)
+    every = ok.groupby("media_id", observed=True).flagged.transform("all")
+    worst = ok[every].sort_values([order, "path"], ascending=[ascending, True]).drop_duplicates("media_id")
+    relpath = files[["media_id", "relpath"]].astype({"media_id": str})
+    return worst.astype({"media_id": str}).merge(relpath, on="media_id", how="left")
+
+
+def blurry_page(quality: pd.DataFrame, files: pd.DataFrame, thumbs: Mapping[str, str], settings: Settings) -> str:
+    """Files whose every preview frame has a sharpness under ``blurry_below``, the blurriest first."""
+    listed = _listed(quality, files, quality.sharpness < settings.blurry_below, "sharpness", ascending=True)
+    shown = listed.head(settings.blurry)
+    cells = [
+        _figure(thumbs.get(m), f"{r} · sharpness {s:.0f}")
+        for m, r, s in zip(shown.media_id, shown.relpath, shown.sharpness, strict=True)
+    ]
+    body = (
+        f"<p>Sharpness (variance of the Laplacian at 512 px) under {settings.blurry_below:g} on every preview "
+        f'frame.</p><div class="grid">{"".join(cells)}</div>'
+        if cells
+        else f'<p class="none">No file is blurry (sharpness under {settings.blurry_below:g}).</p>'
+    )
+    return page(f"Blurry: {len(listed)}", body + _more(len(shown), len(listed), "blurry files"))
+
+
+def exposure_problem(row: Mapping[str, float], settings: Settings) -> str:
+    """Why a frame counts as badly exposed ("" when it does not), in words for the page."""
+    problems = []
+    if row["mean_luma"] < settings.dark_below:
+        problems.append(f"dark (mean luma {row['mean_luma']:.2f})")
+    if row["mean_luma"] > settings.bright_above:
+        problems.append(f"bright (mean luma {row['mean_luma']:.2f})")
+    if row["shadows_clipped"] > settings.clipped_above:
+        problems.append(f"{row['shadows_clipped']:.0%} black")
+    if row["highlights_clipped"] > settings.clipped_above:
+        problems.append(f"{row['highlights_clipped']:.0%} white")
+    return ", ".join(problems)
+
+
+def badly_exposed_page(
+    quality: pd.DataFrame, files: pd.DataFrame, thumbs: Mapping[str, str], settings: Settings
+) -> str:
+    """Files whose every preview frame is too dark, too bright or clipped over ``clipped_above``; the frame
+    farthest from mid-grey first."""
+    flagged = (
+        (quality.mean_luma < settings.dark_below)
+        | (quality.mean_luma > settings.bright_above)
+        | (quality.shadows_clipped > settings.clipped_above)
+        | (quality.highlights_clipped > settings.clipped_above)
+    )
+    off_grey = quality.assign(off_grey=(quality.mean_luma - 0.5).abs())
+    listed = _listed(off_grey, files, flagged, "off_grey", ascending=False)
+    shown = listed.head(settings.badly_exposed)
+    cells = [
+        _figure(thumbs.get(str(r["media_id"])), f"{r['relpath']} · {exposure_problem(r, settings)}")
+        for r in shown.to_dict("records")
+    ]
+    rule = (
+        f"mean luma under {settings.dark_below:g} or over {settings.bright_above:g}, or over "
+        f"{settings.clipped_above:.0%} of the pixels clipped black or white"
+    )
+    body = (
+        f'<p>On every preview frame: {rule}.</p><div class="grid">{"".join(cells)}</div>'
+        if cells
+        else f'<p class="none">No file is badly exposed ({rule}).</p>'
+    )
+    return page(f"Badly exposed: {len(listed)}", body + _more(len(shown), len(listed), "badly exposed files"))
+
+
 def overview_figure(files: pd.DataFrame, exif: pd.DataFrame | None, target: str | os.PathLike[str]) -> None:
     """Bar charts of the archive: files per kind, per format, per camera and per year taken."""
     import matplotlib
@@ -243,6 +325,12 @@ def write_pages(
             settings,
             [("people", "people.names", p) for p in name_problems],
         ),
+        "blurry": blurry_page(loaded["quality"], files, thumbs, settings)
+        if "quality" in loaded
+        else page("Blurry", off.format("quality")),
+        "badly_exposed": badly_exposed_page(loaded["quality"], files, thumbs, settings)
+        if "quality" in loaded
+        else page("Badly exposed", off.format("quality")),
     }
     for name, text in pages.items():
         write_bytes_atomic(targets[name], text.encode())
