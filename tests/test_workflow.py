@@ -30,7 +30,7 @@ from cl_ml_tools.media import fileio, sniff
 
 pytestmark = pytest.mark.e2e
 
-STEPS = ["files", "hashes", "exif", "thumbnails", "hls", "faces", "face_embeddings", "dino", "clip"]
+STEPS = ["files", "hashes", "exif", "thumbnails", "hls", "faces", "face_embeddings", "quality", "dino", "clip"]
 TABLES = [*STEPS, "duplicates", "people"]
 
 
