@@ -20,6 +20,7 @@ include: "workflow/rules/dino.smk"
 include: "workflow/rules/clip.smk"
 include: "workflow/rules/duplicates.smk"
 include: "workflow/rules/people.smk"
+include: "workflow/rules/events.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/tables.smk"
 

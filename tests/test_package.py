@@ -285,7 +285,7 @@ def test_the_archive_job_of_a_server_from_the_wheel_runs_the_packaged_pipeline(
     config = service_config(
         tmp_path, tmp_path / "storage", {"photos": str(sample_run / "archive")},
         thumbnails=off, hls=off, faces=off, face_embeddings=off, quality=off, dino=off, clip=off, duplicates=off,
-        people=off, report=off, plugins={"archive": {"cores": 2}},
+        people=off, events=off, report=off, plugins={"archive": {"cores": 2}},
     )  # fmt: skip
     assert "snakefile" not in yaml.safe_load(config.read_text())["plugins"]["archive"]
     python = str(venv / "bin" / "python")

@@ -30,7 +30,7 @@ from cl_ml_tools.media import fileio, sniff
 
 pytestmark = pytest.mark.e2e
 
-STEPS = ["files", "hashes", "exif", "thumbnails", "hls", "faces", "face_embeddings", "dino", "clip"]
+STEPS = ["files", "hashes", "exif", "thumbnails", "hls", "faces", "face_embeddings", "quality", "dino", "clip"]
 TABLES = [*STEPS, "duplicates", "people"]
 
 
@@ -306,7 +306,15 @@ def test_adding_one_file_reruns_one_shard_per_step(run) -> None:
     proc = snakemake(work, "--dry-run")
     counts = job_counts(proc.stdout)
     per_step = dict.fromkeys(STEPS, 1)
-    assert counts == {"all": 1, **per_step, "tables": len(STEPS), "duplicates": 1, "people": 1, "report": 1}, counts
+    assert counts == {
+        "all": 1,
+        **per_step,
+        "tables": len(STEPS),
+        "duplicates": 1,
+        "people": 1,
+        "events": 1,
+        "report": 1,
+    }, counts
     snakemake(work)
     shard = inventory.shard_names(3)[inventory.shard_index(inventory.media_id("photos", new.name), 3)]
     changed = {p for p, t in parts.items() if p.stat().st_mtime_ns != t}
@@ -330,7 +338,15 @@ def test_a_file_rewritten_in_place_reruns_its_shard(run) -> None:
     assert target.parent.stat().st_mtime_ns == folder and target.stat().st_size == st.st_size
     counts = job_counts(snakemake(work, "--dry-run").stdout)
     per_step = dict.fromkeys(STEPS, 1)
-    assert counts == {"all": 1, **per_step, "tables": len(STEPS), "duplicates": 1, "people": 1, "report": 1}, counts
+    assert counts == {
+        "all": 1,
+        **per_step,
+        "tables": len(STEPS),
+        "duplicates": 1,
+        "people": 1,
+        "events": 1,
+        "report": 1,
+    }, counts
     snakemake(work)
     shard = inventory.shard_names(3)[inventory.shard_index(inventory.media_id("photos", "misc/notes.txt"), 3)]
     changed = {p for p, t in parts.items() if p.stat().st_mtime_ns != t}
@@ -468,7 +484,7 @@ def test_tables_of_an_older_hashes_definition_are_recomputed(tmp_path: Path) -> 
     off = {"enabled": False}
     others = (
         "exif", "thumbnails", "hls", "faces", "face_embeddings", "quality", "dino", "clip", "duplicates", "people",
-        "report",
+        "events", "report",
     )  # fmt: skip
     write_config(work, {"photos": "archive"}, sharding={"shards": 2, "shard_size": 1000}, **dict.fromkeys(others, off))
     snakemake(work, "-s", str(old / "Snakefile"))  # the last -s wins

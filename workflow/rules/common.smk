@@ -7,7 +7,7 @@ from snakemake.utils import min_version
 from cl_ml_tools import models
 from cl_ml_tools.data import config as settings
 from cl_ml_tools.data import inventory, tables
-from cl_ml_tools.steps import people, places, registry
+from cl_ml_tools.steps import events, people, places, registry
 from cl_ml_tools.steps.report import PAGES as REPORT_PAGES
 
 min_version("9.0")

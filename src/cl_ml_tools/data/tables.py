@@ -245,6 +245,24 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("quality", pa.float32()),
         ]
     ),
+    # One row per event; the representative file is named by media_id and path.
+    "events": pa.schema(
+        [
+            pa.field("event_id", pa.int64(), nullable=False),
+            pa.field("start", pa.timestamp("us", tz="UTC")),
+            pa.field("end", pa.timestamp("us", tz="UTC")),
+            pa.field("size", pa.int32()),
+            pa.field("media_ids", pa.list_(pa.string())),
+            pa.field("undated", pa.int32()),
+            pa.field("located", pa.int32()),
+            pa.field("latitude", pa.float64()),
+            pa.field("longitude", pa.float64()),
+            pa.field("place", pa.string()),
+            pa.field("country", pa.string()),
+            pa.field("media_id", pa.string()),
+            pa.field("path", pa.string()),
+        ]
+    ),
 }
 
 TABLES = tuple(SCHEMAS)
@@ -290,12 +308,17 @@ def error_row(file_row: Mapping[str, Any], message: str) -> dict[str, Any]:
     return {**base_row(file_row), "status": STATUS_ERROR, "error": message}
 
 
-def to_arrow(name: str, rows: Sequence[Mapping[str, Any]], metadata: Mapping[bytes, bytes] | None = None) -> pa.Table:
-    """The rows as the table's schema, its metadata the table version and ``metadata``."""
+def to_arrow(
+    name: str, rows: Sequence[Mapping[str, Any]] | pa.Table, metadata: Mapping[bytes, bytes] | None = None
+) -> pa.Table:
+    """The rows (dicts, or an Arrow table built column by column) as the table's schema, its metadata the
+    table version and ``metadata``."""
     schema = SCHEMAS[name]
+    stamped = schema.with_metadata({**(metadata or {}), VERSION_KEY: str(VERSIONS[name]).encode()})
+    if isinstance(rows, pa.Table):
+        return rows.select(schema.names).cast(stamped)
     text = [f.name for f in schema if pa.types.is_string(f.type)]
     clean = [{**r, **{k: displayable(r[k]) for k in text if isinstance(r.get(k), str)}} for r in rows]
-    stamped = schema.with_metadata({**(metadata or {}), VERSION_KEY: str(VERSIONS[name]).encode()})
     return pa.Table.from_pylist(clean, schema=stamped)
 
 
@@ -311,7 +334,7 @@ def write_parquet(table: pa.Table, target: str | os.PathLike[str]) -> None:
 
 def write_part(
     name: str,
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any]] | pa.Table,
     target: str | os.PathLike[str],
     metadata: Mapping[bytes, bytes] | None = None,
 ) -> None:

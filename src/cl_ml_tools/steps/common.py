@@ -11,11 +11,12 @@ import dataclasses
 import logging
 import resource
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 from ..data.tables import STATUS_OK, STATUS_SKIPPED, error_row
 from ..media.errors import MediaError
@@ -156,3 +157,32 @@ def box_columns(x0: float, y0: float, x1: float, y1: float, source: tuple[int, i
         "x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0,
         "x_norm": x0 / w, "y_norm": y0 / h, "width_norm": (x1 - x0) / w, "height_norm": (y1 - y0) / h,
     }  # fmt: skip
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def assign_ids(
+    clusters: Sequence[Sequence[K]], previous: Mapping[K, int], next_id: int, given: Sequence[int | None] = ()
+) -> tuple[list[int], int]:
+    """Ids that survive reruns (``people``' persons, ``events``): each cluster (a list of member keys) gets the
+    id ``given`` for it, if any and not yet taken (people's named persons); then the id of the earlier cluster
+    it shares the most members with (largest overlaps first, each old id used once); clusters left get ids
+    never used before, in the order given. Returns the ids and the next id never used."""
+    ids: list[int | None] = [None] * len(clusters)
+    taken: set[int] = set()
+    for c, pid in enumerate(given):
+        if pid is not None and pid not in taken:
+            ids[c] = pid
+            taken.add(pid)
+    overlaps = Counter((c, previous[k]) for c, members in enumerate(clusters) for k in members if k in previous)
+    for (c, pid), _ in sorted(overlaps.items(), key=lambda kv: (-kv[1], kv[0][1], kv[0][0])):
+        if ids[c] is None and pid not in taken:
+            ids[c] = pid
+            taken.add(pid)
+    out = []
+    for pid in ids:
+        if pid is None:
+            pid, next_id = next_id, next_id + 1
+        out.append(pid)
+    return out, next_id

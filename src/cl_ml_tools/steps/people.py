@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import re
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ from ..data.config import schema_defaults
 from ..data.tables import FACE, STATUS_OK, embedding_rows, read_columns, write_part
 from ..media.fileio import atomic_path, write_bytes_atomic
 from ..models import l2_normalise
+from . import common
 from .common import StepSettings
 
 log = logging.getLogger(__name__)
@@ -174,24 +174,8 @@ def assign_ids(
 ) -> tuple[list[int], int]:
     """A person id per cluster (see the module docstring), and the next id never used. ``names`` (one per
     cluster, None for the unnamed) and ``name_ids`` (each name's id in the last run) come first."""
-    ids: list[int | None] = [None] * len(clusters)
-    taken: set[int] = set()
-    for c, name in enumerate(names):
-        pid = (name_ids or {}).get(name) if name is not None else None
-        if pid is not None and pid not in taken:
-            ids[c] = pid
-            taken.add(pid)
-    overlaps = Counter((c, previous[k]) for c, members in enumerate(clusters) for k in members if k in previous)
-    for (c, pid), _ in sorted(overlaps.items(), key=lambda kv: (-kv[1], kv[0][1], kv[0][0])):
-        if ids[c] is None and pid not in taken:
-            ids[c] = pid
-            taken.add(pid)
-    out = []
-    for pid in ids:
-        if pid is None:
-            pid, next_id = next_id, next_id + 1
-        out.append(pid)
-    return out, next_id
+    given = [(name_ids or {}).get(name) if name is not None else None for name in names]
+    return common.assign_ids(clusters, previous, next_id, given)
 
 
 def read_ids(path: str | os.PathLike[str]) -> tuple[dict[FaceKey, int], int]:

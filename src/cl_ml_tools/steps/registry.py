@@ -125,6 +125,7 @@ STEPS: dict[str, Step] = {
         _frames("clip", "clip_embedding"),
         Step("duplicates", needs="hashes", over_archive=True),
         Step("people", needs="face_embeddings", over_archive=True),
+        Step("events", needs="exif", over_archive=True),
     )
 }
 SHARD_STEPS = tuple(name for name, s in STEPS.items() if not s.over_archive)
