@@ -146,6 +146,11 @@ def test_files_rows_sniff_and_report(tmp_path: Path) -> None:
     assert rows["empty.jpg"]["format"] == "empty" and rows["empty.jpg"]["status"] == "ok"
     assert rows["sub/deeper/c d é.txt"]["kind"] == "other"
     assert all(r["shard"] == "0000" and r["path"].startswith(str((tmp_path / "root").resolve())) for r in rows.values())
+    # The content hash reuse finds moved files by, against coreutils' sha256sum on the same files.
+    listed = subprocess.run(["sha256sum", *(r["path"] for r in rows.values())], capture_output=True, check=True)
+    expected = dict(reversed(line.split("  ", 1)) for line in listed.stdout.decode().splitlines())
+    assert {r["path"]: r["sha256"] for r in rows.values()} == expected
+    assert rows["empty.jpg"]["sha256"] == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
 def test_excluded_links_stay_out_and_unlistable_folders_are_reported(tmp_path: Path) -> None:

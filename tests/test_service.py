@@ -225,7 +225,8 @@ def server(
     tmp_path_factory: pytest.TempPathFactory, test_models: dict[str, Path], broker: int, archive_inputs: Path
 ) -> Iterator[Server]:
     """One server for this module: API key, MQTT on, a 4 MB upload limit, and an archive job over two
-    photos with the steps every plugin compares against (HLS, duplicates, people and report off)."""
+    photos with the steps every plugin compares against (HLS, duplicates, people and report off; ocr and
+    places, which the other tests leave off, on)."""
     work = tmp_path_factory.mktemp("service")
     config = service_config(
         work,
@@ -235,6 +236,8 @@ def server(
         duplicates={"enabled": False},
         people={"enabled": False},
         report={"enabled": False},
+        ocr={"enabled": True},
+        places={"enabled": True},
         server={"api_key": API_KEY, "max_upload_bytes": UPLOAD_LIMIT},
         worker={"max_concurrent_jobs": 2},
         mqtt={"enabled": True, "broker": f"127.0.0.1:{broker}", "topic_prefix": PREFIX},
@@ -323,7 +326,18 @@ def _table_rows(result: dict[str, Any], step: str, name: str) -> pd.DataFrame:
 
 @pytest.mark.parametrize(
     "plugin",
-    ["hash", "exif", "media_thumbnail", "face_detection", "face_embedding", "dino_embedding", "clip_embedding"],
+    [
+        "hash",
+        "exif",
+        "media_thumbnail",
+        "face_detection",
+        "face_embedding",
+        "dino_embedding",
+        "clip_embedding",
+        "ocr",
+        "places",
+        "quality",
+    ],
 )
 def test_each_plugin_answers_with_the_rows_of_its_pipeline_table(
     server: Server, archive_job: dict[str, Any], plugin: str
