@@ -224,8 +224,9 @@ def test_the_pipeline_reruns_only_the_file_whose_coordinates_changed(tmp_path: P
              "-GPSLongitudeRef=E")  # fmt: skip
     make_photo(archive / "c.png")
     off = {"enabled": False}
-    steps = ("hashes", "thumbnails", "hls", "faces", "face_embeddings", "dino", "clip", "duplicates", "people")
-    write_config(tmp_path, {"photos": "archive"}, places={"enabled": True}, report=off, **dict.fromkeys(steps, off))
+    steps = ("hashes", "thumbnails", "hls", "faces", "face_embeddings", "quality", "dino", "clip", "duplicates")
+    steps += ("people", "events", "report")
+    write_config(tmp_path, {"photos": "archive"}, places={"enabled": True}, **dict.fromkeys(steps, off))
     snakemake(tmp_path)
     results = tmp_path / "results"
     assert countries(results) == {"a.jpg": "AU", "b.jpg": "FR", "c.png": "-"}
