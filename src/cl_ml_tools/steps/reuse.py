@@ -83,18 +83,28 @@ def _canonical(row: Mapping[str, Any] | Entry) -> str:
     return repr(sorted(items))
 
 
+def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """``value`` with ``fn`` applied to every string in it (HLS variants hold their playlists' paths in a list
+    of structs)."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, Mapping):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_map_strings(v, fn) for v in value]
+    return value
+
+
 def _nameless(value: Any, mid: str) -> Any:
     """``value`` with the file's name taken out: what a step wrote for the file is named after its media id
     (``<out>/<id>.preview.jpg``, ``<out>/<id>/master.m3u8``), so such a path keeps only its part from the id
     on, which is the same in every shard's out folder."""
-    if isinstance(value, str):
-        at = value.find(mid)
-        return value if at < 0 else "<id>" + value[at + len(mid) :].replace(mid, "<id>")
-    if isinstance(value, Mapping):
-        return {k: _nameless(v, mid) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_nameless(v, mid) for v in value]
-    return value
+
+    def cut(text: str) -> str:
+        at = text.find(mid)
+        return text if at < 0 else "<id>" + text[at + len(mid) :].replace(mid, "<id>")
+
+    return _map_strings(value, cut)
 
 
 def _content(row: Mapping[str, Any], mid: str) -> str:
@@ -193,15 +203,15 @@ def _owned(folder: Path) -> dict[str, list[Path]]:
 
 
 def _renamed(value: Any, old: str, new: str, old_out: str | None, new_out: str | None) -> Any:
-    if isinstance(value, str):
-        if old_out is not None and new_out is not None and value.startswith(old_out + os.sep + old):
-            value = new_out + os.sep + new + value[len(old_out) + len(os.sep) + len(old) :]
-        return value.replace(old, new)
-    if isinstance(value, Mapping):
-        return {k: _renamed(v, old, new, old_out, new_out) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_renamed(v, old, new, old_out, new_out) for v in value]
-    return value
+    """``value`` with file ``old``'s name replaced by ``new``'s, and its paths in ``old_out`` moved to
+    ``new_out``."""
+
+    def rename(text: str) -> str:
+        if old_out is not None and new_out is not None and text.startswith(old_out + os.sep + old):
+            text = new_out + os.sep + new + text[len(old_out) + len(os.sep) + len(old) :]
+        return text.replace(old, new)
+
+    return _map_strings(value, rename)
 
 
 @dataclass
@@ -212,6 +222,8 @@ class _Folder:
     path: Path
     index: dict[str, Any]
     inode: int
+    offers: dict[str, str] = field(init=False, repr=False)
+    """The digest of every file it can offer: those of its shard, then those that left it in its job."""
     _owned: dict[str, list[Path]] | None = field(default=None, repr=False)
 
     @classmethod
@@ -229,9 +241,8 @@ class _Folder:
     def out(self) -> str | None:
         return self.index["out"]
 
-    def digests(self) -> dict[str, str]:
-        """Of every file it can offer: those of its shard, then those that left it in its job."""
-        return {**self.index["departed"], **self.index["files"]}
+    def __post_init__(self) -> None:
+        self.offers = {**self.index["departed"], **self.index["files"]}
 
     def rows(self, mids: set[str]) -> dict[str, list[Row]]:
         kept: dict[str, list[Row]] = {mid: [] for mid in mids}
@@ -269,7 +280,7 @@ def _take(
     here = str(out.resolve()) if out is not None else None
     result = {}
     for mid, old in sources.items():
-        if earlier.digests().get(old) != wanted[mid]:
+        if earlier.offers.get(old) != wanted[mid]:
             continue
         file_rows = rows[old]
         if old != mid:
@@ -322,8 +333,7 @@ def reusable(
     result: dict[str, list[Row]] = {}
     own = _Folder.open(folder, fingerprint, here)
     if own is not None:
-        known = own.digests()
-        same = {mid: mid for mid, d in wanted.items() if known.get(mid) == d}
+        same = {mid: mid for mid, d in wanted.items() if own.offers.get(mid) == d}
         if same:
             result.update(_take(own, wanted, same, files, out, []))
     missing = {mid: d for mid, d in wanted.items() if mid not in result}
@@ -336,7 +346,7 @@ def reusable(
         if earlier is None:
             continue
         holders = defaultdict(list)
-        for old, d in earlier.digests().items():
+        for old, d in earlier.offers.items():
             holders[d].append(old)
         sources = {mid: old for mid, d in missing.items() if (old := next((o for o in holders[d] if o != mid), None))}
         if not sources:
@@ -344,8 +354,8 @@ def reusable(
         made: list[Path] = []
         taken = _take(earlier, wanted, sources, files, out, made)
         if earlier is not own and not earlier.unchanged():
-            for path in made:  # replaced while read (its shard's job saved): its rows may not match its files
-                _remove(path)
+            for link in made:  # replaced while read (its shard's job saved): its rows may not match its files
+                _remove(link)
             continue
         result.update(taken)
         moved += len(taken)
