@@ -7,8 +7,17 @@ rerun against the first run, and a rerun with nothing changed (Snakemake's parse
 
 The corpus's ``photos`` folder is copied into the work directory (the benchmark changes it), the project's
 config is used with one shard and the test suite's models: the real BlazeFace files and the stand-in
-ONNX graphs of ``tests/standins.py`` for ArcFace, DINOv2 and MobileCLIP (not the real networks: their CPU
-would be a larger share of the full run, so the shares below are if anything too high). CPU is that of
+ONNX graphs of ``tests/standins.py`` for ArcFace, DINOv2 and MobileCLIP. The stand-ins cost a fraction of
+the real networks, which makes the first run cheaper and every share below larger than a user sees; give
+``--arcface``, ``--dino`` and ``--clip`` (random-weight exports of the real architectures, made as in
+``bench_pipeline.py``) to run what a user runs:
+
+    python benchmarks/make_corpus.py --out /tmp/inc_corpus_12mp --photos 1000 --videos 0
+    python benchmarks/bench_incremental.py --corpus /tmp/inc_corpus_12mp --work /tmp/inc_work_12mp \\
+        --arcface /tmp/w600k_mbf_random.onnx --dino /tmp/dinov2_small_random.onnx \\
+        --clip /tmp/mobileclip_s2_image_random.onnx
+
+CPU is that of
 every process ``snakemake`` started (``RUSAGE_CHILDREN``), whole-archive steps and the report included; the
 per-step columns are the shard jobs' own work from their logs (``steps.work()``).
 """
@@ -40,11 +49,12 @@ from cl_ml_tools.steps import reuse  # noqa: E402
 WORK = re.compile(r"work: start=([\d.]+) end=([\d.]+) cpu=([\d.]+)")
 
 
-def models(folder: Path, cache: Path) -> dict[str, dict[str, str]]:
+def models(folder: Path, cache: Path, networks: dict[str, Path | None]) -> dict[str, dict[str, str]]:
+    """The real BlazeFace files, and for each network its given file (``networks``) or a stand-in."""
     files = blazeface_files(cache)
-    files["arcface_w600k_mbf"] = arcface(folder / "arcface_standin.onnx")
-    files["dinov2_small"] = dinov2(folder / "dinov2_standin.onnx")
-    files["mobileclip_s2_image"] = mobileclip_image(folder / "mobileclip_image_standin.onnx")
+    files["arcface_w600k_mbf"] = networks["arcface"] or arcface(folder / "arcface_standin.onnx")
+    files["dinov2_small"] = networks["dino"] or dinov2(folder / "dinov2_standin.onnx")
+    files["mobileclip_s2_image"] = networks["clip"] or mobileclip_image(folder / "mobileclip_image_standin.onnx")
     files["mobileclip_s2_text"] = mobileclip_text(folder / "mobileclip_text", clip_vocab(cache))
     return {model_id: {"path": str(path)} for model_id, path in files.items()}
 
@@ -85,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", type=Path, required=True)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--cache", type=Path, default=REPO / ".cache" / "test-models")
+    ap.add_argument("--arcface", type=Path, help="w600k_mbf-shaped ONNX (default: the stand-in)")
+    ap.add_argument("--dino", type=Path, help="dinov2_small-shaped ONNX (default: the stand-in)")
+    ap.add_argument("--clip", type=Path, help="mobileclip_s2_image-shaped ONNX (default: the stand-in)")
     args = ap.parse_args(argv)
+    networks = {name: getattr(args, name) and getattr(args, name).resolve() for name in ("arcface", "dino", "clip")}
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
     photos = work / "archive" / "photos"
@@ -94,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         f.read_bytes()  # the page cache, so that the numbers are about CPU, not disk
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["inputs"] = {"photos": str(work / "archive")}
-    cfg["models"] = models(work / "models", args.cache)
+    cfg["models"] = models(work / "models", args.cache, networks)
     cfg["sharding"] = {"shards": 1, "shard_size": 1000}
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     names = sorted(p.name for p in photos.iterdir())

