@@ -17,6 +17,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from cl_ml_tools.data import tables
+from cl_ml_tools.steps import report as pages_step
 
 pytestmark = pytest.mark.e2e
 
@@ -192,3 +193,25 @@ def test_report_command_works_in_the_environment_make_run_builds(sample_run: Pat
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert out.stat().st_size > 100_000 and "cl_ml_tools" in out.read_text(errors="replace")
+
+
+def test_the_pages_read_only_their_columns_and_equal_the_pages_of_whole_tables(
+    sample_run: Path, tmp_path: Path
+) -> None:
+    """The report job loads only what the pages show (no embedding: at a million files those are
+    gigabytes); pages made that way are byte for byte those made from every column."""
+    results = sample_run / "results"
+    steps = sorted(p.name.removesuffix(".parquet") for p in (results / "tables").iterdir())
+    assert {"dino", "clip", "face_embeddings"} <= set(steps)
+    settings = pages_step.Settings.from_config({})
+    pages = {}
+    for label, columns in (("whole", lambda step: None), ("read", pages_step.columns)):
+        loaded = {step: tables.load(step, results, columns(step)) for step in steps}
+        if label == "read":
+            assert not any("embedding" in df.columns for df in loaded.values())
+        targets = {name.split(".")[0]: str(tmp_path / label / name) for name in pages_step.PAGES}
+        (tmp_path / label).mkdir()
+        pages_step.write_pages(loaded, targets, settings)
+        pages[label] = {n: (tmp_path / label / n).read_bytes() for n in pages_step.PAGES if n.endswith(".html")}
+    assert pages["read"] == pages["whole"]
+    assert b"<td>" in pages["read"]["errors.html"]  # the sample archive's bad files are listed

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..data import tables
 from ..data.config import schema_defaults
 from ..media.fileio import atomic_path, write_bytes_atomic
 from .common import StepSettings
@@ -28,6 +29,29 @@ PAGES = (
     "overview.svg", "gallery.html", "people.html", "duplicates.html", "errors.html", "blurry.html",
     "badly_exposed.html",
 )  # fmt: skip
+
+# The columns each page reads, by table; every table's path, status and error go to the errors page. A table
+# not listed gives only those three: the report never loads an embedding, which at a million files would be
+# gigabytes of arrays for pages that show none (dino alone is 1.5 KB a row).
+READS: dict[str, tuple[str, ...] | None] = {
+    "files": ("media_id", "input", "relpath", "kind", "format"),
+    "exif": ("make", "model", "datetime_original"),
+    "thumbnails": ("media_id", "role", "file"),
+    "faces": ("media_id", "frame_index", "face_index", "crop"),
+    "duplicates": ("group_id", "representative", "media_id", "kind"),
+    "quality": ("media_id", "sharpness", "mean_luma", "shadows_clipped", "highlights_clipped"),
+    "people": None,  # every column: one row per person
+}
+ERROR_COLUMNS = ("path", "status", "error")
+
+
+def columns(step: str) -> list[str] | None:
+    """The columns of ``step``'s table that :func:`write_pages` reads (None: all of them)."""
+    if step in READS and READS[step] is None:
+        return None
+    names = tables.SCHEMAS[step].names
+    return [c for c in names if c in ERROR_COLUMNS or c in (READS.get(step) or ())]
+
 
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 16px; color: #222; }
