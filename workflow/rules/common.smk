@@ -106,9 +106,9 @@ RUNTIME = models.runtime_from_config(config)
 
 
 def model_runtime(model_id):
-    """How the model runs on the CPU (models.runtime, and its models.precision): another choice makes other
+    """How the model runs (models.runtime, models.precision, models.device): another choice makes other
     embeddings (the model column says which), so the steps that run it run again."""
-    return f"{RUNTIME.runtime} {RUNTIME.precision.get(model_id, 'default')}"
+    return RUNTIME.decided(model_id)
 
 
 def model_overrides(model_id):
