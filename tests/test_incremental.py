@@ -24,10 +24,19 @@ pytestmark = pytest.mark.e2e
 
 SHARDS = 2
 # HLS and the report are off to keep the test short: renditions go through the same relinking as images.
-OPTIONS = {"sharding": {"shards": SHARDS, "shard_size": 1000}, "hls": {"enabled": False}, "report": {"enabled": False}}
+# OCR and places, off in most tests, are on here: every per-file step the archive's defaults run is compared.
+OPTIONS = {
+    "sharding": {"shards": SHARDS, "shard_size": 1000},
+    "hls": {"enabled": False},
+    "report": {"enabled": False},
+    "ocr": {"enabled": True},
+    "places": {"enabled": True},
+}
 # The steps with no ``files`` input work on the files of the part they read.
 SOURCE = {"dino": "thumbnails", "clip": "thumbnails", "face_embeddings": "faces"}
-STEPS = ["files", "hashes", "exif", "thumbnails", "faces", "face_embeddings", "dino", "clip"]
+STEPS = [
+    "files", "hashes", "exif", "places", "thumbnails", "faces", "face_embeddings", "ocr", "quality", "dino", "clip",
+]  # fmt: skip
 
 
 def shard_of(relpath: str) -> str:
@@ -95,7 +104,7 @@ def test_incremental_reruns_equal_a_run_from_scratch(
         scratch.mkdir()
         write_config(scratch, {"photos": str(archive)}, **OPTIONS)
         snakemake(scratch)
-        for step in [*STEPS, "duplicates", "people"]:
+        for step in [*STEPS, "duplicates", "people", "events"]:
             a = comparable(tables.load(step, results))
             b = comparable(tables.load(step, scratch / "results"))
             pd.testing.assert_frame_equal(a, b, obj=f"{change.__name__}: {step}")
