@@ -470,6 +470,24 @@ def test_identity_of_an_override_is_hashed_once(cache: Path, tmp_path: Path, mon
     assert models.identity("dinov2_small", {"dinov2_small": own}) == sha(b"other weights!")
 
 
+def test_every_file_of_a_model_is_part_of_its_identity(cache: Path, tmp_path: Path) -> None:
+    """PP-OCR is three networks: another recogniser beside the same detector is another model, in the rules'
+    params (identity) and in the rows' tag (Resolved.sha256) alike."""
+    spec = models.REGISTRY["ppocr_v6_small"]
+    folder = tmp_path / "ppocr"
+    folder.mkdir()
+    for f in spec.files:
+        (folder / f.name).write_bytes(f.name.encode())
+    before = models.identity(spec.id, {spec.id: folder})
+    assert models.locate(spec.id, {spec.id: folder}).sha256 == before
+    (folder / spec.files[1].name).write_bytes(b"another recogniser")
+    after = models.identity(spec.id, {spec.id: folder})
+    assert after != before and models.locate(spec.id, {spec.id: folder}).sha256 == after
+    assert len({models.identity(spec.id), before, after}) == 3
+    # A model of one file keeps that file's sha256, as older tables recorded it.
+    assert models.identity("dinov2_small") == models.REGISTRY["dinov2_small"].files[0].sha256
+
+
 def test_record_round_trip_and_staleness(server: Server, cache: Path, tmp_path: Path, monkeypatch) -> None:
     data = payload()
     register(monkeypatch, "m", served(server, "/net.onnx", data))

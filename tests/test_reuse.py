@@ -171,6 +171,20 @@ def test_the_same_name_with_other_bytes_is_computed(tmp_path: Path) -> None:
     assert step.counts == {"reused": 0, "moved": 1, "computed": 1}
 
 
+def test_bytes_the_sniff_does_not_know_follow_their_name_on_a_rename(tmp_path: Path) -> None:
+    """Unrecognised bytes (AVCHD's 192-byte packets, a text file) are treated as the kind their extension
+    claims: a rename that changes that kind changes what the steps make of the file, so it is computed."""
+
+    def unknown(name: str) -> dict[str, Any]:
+        return {**file_row(name, content="avchd bytes"), "kind": "other", "format": "unknown"}
+
+    job(tmp_path, [unknown("clip.MTS")], by_content=True)
+    _, step = job(tmp_path, [unknown("2024/clip.mts")], by_content=True)
+    assert step.counts == {"reused": 0, "moved": 1, "computed": 0}  # still a video by its name
+    _, step = job(tmp_path, [unknown("2024/clip.mts.bak")], by_content=True)
+    assert step.computed == ["/a/2024/clip.mts.bak"]  # no longer a video: not the video's rows
+
+
 @pytest.mark.parametrize("first", ["source shard", "destination shard"])
 def test_a_file_moved_to_another_shard_is_found_whichever_job_runs_first(tmp_path: Path, first: str) -> None:
     left, right = [file_row("a.jpg"), file_row("b.jpg")], [file_row("c.jpg")]

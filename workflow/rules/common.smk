@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,13 @@ from cl_ml_tools.steps import events, people, places, registry
 from cl_ml_tools.steps.report import PAGES as REPORT_PAGES
 
 min_version("9.0")
+
+# OpenBLAS's threads (Snakemake sets OPENBLAS_NUM_THREADS to a job's threads) spin for about 0.1 CPU-s each
+# once numpy is imported, and after every BLAS call, before they sleep: a tenth of a CPU-second per job start
+# that does nothing (importing the step registry with 2 threads: 0.39 -> 0.22 CPU-s; a (4000, 384) by
+# (384, 4000) float32 product is as fast either way). Every job inherits this environment; a value the user
+# set wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 
 # The schema is the package's (src/cl_ml_tools/data/config.schema.yaml, shared with the service and the steps'
@@ -106,9 +114,9 @@ RUNTIME = models.runtime_from_config(config)
 
 
 def model_runtime(model_id):
-    """How the model runs on the CPU (models.runtime, and its models.precision): another choice makes other
+    """How the model runs (models.runtime, models.precision, models.device): another choice makes other
     embeddings (the model column says which), so the steps that run it run again."""
-    return f"{RUNTIME.runtime} {RUNTIME.precision.get(model_id, 'default')}"
+    return RUNTIME.decided(model_id)
 
 
 def model_overrides(model_id):

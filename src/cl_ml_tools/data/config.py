@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import jsonschema
 import yaml
 
 from ..models.registry import REGISTRY, step_models
@@ -48,10 +47,15 @@ def schema() -> dict[str, Any]:
     return copy.deepcopy(_schema())
 
 
-def _filling_defaults(validator_class: type[jsonschema.protocols.Validator]) -> type[jsonschema.protocols.Validator]:
+@functools.cache
+def _validator() -> Any:
     """A validator that writes each missing property's default into the instance before checking it, so that
-    defaults of nested sections (``default: {}``) are filled too; as Snakemake's ``validate`` does."""
-    check_properties = validator_class.VALIDATORS["properties"]
+    defaults of nested sections (``default: {}``) are filled too; as Snakemake's ``validate`` does. Built on
+    first use: jsonschema costs a tenth of a CPU-second to import, and every pipeline job imports this module
+    for :func:`schema_defaults` alone."""
+    import jsonschema
+
+    check_properties = jsonschema.Draft202012Validator.VALIDATORS["properties"]
 
     def properties(validator: Any, props: Mapping[str, Any], instance: Any, schema: Mapping[str, Any]) -> Iterator:
         if isinstance(instance, dict):
@@ -60,21 +64,38 @@ def _filling_defaults(validator_class: type[jsonschema.protocols.Validator]) -> 
                     instance[name] = copy.deepcopy(sub["default"])
         yield from check_properties(validator, props, instance, schema)
 
-    return jsonschema.validators.extend(validator_class, {"properties": properties})
-
-
-_Validator = _filling_defaults(jsonschema.Draft202012Validator)
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, {"properties": properties})
 
 
 def validate(config: dict[str, Any]) -> dict[str, Any]:
     """Check ``config`` against the schema and fill in its defaults, in place (and return it)."""
-    errors = sorted(_Validator(_schema()).iter_errors(config), key=lambda e: [str(p) for p in e.path])
+    errors = sorted(_validator()(_schema()).iter_errors(config), key=lambda e: [str(p) for p in e.path])
     if errors:
         first = errors[0]
         where = ".".join(str(p) for p in first.path) or "the top level"
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(f"error validating config.yaml: {where}: {first.message}{more}")
     return config
+
+
+def fill_defaults(schema: Mapping[str, Any], instance: Any) -> Any:
+    """Write the schema's defaults into ``instance`` where it lacks them, in place (and return it), without
+    checking anything: what :func:`validate` fills in, through the keywords this schema nests with
+    (``properties``, ``additionalProperties``, ``items``)."""
+    if isinstance(instance, dict):
+        props = schema.get("properties", {})
+        for name, sub in props.items():
+            if "default" in sub and name not in instance:
+                instance[name] = copy.deepcopy(sub["default"])
+        extra = schema.get("additionalProperties")
+        for name, value in instance.items():
+            sub = props.get(name, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                fill_defaults(sub, value)
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for item in instance:
+            fill_defaults(schema["items"], item)
+    return instance
 
 
 def section_schema(section: str) -> dict[str, Any]:
@@ -84,9 +105,7 @@ def section_schema(section: str) -> dict[str, Any]:
 
 def defaults(section: str) -> dict[str, Any]:
     """A section's settings as the schema fills them in when the config leaves them all out."""
-    filled: dict[str, Any] = {}
-    _Validator(_schema()["properties"][section]).validate(filled)
-    return filled
+    return fill_defaults(_schema()["properties"][section], {})
 
 
 def schema_defaults(section: str) -> Callable[[type[T]], type[T]]:

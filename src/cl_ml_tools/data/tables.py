@@ -280,7 +280,7 @@ VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     "face_embeddings": 2,  # embeddings of those crops
     # BANDWIDTH is the measured peak segment bit rate, AVERAGE-BANDWIDTH added; x264's slice threads (the same
     # bytes on every run)
-    "hls": 2,
+    "hls": 3,
     "dino": 2,  # a preview decoded at reduced JPEG scale is resized with the full decode's geometry
     "clip": 2,  # the same
     "people": 2,  # the name column: persons named by people.names

@@ -9,35 +9,98 @@ hashed once on first use and then trusted through a stamp beside it (size, mtime
 only pays a ``stat``. Nothing is ever placed under its final name before it has been verified.
 """
 
-from .cache import CACHE_ENV, LOCK_NAME, cache_dir, cache_state, identity, locate, read_record, verify, write_record
-from .download import OFFLINE_ENV, fetch
-from .loader import Loader
-from .onnx import (
-    OnnxModel,
-    check_io,
-    embedding_problem,
-    execution_providers,
-    l2_normalise,
-    onnx_session,
-    optimized_graph,
-    without_prelu,
-)
-from .registry import (
-    DEFAULT_CHOICE,
-    REGISTRY,
-    Choice,
-    ImageInput,
-    ModelError,
-    ModelFile,
-    ModelSpec,
-    Resolved,
-    TensorSpec,
-    spec_of,
-    step_embedding_size,
-    step_models,
-    weights_tag,
-)
-from .runtime import DEVICES, RUNTIME_KEYS, Runtime, overrides_from_config, runtime_from_config
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .cache import CACHE_ENV, LOCK_NAME, cache_dir, cache_state, identity, locate, read_record, verify, write_record
+    from .download import OFFLINE_ENV, fetch
+    from .loader import Loader
+    from .onnx import (
+        OnnxModel,
+        check_io,
+        embedding_problem,
+        execution_providers,
+        l2_normalise,
+        onnx_session,
+        optimized_graph,
+        without_prelu,
+    )
+    from .registry import (
+        DEFAULT_CHOICE,
+        REGISTRY,
+        Choice,
+        ImageInput,
+        ModelError,
+        ModelFile,
+        ModelSpec,
+        Resolved,
+        TensorSpec,
+        spec_of,
+        step_embedding_size,
+        step_models,
+        weights_tag,
+    )
+    from .runtime import DEVICES, RUNTIME_KEYS, Runtime, overrides_from_config, runtime_from_config
+
+# Each name is imported from its module on first use (PEP 562): a pipeline job that only reads the registry
+# (every table consolidation does, for the embedding sizes) does not pay for the cache's file locks, the
+# downloader's http.client, the encoders and the tokenizer.
+_HOMES = {
+    "CACHE_ENV": "cache",
+    "Choice": "registry",
+    "DEFAULT_CHOICE": "registry",
+    "DEVICES": "runtime",
+    "ImageInput": "registry",
+    "LOCK_NAME": "cache",
+    "Loader": "loader",
+    "ModelError": "registry",
+    "ModelFile": "registry",
+    "ModelSpec": "registry",
+    "OFFLINE_ENV": "download",
+    "OnnxModel": "onnx",
+    "REGISTRY": "registry",
+    "RUNTIME_KEYS": "runtime",
+    "Resolved": "registry",
+    "Runtime": "runtime",
+    "TensorSpec": "registry",
+    "cache_dir": "cache",
+    "cache_state": "cache",
+    "check_io": "onnx",
+    "embedding_problem": "onnx",
+    "execution_providers": "onnx",
+    "fetch": "download",
+    "identity": "cache",
+    "l2_normalise": "onnx",
+    "locate": "cache",
+    "onnx_session": "onnx",
+    "optimized_graph": "onnx",
+    "overrides_from_config": "runtime",
+    "read_record": "cache",
+    "runtime_from_config": "runtime",
+    "spec_of": "registry",
+    "step_embedding_size": "registry",
+    "step_models": "registry",
+    "verify": "cache",
+    "weights_tag": "registry",
+    "without_prelu": "onnx",
+    "write_record": "cache",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])
+
 
 __all__ = [
     "CACHE_ENV",

@@ -14,7 +14,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -326,11 +326,11 @@ def _resolve(model_id: str, overrides: Mapping[str, Path] | None, *, full: bool)
     if given is None:
         shas = [_check_cached(spec, f, full=full) for f in spec.files]
         paths = {f.name: _target(spec, f) for f in spec.files}
-        return Resolved(spec, paths[spec.files[0].name], paths, shas[0], override=False)
+        return Resolved(spec, paths[spec.files[0].name], paths, combined(shas), override=False)
 
     paths = _override_paths(spec, Path(given))
-    main_sha = ""
-    for i, f in enumerate(spec.files):
+    shas = []
+    for f in spec.files:
         path = paths[f.name]
         if path == _target(spec, f):
             sha = _check_cached(spec, f, full=full)
@@ -344,9 +344,17 @@ def _resolve(model_id: str, overrides: Mapping[str, Path] | None, *, full: bool)
                     sha,
                     f.sha256,
                 )
-        if i == 0:
-            main_sha = sha
-    return Resolved(spec, paths[spec.files[0].name], paths, main_sha, override=True)
+        shas.append(sha)
+    return Resolved(spec, paths[spec.files[0].name], paths, combined(shas), override=True)
+
+
+def combined(shas: Sequence[str]) -> str:
+    """A model's sha256 from its files': the file's own for a model of one file; for several (PP-OCR's three
+    networks, the text tower and its tokenizer) the sha256 of theirs in registry order, so that another
+    recogniser beside the same detector is another model, in the params and in the ``model`` column."""
+    if len(shas) == 1:
+        return shas[0]
+    return hashlib.sha256(" ".join(shas).encode()).hexdigest()
 
 
 def locate(model_id: str, overrides: Mapping[str, Path] | None = None) -> Resolved:
@@ -361,19 +369,24 @@ def verify(model_id: str, overrides: Mapping[str, Path] | None = None) -> Resolv
 
 
 def identity(model_id: str, overrides: Mapping[str, Path] | None = None) -> str:
-    """The sha256 that identifies the model, for Snakemake rule params. Runs at every workflow parse, so a
-    pinned registry model costs no file access at all; an override is hashed once and remembered."""
+    """The sha256 that identifies the model (:func:`combined` over its files), for Snakemake rule params. Runs
+    at every workflow parse, so a pinned registry model costs no file access at all; an overridden file is
+    hashed once and remembered."""
     spec = spec_of(model_id)
     given = (overrides or {}).get(model_id)
-    if given is not None:
-        main_path = _override_paths(spec, Path(given))[spec.files[0].name]
-        return _override_sha(main_path)
-    main = spec.files[0]
-    if main.sha256:
-        return main.sha256
-    # No pin: the sha256 recorded on the first download identifies it (one small read of lock.json).
-    entry = _locked(spec, main)
-    return entry["sha256"] if entry else f"unpinned:{main.url}"
+    paths = _override_paths(spec, Path(given)) if given is not None else {}
+    shas = []
+    for f in spec.files:
+        path = paths.get(f.name)
+        if path is not None and path != _target(spec, f):
+            shas.append(_override_sha(path))
+        elif f.sha256:
+            shas.append(f.sha256)
+        else:
+            # No pin: the sha256 recorded on the first download identifies it (one small read of lock.json).
+            entry = _locked(spec, f)
+            shas.append(entry["sha256"] if entry else f"unpinned:{f.url}")
+    return combined(shas)
 
 
 def cache_state(model_id: str, overrides: Mapping[str, Path] | None = None) -> tuple[str, Path]:

@@ -376,7 +376,7 @@ class Resolved:
     spec: ModelSpec
     path: Path  # main file
     paths: dict[str, Path]  # every file by ModelFile.name
-    sha256: str  # of the main file actually used
+    sha256: str  # of the files actually used (cache.combined: the one file's own for most models)
     override: bool  # came from config `models: {id: {path: ...}}`
     variant: str = ""  # the runtime and precision that ran it, where not ONNX Runtime at fp32 (Choice.variant)
 

@@ -30,6 +30,16 @@ class Runtime:
     # measurement picked.
     precision: Mapping[str, str] = field(default_factory=dict)
 
+    def decided(self, model_id: str) -> str:
+        """What the config decides of how ``model_id`` runs, for the rules' params (Snakemake's rerun trigger
+        and the reuse fingerprint): equal values give embeddings of the same runtime and precision. A model
+        OpenVINO does not run, and every model on a GPU, runs on ONNX Runtime fp32 whatever ``runtime``
+        says (:func:`.choose.choose`); under ``auto`` the rest is measured per machine (docs/models.md)."""
+        spec = REGISTRY.get(model_id)
+        if spec is None or not spec.openvino or self.device != "cpu":
+            return "onnxruntime default"
+        return f"{self.runtime} {self.precision.get(model_id, 'default')}"
+
     def batch(self, cpu_batch: int) -> int:
         """Images per onnxruntime call: the step's CPU batch, or a GPU's larger one (a GPU is starved by 8)."""
         return cpu_batch if self.device == "cpu" else max(cpu_batch, self.gpu_batch_size)

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from ..data import tables
 from ..data.inventory import Entry
+from ..media.sniff import media_kind
 from .common import Row
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,11 @@ def _identity(item: Mapping[str, Any] | Entry, by_content: bool) -> str:
     if not by_content or isinstance(item, Entry):
         return _canonical(item)
     if item.get("sha256"):
-        return repr(("bytes", item["sha256"], item.get("kind"), item.get("format")))
+        content = ("bytes", item["sha256"], item.get("kind"), item.get("format"))
+        # Bytes the sniff does not recognise (AVCHD's .MTS, a text file named .jpg) are treated as the kind
+        # their name claims, so that kind is part of what they are; recognised bytes keep their old digest.
+        claimed = media_kind(str(item.get("kind")), str(item.get("path", "")))
+        return repr(content if claimed == item.get("kind") else (*content, claimed))
     return _canonical(item) if "sha256" in item else ""
 
 
