@@ -122,3 +122,15 @@ def model_runtime(model_id):
 def model_overrides(model_id):
     """The config's local file for this model only, so that pointing another model elsewhere reruns nothing."""
     return {model_id: str(MODEL_OVERRIDES[model_id])} if model_id in MODEL_OVERRIDES else {}
+
+
+def consolidate(step, parts, table, log):
+    """The tables rule's work: the step's parts linked into its table; the rows, or what was wrong (a part of
+    another table version), in the rule's log."""
+    with open(log, "w", encoding="utf-8") as out:
+        try:
+            rows = tables.consolidate(step, parts, table)
+        except ValueError as exc:
+            out.write(f"{step}: {exc}\n")
+            raise
+        out.write(f"{step}: {rows} rows from {len(parts)} parts\n")

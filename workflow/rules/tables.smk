@@ -2,6 +2,9 @@ localrules:
     tables,
 
 
+# Linking a step's parts into its table is a few system calls: it runs in Snakemake's own process (`run:`,
+# with the profiles' `use-threads`), not in an interpreter of its own, which cost a rerun 0.3 CPU-s per
+# table (docs/performance.md, "Reruns inside a shard").
 rule tables:
     input:
         lambda wildcards: [part(wildcards.step, shard) for shard in SHARDS],
@@ -15,7 +18,5 @@ rule tables:
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../../envs/core.yaml"
-    script:
-        "../scripts/tables.py"
+    run:
+        consolidate(wildcards.step, input, output[0], log[0])
