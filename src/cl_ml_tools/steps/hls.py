@@ -38,12 +38,13 @@ class Settings(StepSettings):
     ladder: tuple[Rung, ...]
     segment_s: float
     preset: str
-    threads: int  # ffmpeg's -threads (decoding, scaling); 0: the job's threads. The encode's own: X264_SLICES
+    threads: int  # ffmpeg's decoding and scaling threads; 0: the job's. x264's are fixed: X264_SLICES
 
 
 # x264's threads, one slice of each frame per thread: fixed, so that the bytes (and the measured BANDWIDTH)
 # are the same on any machine and under any --cores. Four keep four cores busy at a small cost in size
-# (measured: 197,738 bytes against 191,356 with one slice, 2 s of the sample clip at 1400 kb/s: 3 %).
+# (measured: 197,738 bytes against 191,356 with one slice, 2 s of the sample clip at 1400 kb/s: 3 %). x264
+# itself lowers it for short frames, from the frame alone (a 240p rung's SEI says threads=3).
 X264_SLICES = 4
 
 
@@ -62,8 +63,11 @@ def ffmpeg_args(src: str, out_dir: Path, rungs: Sequence[Rung], has_audio: bool,
     n = len(rungs)
     split = f"[0:v:0]split={n}" + "".join(f"[s{i}]" for i in range(n))
     scales = [f"[s{i}]scale=-2:{r.height},setsar=1[v{i}]" for i, r in enumerate(rungs)]
-    args = [video.FFMPEG, "-nostdin", "-v", "error", "-y", "-i", src,
-            "-filter_complex", ";".join([split, *scales])]  # fmt: skip
+    # The settings' threads go to decoding (before -i) and to the scale filters; the encoders' threads are
+    # fixed below, so that the bytes do not depend on them.
+    threads = str(settings.threads)
+    args = [video.FFMPEG, "-nostdin", "-v", "error", "-y", "-threads", threads, "-i", src,
+            "-filter_complex_threads", threads, "-filter_complex", ";".join([split, *scales])]  # fmt: skip
     for i, r in enumerate(rungs):
         args += ["-map", f"[v{i}]", f"-c:v:{i}", "libx264", f"-b:v:{i}", f"{r.video_kbps}k"]
         args += [f"-maxrate:v:{i}", f"{int(r.video_kbps * 1.1)}k", f"-bufsize:v:{i}", f"{r.video_kbps * 2}k"]
@@ -75,7 +79,7 @@ def ffmpeg_args(src: str, out_dir: Path, rungs: Sequence[Rung], has_audio: bool,
     )
     seg = f"{settings.segment_s:g}"
     args += [
-        "-threads", str(settings.threads), "-preset", settings.preset, "-pix_fmt", "yuv420p", "-profile:v", "high",
+        "-preset", settings.preset, "-pix_fmt", "yuv420p", "-profile:v", "high",
         # x264's frame threads under a VBV (maxrate) give other bytes on every run (measured: 2 of 3 encodes
         # of the sample clip differed), and so another measured BANDWIDTH; its slice threads do not, but it
         # cuts a frame into one slice per thread, so their number is fixed here, not taken from the job's
@@ -217,9 +221,9 @@ def encode(file_row: Mapping[str, Any], out_root: Path, settings: Settings) -> l
 
 
 def hls_shard(files: Sequence[Mapping[str, Any]], out_dir: Path, settings: Settings, threads: int = 1) -> list[Row]:
-    """Renditions for the videos of a shard. ffmpeg already uses every core it is given for one encode,
-    so videos are encoded one after another, with the job's ``threads`` unless ``settings.threads`` says
-    otherwise."""
+    """Renditions for the videos of a shard, one video after another: ffmpeg already keeps several cores busy
+    with one (the rungs' encoders run side by side). Decoding and scaling get the job's ``threads`` unless
+    ``settings.threads`` says otherwise; x264 runs :data:`X264_SLICES` threads whatever they are."""
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     if not settings.threads:
