@@ -197,7 +197,8 @@ def test_sigterm_answers_waiting_clients_at_once_and_the_server_stops_within_sec
         assert response.json()["error"] == "shutting_down" and int(response.headers["Retry-After"]) > 0
     assert answered < 3, f"waiting clients answered {answered:.1f} s after SIGTERM"
     assert stopped < 10, f"{how} stopped {stopped:.1f} s after SIGTERM"
-    assert server.proc.returncode in (0, -15)
+    # the log names the cause of any other status (gunicorn's arbiter ends with 3 when a worker failed to boot)
+    assert server.proc.returncode in (0, -15), server.log()
     assert processes(storage) == [] and ffmpegs(storage) == []
 
 
