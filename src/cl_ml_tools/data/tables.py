@@ -272,9 +272,11 @@ TABLES = tuple(SCHEMAS)
 # Parts written before versions were recorded count as version 1.
 VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     "files": 2,  # sha256 of the bytes (issue 26: what a moved file's rows are found by)
-    # pixel_sha512 over canonical colours; video_sha512 over the demuxer's keyframe payloads; pHash with SciPy's
-    # DCT, and both perceptual hashes from the full decode whatever hashes.pixel says (issue 19)
-    "hashes": 2,
+    # 2: pixel_sha512 over canonical colours; video_sha512 over the demuxer's keyframe payloads; pHash with
+    # SciPy's DCT, and both perceptual hashes from the full decode whatever hashes.pixel says (issue 19).
+    # 3: a TIFF with an Orientation tag other than 1 (Pillow's reader turned it upright, then ours did again)
+    "hashes": 3,
+    "thumbnails": 2,  # the same TIFFs: previews turned once, source_width/height upright
     "exif": 2,  # an f_number or exposure_time of 0 is unknown (null), as in exiftool
     "faces": 2,  # sharpness is the unclipped Laplacian variance; crops aligned as InsightFace's norm_crop
     "face_embeddings": 2,  # embeddings of those crops
