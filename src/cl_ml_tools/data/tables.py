@@ -277,7 +277,9 @@ VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     # 3: a TIFF with an Orientation tag other than 1 (Pillow's reader turned it upright, then ours did again)
     "hashes": 3,
     "thumbnails": 2,  # the same TIFFs: previews turned once, source_width/height upright
-    "exif": 2,  # an f_number or exposure_time of 0 is unknown (null), as in exiftool
+    # 2: an f_number or exposure_time of 0 is unknown (null), as in exiftool; 3: the duration of Matroska and
+    # WebM files (a clock string there) is no longer null
+    "exif": 3,
     "faces": 2,  # sharpness is the unclipped Laplacian variance; crops aligned as InsightFace's norm_crop
     "face_embeddings": 2,  # embeddings of those crops
     # BANDWIDTH is the measured peak segment bit rate, AVERAGE-BANDWIDTH added; x264's slice threads (the same
