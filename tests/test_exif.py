@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE, make_video
+from conftest import SAMPLE, ffmpeg, make_video
 
 from cl_ml_tools.steps import exif
 
@@ -94,6 +94,23 @@ def test_video_duration_and_errors(tmp_path: Path) -> None:
     assert rows[1]["status"] == "error" and "empty" in rows[1]["error"].lower()
     assert rows[2]["status"] == "error" and rows[2]["error"].startswith("exiftool: ")
     assert rows[3]["status"] == "ok" and rows[3]["make"] == "Canon"
+
+
+def test_video_duration_in_every_container_is_ffprobes(tmp_path: Path) -> None:
+    """Matroska and WebM name a track's duration as a clock string ("00:00:02.000000000", exiftool's -n keeps
+    it so); the column is still seconds. Reference: ffprobe's format duration of the same file."""
+    clips = [make_video(tmp_path / f"clip.{ext}", seconds=2) for ext in ("mp4", "mov", "mkv", "avi")]
+    webm = tmp_path / "clip.webm"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=3", "-c:v", "libvpx-vp9", "-deadline", "realtime", str(webm))
+    clips.append(webm)
+    for clip, row in zip(clips, rows_for(clips), strict=True):
+        probed = subprocess.run(
+            ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(clip)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert row["duration"] == pytest.approx(float(probed.stdout), abs=0.05), (clip.name, row["duration"])
 
 
 def test_missing_file_gets_its_own_row(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import shutil
 import struct
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 import imagehash
 import numpy as np
 import pytest
+import tifffile
 from conftest import REPO, SAMPLE, ffmpeg, file_row, make_audio_only, make_dng, make_photo, make_video
 from PIL import Image, ImageCms, ImageOps
 
@@ -422,3 +424,61 @@ def test_perceptual_hashes_do_not_depend_on_the_pixel_setting(tmp_path: Path) ->
         quick = hashes.hash_file(file_row(path), hashes.Settings(pixel=False))[0]
         assert "pixel_sha512" not in quick
         assert (quick["phash"], quick["dhash"]) == (full["phash"], full["dhash"]), path.name
+
+
+# EXIF's eight orientations (CIPA DC-008, tag 0x0112) as numpy operations on the stored rows and columns: the
+# picture a viewer shows. Written from the specification, not from Pillow's table or ours.
+EXIF_UPRIGHT = {
+    1: lambda a: a,
+    2: np.fliplr,
+    3: lambda a: np.rot90(a, 2),
+    4: np.flipud,
+    5: lambda a: np.rot90(np.fliplr(a), 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(np.fliplr(a), -1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def tiffs_in_every_orientation(folder: Path) -> dict[int, Path]:
+    """The same stored 160x100 picture as eight TIFFs, each with another Orientation tag (checked with exiftool)."""
+    stored = Image.open(SAMPLE / "2023 reunion" / "together.jpg").convert("RGB").resize((160, 100))
+    paths = {}
+    for n in EXIF_UPRIGHT:
+        exif = Image.Exif()
+        exif[0x0112] = n
+        paths[n] = folder / f"o{n}.tif"
+        stored.save(paths[n], exif=exif)
+    tags = json.loads(
+        subprocess.run(
+            ["exiftool", "-j", "-n", "-Orientation", *map(str, paths.values())], capture_output=True, check=True
+        ).stdout
+    )
+    assert [t["Orientation"] for t in tags] == list(EXIF_UPRIGHT)
+    return paths
+
+
+def test_a_tiffs_orientation_is_applied_once(tmp_path: Path) -> None:
+    """Pillow's TIFF reader turns a picture upright itself while decoding; the pixel hash must still cover
+    the stored frame (one hash for all eight) and the perceptual hashes and the preview the upright one.
+    References: tifffile's decode of the stored frame, the specification's transforms, imagehash."""
+    for n, path in tiffs_in_every_orientation(tmp_path).items():
+        stored = tifffile.imread(path)
+        upright = np.ascontiguousarray(EXIF_UPRIGHT[n](stored))
+        h, w = stored.shape[:2]
+        row = hashes.hash_file(file_row(path), hashes.Settings())[0]
+        assert row["pixel_sha512"] == hashlib.sha512(f"RGB {w}x{h}\n".encode() + stored.tobytes()).hexdigest(), n
+        image = Image.fromarray(upright)
+        assert (row["phash"], row["dhash"]) == (
+            int(str(imagehash.phash(image)), 16),
+            int(str(imagehash.dhash(image)), 16),
+        ), n
+        preview = next(
+            r
+            for r in thumbnails.thumbnail_file(file_row(path), tmp_path / str(n), thumbnails.Settings())
+            if r["role"] == "preview"
+        )
+        assert (preview["source_width"], preview["source_height"]) == (upright.shape[1], upright.shape[0]), n
+        with Image.open(preview["file"]) as im:
+            shown = np.asarray(im.convert("RGB"), dtype=np.int16)
+        assert shown.shape == upright.shape and np.abs(shown - upright).mean() < 8, n

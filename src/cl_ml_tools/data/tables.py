@@ -272,10 +272,14 @@ TABLES = tuple(SCHEMAS)
 # Parts written before versions were recorded count as version 1.
 VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     "files": 2,  # sha256 of the bytes (issue 26: what a moved file's rows are found by)
-    # pixel_sha512 over canonical colours; video_sha512 over the demuxer's keyframe payloads; pHash with SciPy's
-    # DCT, and both perceptual hashes from the full decode whatever hashes.pixel says (issue 19)
-    "hashes": 2,
-    "exif": 2,  # an f_number or exposure_time of 0 is unknown (null), as in exiftool
+    # 2: pixel_sha512 over canonical colours; video_sha512 over the demuxer's keyframe payloads; pHash with
+    # SciPy's DCT, and both perceptual hashes from the full decode whatever hashes.pixel says (issue 19).
+    # 3: a TIFF with an Orientation tag other than 1 (Pillow's reader turned it upright, then ours did again)
+    "hashes": 3,
+    "thumbnails": 2,  # the same TIFFs: previews turned once, source_width/height upright
+    # 2: an f_number or exposure_time of 0 is unknown (null), as in exiftool; 3: the duration of Matroska and
+    # WebM files (a clock string there) is no longer null
+    "exif": 3,
     "faces": 2,  # sharpness is the unclipped Laplacian variance; crops aligned as InsightFace's norm_crop
     "face_embeddings": 2,  # embeddings of those crops
     # BANDWIDTH is the measured peak segment bit rate, AVERAGE-BANDWIDTH added; x264's slice threads (the same

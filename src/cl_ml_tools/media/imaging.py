@@ -33,6 +33,8 @@ _TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+# Each orientation's transpose undone: 6 and 8 undo each other, the rest undo themselves.
+_UNDO = {n: _TRANSPOSE[{6: 8, 8: 6}.get(n, n)] for n in _TRANSPOSE}
 # LibRaw's flip codes for the orientation of a RAW frame, as EXIF orientation values.
 _RAW_FLIP_TO_ORIENTATION = {0: 1, 3: 3, 5: 8, 6: 6}
 _SRGB = ImageCms.createProfile("sRGB")
@@ -71,7 +73,14 @@ def open_image(path: str | os.PathLike[str], fmt: str, max_pixels: int = DEFAULT
     except Image.UnidentifiedImageError as exc:
         raise MediaError(f"not a decodable image (sniffed format: {fmt})") from exc
     _check_pixels(image.size, max_pixels)
-    return Opened(image, _orientation(image))
+    orientation = _orientation(image)
+    if image.format == "TIFF" and orientation != 1:
+        # Pillow's TIFF reader turns the picture upright while decoding, and then forgets the tag. Every
+        # step wants the frame as stored beside its orientation, as from every other format (the pixel
+        # hash covers the stored frame; the previews apply the orientation once), so the turn is undone.
+        image.load()
+        image = image.transpose(_UNDO[orientation])
+    return Opened(image, orientation)
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:

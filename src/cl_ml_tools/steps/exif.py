@@ -75,6 +75,9 @@ PRINTED = TEXT | {"iso"}
 _DROPPED = {"SourceFile", "ExifTool:ExifToolVersion"}
 _DATE_RE = re.compile(r"^(\d{4})[:-](\d{2})[:-](\d{2})[ T](\d{2}):(\d{2}):(\d{2})(\.\d+)?")
 _OFFSET_RE = re.compile(r"^(?:[+-]\d{2}:\d{2}|Z)$")
+# Matroska and WebM store a track's duration as a clock string ("00:00:02.000000000"), which exiftool's -n
+# passes through as it is.
+_CLOCK_RE = re.compile(r"^(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)$")
 
 
 def parse_date(value: Any) -> tuple[datetime | None, str | None]:
@@ -153,6 +156,9 @@ def _convert(column: str, value: Any) -> Any:
     if column in INTEGER:
         number = _integer(value)
         return None if column == "orientation" and number is not None and not 1 <= number <= 8 else number
+    if column == "duration" and isinstance(value, str) and (clock := _CLOCK_RE.match(value.strip())):
+        hours, minutes, seconds = clock.groups()
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
     if column in FLOAT:
         number = _number(value)
         return None if column in UNKNOWN_WHEN_ZERO and number is not None and number <= 0 else number
