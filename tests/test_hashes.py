@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 from conftest import REPO, SAMPLE, ffmpeg, file_row, make_audio_only, make_dng, make_photo, make_video
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
 from cl_ml_tools.steps import duplicates, hashes, thumbnails
 
@@ -482,3 +482,36 @@ def test_a_tiffs_orientation_is_applied_once(tmp_path: Path) -> None:
         with Image.open(preview["file"]) as im:
             shown = np.asarray(im.convert("RGB"), dtype=np.int16)
         assert shown.shape == upright.shape and np.abs(shown - upright).mean() < 8, n
+
+
+def png_with_a_damaged_chunk(path: Path, chunk: bytes) -> Path:
+    """A 64x48 PNG with a text chunk before its pixels, whose chunk ``chunk`` has its CRC flipped."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "sent through a lossy mailer")
+    make_photo(path, (64, 48), pnginfo=info)
+    data = bytearray(path.read_bytes())
+    at = data.index(chunk) - 4
+    crc = at + 8 + int.from_bytes(data[at : at + 4], "big")
+    data[crc] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_png_with_a_damaged_text_chunk_is_still_its_picture(tmp_path: Path) -> None:
+    """The PNG specification lets a decoder skip an ancillary chunk whose CRC is wrong, and ffmpeg shows the
+    picture; a damaged critical chunk (the header) stays an error, as the specification has it. Reference:
+    ffmpeg's decode of the same file."""
+    path = png_with_a_damaged_chunk(tmp_path / "damaged text.png", b"tEXt")
+    decoded = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    row = hashes.hash_file(file_row(path), hashes.Settings())[0]
+    assert row["status"] == "ok", row["error"]
+    assert row["pixel_sha512"] == hashlib.sha512(b"RGB 64x48\n" + decoded).hexdigest()
+    thumbs = thumbnails.thumbnail_file(file_row(path), tmp_path, thumbnails.Settings())
+    assert [r["status"] for r in thumbs] == ["ok", "ok"]
+    broken = png_with_a_damaged_chunk(tmp_path / "damaged header.png", b"IHDR")
+    row = hashes.hash_file(file_row(broken), hashes.Settings())[0]
+    assert row["status"] == "error" and "not a decodable image" in row["error"] and row["sha512"] is not None

@@ -274,9 +274,10 @@ VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     "files": 2,  # sha256 of the bytes (issue 26: what a moved file's rows are found by)
     # 2: pixel_sha512 over canonical colours; video_sha512 over the demuxer's keyframe payloads; pHash with
     # SciPy's DCT, and both perceptual hashes from the full decode whatever hashes.pixel says (issue 19).
-    # 3: a TIFF with an Orientation tag other than 1 (Pillow's reader turned it upright, then ours did again)
+    # 3: a TIFF with an Orientation tag other than 1 (Pillow's reader turned it upright, then ours did again);
+    # a PNG with a damaged ancillary chunk is decoded without it instead of being an error
     "hashes": 3,
-    "thumbnails": 2,  # the same TIFFs: previews turned once, source_width/height upright
+    "thumbnails": 2,  # the same TIFFs: previews turned once, source_width/height upright; the same PNGs
     # 2: an f_number or exposure_time of 0 is unknown (null), as in exiftool; 3: the duration of Matroska and
     # WebM files (a clock string there) is no longer null
     "exif": 3,

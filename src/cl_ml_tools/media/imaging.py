@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,7 @@ _UNDO = {n: _TRANSPOSE[{6: 8, 8: 6}.get(n, n)] for n in _TRANSPOSE}
 # LibRaw's flip codes for the orientation of a RAW frame, as EXIF orientation values.
 _RAW_FLIP_TO_ORIENTATION = {0: 1, 3: 3, 5: 8, 6: 6}
 _SRGB = ImageCms.createProfile("sRGB")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
@@ -71,7 +73,13 @@ def open_image(path: str | os.PathLike[str], fmt: str, max_pixels: int = DEFAULT
     try:
         image = Image.open(path)
     except Image.UnidentifiedImageError as exc:
-        raise MediaError(f"not a decodable image (sniffed format: {fmt})") from exc
+        repaired = _png_without_damaged_ancillary_chunks(path) if fmt == "png" else None
+        try:
+            image = Image.open(repaired) if repaired is not None else None
+        except Image.UnidentifiedImageError:
+            image = None
+        if image is None:
+            raise MediaError(f"not a decodable image (sniffed format: {fmt})") from exc
     _check_pixels(image.size, max_pixels)
     orientation = _orientation(image)
     if image.format == "TIFF" and orientation != 1:
@@ -81,6 +89,29 @@ def open_image(path: str | os.PathLike[str], fmt: str, max_pixels: int = DEFAULT
         image.load()
         image = image.transpose(_UNDO[orientation])
     return Opened(image, orientation)
+
+
+def _png_without_damaged_ancillary_chunks(path: str | os.PathLike[str]) -> io.BytesIO | None:
+    """The PNG without its ancillary chunks whose CRC is wrong (a text or colour chunk damaged on the way);
+    None when it has none. The PNG specification lets a decoder ignore such a chunk, and libpng, browsers
+    and ffmpeg show the picture, while Pillow refuses the whole file. A damaged critical chunk stays."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    kept, pos, dropped = [_PNG_SIGNATURE], len(_PNG_SIGNATURE), False
+    while pos + 12 <= len(data):
+        end = pos + 12 + int.from_bytes(data[pos : pos + 4], "big")
+        if end > len(data):
+            break
+        ancillary = data[pos + 4] & 0x20  # bit 5 of the type's first letter: lower case
+        if ancillary and zlib.crc32(data[pos + 4 : end - 4]) != int.from_bytes(data[end - 4 : end], "big"):
+            dropped = True
+        else:
+            kept.append(data[pos:end])
+        pos = end
+    kept.append(data[pos:])
+    return io.BytesIO(b"".join(kept)) if dropped else None
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
