@@ -58,9 +58,11 @@ def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # One person named (docs/analysis.md shows the name): Grace Hopper, by her portrait's one face.
     (work / "names.yaml").write_text('Grace: ["2023 reunion/hopper.jpg#0"]\n')
     people = {"max_distance": 0.35, "names": str(work / "names.yaml")}
+    # The input is named as in the repository's config.yaml: media_id hashes the name, and docs/analysis.md
+    # shows what this run prints (ties broken by media_id included).
     write_config(
         work,
-        {"photos": "archive"},
+        {"sample": "archive"},
         hls={"enabled": False},
         people=people,
         ocr={"enabled": True},

@@ -748,6 +748,17 @@ def test_cli_fetch_failure_exits_1_with_the_message(two_models, server: Server, 
     assert "unknown model id(s) gamma; known ids: alpha, beta" in capsys.readouterr().err
 
 
+def test_cli_models_help_describes_the_command(capsys) -> None:
+    """`cl-ml-tools models --help` says what the command is for, not the CLI module's internal docstring."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["models", "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "model cache ($CL_ML_TOOLS_MODEL_CACHE, else ~/.cache/cl_ml_tools/models)" in text
+    assert "list" in text and "fetch" in text and "verify" in text
+    assert "COMMANDS" not in text and "func(args)" not in text
+
+
 def test_cli_config_overrides(two_models, tmp_path: Path, capsys) -> None:
     own = tmp_path / "alpha-mine.onnx"
     own.write_bytes(b"mine")

@@ -241,7 +241,7 @@ def test_cl_ml_tools_run_from_the_wheel_makes_the_tables_of_a_checkout_run(
     config through the installed command, from another folder, into another results folder."""
     probe = tmp_path / "probe"
     env = environment(venv, probe)
-    command = [str(venv / "bin" / "cl-ml-tools"), "run", f"photos={sample_run / 'archive'}"]
+    command = [str(venv / "bin" / "cl-ml-tools"), "run", f"sample={sample_run / 'archive'}"]
     command += [
         "--config",
         str(sample_run / "config.yaml"),
@@ -259,7 +259,7 @@ def test_cl_ml_tools_run_from_the_wheel_makes_the_tables_of_a_checkout_run(
     assert {"cl_ml_tools.pipeline", "cl_ml_tools.steps.hashes", "cl_ml_tools.steps.faces"} <= assert_inside(venv, probe)
     results = tmp_path / "out"
     used = yaml.safe_load((results / "run-config.yaml").read_text())
-    assert used["inputs"] == {"photos": str(sample_run / "archive")} and used["models"] == TEST_MODELS
+    assert used["inputs"] == {"sample": str(sample_run / "archive")} and used["models"] == TEST_MODELS
     for step in tables.TABLES:
         if not (sample_run / "results" / "tables" / f"{step}.parquet").exists():
             continue
@@ -283,7 +283,7 @@ def test_the_archive_job_of_a_server_from_the_wheel_runs_the_packaged_pipeline(
     probe = tmp_path / "probe"
     off = {"enabled": False}
     config = service_config(
-        tmp_path, tmp_path / "storage", {"photos": str(sample_run / "archive")},
+        tmp_path, tmp_path / "storage", {"sample": str(sample_run / "archive")},
         thumbnails=off, hls=off, faces=off, face_embeddings=off, quality=off, dino=off, clip=off, duplicates=off,
         people=off, events=off, report=off, plugins={"archive": {"cores": 2}},
     )  # fmt: skip

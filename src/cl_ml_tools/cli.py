@@ -130,8 +130,15 @@ def cmd_models_verify(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+MODELS_HELP = (
+    "The ML models the steps use, in the model cache ($CL_ML_TOOLS_MODEL_CACHE, else ~/.cache/cl_ml_tools/models): "
+    "list every registered model and its state there, fetch the missing ones (each checked against its pinned "
+    "sha256), verify the cached files again. Run `cl-ml-tools models ACTION --help` for an action's options."
+)
+
+
 def add_models(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    parser = commands.add_parser("models", help="list, download and verify the ML models", description=__doc__)
+    parser = commands.add_parser("models", help="list, download and verify the ML models", description=MODELS_HELP)
     sub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     p = sub.add_parser("list", parents=[common], help="every registered model and its state in the cache")
     p.set_defaults(func=cmd_models_list)
