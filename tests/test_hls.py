@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 from collections.abc import Mapping
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,26 @@ def test_video_without_audio_and_rotation(tmp_path: Path) -> None:
     # Shown upright the frame is 240 wide and 320 high, so the 240p rung is kept and rotated.
     assert [(v["width"], v["height"]) for v in row["variants"]] == [(180, 240)]
     assert "mp4a" not in row["variants"][0]["codecs"]
+    check_against_references(row, video)
+
+
+def test_non_square_pixels_are_encoded_square_at_the_display_aspect_ratio(tmp_path: Path) -> None:
+    """A 320x240 frame of pixels twice as wide as high (SAR 2:1, DAR 8:3): players show it 640x240, and so
+    must the renditions, in square pixels (ffprobe's aspect ratios of the input and of every segment)."""
+    video = tmp_path / "sar2.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=2", "-vf", "setsar=2/1", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", str(video))  # fmt: skip
+    (source,) = [s for s in ffprobe_streams(video) if s["codec_type"] == "video"]
+    assert source["sample_aspect_ratio"] == "2:1"
+    dar = Fraction(*map(int, source["display_aspect_ratio"].split(":")))
+    [row] = hls.encode(file_row(video), tmp_path / "out", hls.Settings())
+    assert [v["height"] for v in row["variants"]] == [240]
+    for v in row["variants"]:
+        assert v["width"] == round(v["height"] * dar)
+        for segment in Path(v["playlist"]).parent.glob("*.ts"):
+            (out,) = [s for s in ffprobe_streams(segment) if s["codec_type"] == "video"]
+            assert (out["width"], out["height"]) == (v["width"], v["height"])
+            assert out["sample_aspect_ratio"] == "1:1" and out["display_aspect_ratio"] == source["display_aspect_ratio"]
     check_against_references(row, video)
 
 

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import json
 import struct
+import subprocess
 import zlib
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -121,6 +124,49 @@ def test_rotated_video_is_upright(tmp_path: Path) -> None:
     rows = by_role(thumbnails.thumbnail_file(file_row(SAMPLE / "videos" / "portrait.mov"), tmp_path, SETTINGS))
     assert (rows["poster"]["source_width"], rows["poster"]["source_height"]) == (180, 320)
     assert (rows["poster"]["width"], rows["poster"]["height"]) == (180, 320)
+
+
+def ffprobe_video(path: Path) -> dict:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v", "-show_streams", "-of", "json", str(path)],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    return json.loads(out)["streams"][0]
+
+
+def ratio(text: str) -> Fraction:
+    num, den = text.split(":")
+    return Fraction(int(num), int(den))
+
+
+@pytest.mark.parametrize("rotation", [0, 90])
+def test_video_with_non_square_pixels_is_shown_at_its_display_aspect_ratio(tmp_path: Path, rotation: int) -> None:
+    """Pixels twice as wide as high (SAR 2:1): players show the 320x240 frame 640 wide. ffprobe's display and
+    sample aspect ratios of the input and of every written image are the reference."""
+    video = tmp_path / "sar2.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=2", "-vf", "setsar=2/1", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", str(video))  # fmt: skip
+    if rotation:
+        subprocess.run(["exiftool", "-q", "-overwrite_original", f"-Rotation={rotation}", str(video)], check=True)
+    source = ffprobe_video(video)
+    assert ratio(source["sample_aspect_ratio"]) == 2
+    dar = ratio(source["display_aspect_ratio"])  # of the stored orientation
+    displayed = (round(source["height"] * dar), source["height"])
+    if rotation:
+        dar, displayed = 1 / dar, displayed[::-1]
+    rows = thumbnails.thumbnail_file(file_row(video), tmp_path, SETTINGS)
+    for r in rows:
+        assert (r["source_width"], r["source_height"]) == displayed
+        written = ffprobe_video(Path(r["file"]))
+        assert ratio(written.get("sample_aspect_ratio", "1:1")) in (0, 1)
+        assert (written["width"], written["height"]) == (r["width"], r["height"])
+        if r["role"] == "sheet":
+            continue  # a grid of tiles: its tiles are checked below
+        assert r["width"] / r["height"] == pytest.approx(dar, rel=0.02), r["role"]
+    sheet = by_role(rows)["sheet"]
+    tile_w = SETTINGS.thumb_size
+    tile_h = sheet["height"]  # 2 s at -g 250: one keyframe, one row of tiles
+    assert tile_w / tile_h == pytest.approx(dar, rel=0.02)
 
 
 def test_video_errors(tmp_path: Path) -> None:

@@ -278,9 +278,11 @@ VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     "exif": 2,  # an f_number or exposure_time of 0 is unknown (null), as in exiftool
     "faces": 2,  # sharpness is the unclipped Laplacian variance; crops aligned as InsightFace's norm_crop
     "face_embeddings": 2,  # embeddings of those crops
-    # BANDWIDTH is the measured peak segment bit rate, AVERAGE-BANDWIDTH added; x264's slice threads (the same
-    # bytes on every run)
-    "hls": 3,
+    # 3: BANDWIDTH is the measured peak segment bit rate, AVERAGE-BANDWIDTH added; x264's slice threads (the same
+    # bytes on every run). 4: non-square pixels encoded square at the display aspect ratio
+    "hls": 4,
+    # videos: non-square pixels shown at the display aspect ratio (source_width is the displayed width)
+    "thumbnails": 2,
     "dino": 2,  # a preview decoded at reduced JPEG scale is resized with the full decode's geometry
     "clip": 2,  # the same
     "people": 2,  # the name column: persons named by people.names

@@ -11,6 +11,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +49,15 @@ class VideoInfo:
     has_audio: bool
     audio_codec: str | None
     streams: list[dict[str, Any]] = field(default_factory=list)
+    sar: Fraction = Fraction(1)  # the sample (pixel) aspect ratio, in the stored orientation
 
     @property
     def oriented_size(self) -> tuple[int, int]:
+        """The size as players show it: the stored width times the sample aspect ratio, then rotated."""
+        width = max(1, round(self.width * self.sar))
         if abs(self.rotation) % 180 == 90:
-            return self.height, self.width
-        return self.width, self.height
+            return self.height, width
+        return width, self.height
 
 
 def probe(path: str | os.PathLike[str]) -> VideoInfo:
@@ -82,6 +86,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         has_audio=bool(audio),
         audio_codec=audio[0].get("codec_name") if audio else None,
         streams=streams,
+        sar=_sar(v),
     )
 
 
@@ -98,6 +103,14 @@ def _duration(fmt: dict[str, Any], stream: dict[str, Any]) -> float | None:
         if math.isfinite(d) and d > 0:
             return d
     return None
+
+
+def _sar(stream: dict[str, Any]) -> Fraction:
+    """ffprobe's ``sample_aspect_ratio`` ("2:1"); "0:1" or none means square pixels, as ffmpeg reads it."""
+    num, _, den = str(stream.get("sample_aspect_ratio", "")).partition(":")
+    if num.isdigit() and den.isdigit() and int(num) and int(den):
+        return Fraction(int(num), int(den))
+    return Fraction(1)
 
 
 def _rotation(stream: dict[str, Any]) -> int:
@@ -188,10 +201,10 @@ def read_keyframes(path: str | os.PathLike[str], consume: Callable[[bytes], obje
 
 
 def fit_filter(box: int) -> str:
-    """An ffmpeg scale filter fitting the (already rotated) frame inside box×box, never upscaling."""
-    return (
-        f"scale=w='min({box},iw)':h='min({box},ih)':force_original_aspect_ratio=decrease:force_divisible_by=2,setsar=1"
-    )
+    """An ffmpeg scale filter fitting the (already rotated) frame, as displayed, inside box×box in square pixels,
+    never upscaling its height. ``dar`` is ffmpeg's display aspect ratio, iw × sar / ih: the height is the
+    smallest of the stored one and the box's for either side, the width follows from it, both even."""
+    return f"scale=w='2*trunc(oh*dar/2+0.5)':h='2*trunc(min(ih,min({box},{box}/dar))/2)',setsar=1"
 
 
 def extract_frames(path: str | os.PathLike[str], times: list[float], box: int, out_dir: Path) -> list[Path | None]:
@@ -220,7 +233,8 @@ def contact_sheet(path: str | os.PathLike[str], n_keyframes: int, tile_width: in
     picks = sorted({int(i * step) for i in range(min(cells, n_keyframes))})
     select = "+".join(f"eq(n\\,{n})" for n in picks)
     rows = -(-len(picks) // grid)  # a short video gets a shorter sheet, not rows of black
-    vf = f"select='{select}',scale={tile_width}:-2,setsar=1,tile={grid}x{rows}"
+    # The tiles' height follows the displayed aspect ratio (dar: width × sample aspect ratio over height).
+    vf = f"select='{select}',scale={tile_width}:'2*trunc(ow/dar/2+0.5)',setsar=1,tile={grid}x{rows}"
     proc = run_tool(
         [
             FFMPEG, "-nostdin", "-v", "error", "-y", "-skip_frame", "nokey", "-i", os.fspath(path),

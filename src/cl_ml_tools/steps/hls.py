@@ -62,7 +62,9 @@ def plan_ladder(ladder: Sequence[Rung], source_height: int) -> list[Rung]:
 def ffmpeg_args(src: str, out_dir: Path, rungs: Sequence[Rung], has_audio: bool, settings: Settings) -> list[str]:
     n = len(rungs)
     split = f"[0:v:0]split={n}" + "".join(f"[s{i}]" for i in range(n))
-    scales = [f"[s{i}]scale=-2:{r.height},setsar=1[v{i}]" for i, r in enumerate(rungs)]
+    # Square pixels at the displayed aspect ratio (dar: stored width × sample aspect ratio over height), as
+    # players show the source; ``-2`` would keep the stored width's proportion and squash non-square pixels.
+    scales = [f"[s{i}]scale='2*trunc(oh*dar/2+0.5)':{r.height},setsar=1[v{i}]" for i, r in enumerate(rungs)]
     # The settings' threads go to decoding (before -i) and to the scale filters; the encoders' threads are
     # fixed below, so that the bytes do not depend on them.
     threads = str(settings.threads)
