@@ -10,7 +10,7 @@ from typing import Any
 
 import m3u8
 import pytest
-from conftest import ffmpeg, file_row, make_audio_only, make_video
+from conftest import ffmpeg, file_row, make_audio_only, make_still_first, make_video
 
 from cl_ml_tools.steps import hls
 
@@ -199,6 +199,17 @@ def test_non_square_pixels_are_encoded_square_at_the_display_aspect_ratio(tmp_pa
             assert (out["width"], out["height"]) == (v["width"], v["height"])
             assert out["sample_aspect_ratio"] == "1:1" and out["display_aspect_ratio"] == source["display_aspect_ratio"]
     check_against_references(row, video)
+
+
+def test_a_still_ahead_of_the_film_is_not_the_video(tmp_path: Path) -> None:
+    """The first video stream is a one-frame still, the second a 3 s film: the renditions are the film's, its
+    duration and size as ffprobe reads the film's own file."""
+    mkv, film = make_still_first(tmp_path / "still_first.mkv")
+    (reference,) = ffprobe_streams(film)
+    [row] = hls.encode(file_row(mkv), tmp_path / "out", hls.Settings())
+    assert row["duration_s"] == pytest.approx(float(reference["duration"]), abs=0.1)
+    assert [(v["width"], v["height"]) for v in row["variants"]] == [(reference["width"], reference["height"])]
+    check_against_references(row, film)
 
 
 def test_shard_turns_failures_into_rows(tmp_path: Path) -> None:

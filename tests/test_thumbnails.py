@@ -8,7 +8,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE, ffmpeg, file_row, make_audio_only, make_dng, make_photo, make_video
+from conftest import SAMPLE, ffmpeg, file_row, make_audio_only, make_dng, make_photo, make_still_first, make_video
 from PIL import Image
 
 from cl_ml_tools.media import imaging
@@ -167,6 +167,22 @@ def test_video_with_non_square_pixels_is_shown_at_its_display_aspect_ratio(tmp_p
     tile_w = SETTINGS.thumb_size
     tile_h = sheet["height"]  # 2 s at -g 250: one keyframe, one row of tiles
     assert tile_w / tile_h == pytest.approx(dar, rel=0.02)
+
+
+def test_a_still_ahead_of_the_film_is_not_the_video(tmp_path: Path) -> None:
+    """The first video stream is a 640x480 red still, the second a 3 s 320x240 film: the rows describe the film
+    (its size and duration as ffprobe reads the film's own file) and no image written is the red still."""
+    mkv, film = make_still_first(tmp_path / "still_first.mkv")
+    reference = ffprobe_video(film)
+    duration = float(reference["duration"])
+    rows = thumbnails.thumbnail_file(file_row(mkv), tmp_path, SETTINGS)
+    previews = [r for r in rows if r["role"] == "preview"]
+    assert [r["timestamp_s"] for r in previews] == pytest.approx([duration * i / 8 for i in range(8)], abs=0.05)
+    for r in rows:
+        assert (r["source_width"], r["source_height"]) == (reference["width"], reference["height"])
+        with Image.open(r["file"]) as im:
+            red, green, blue = (sum(band.getdata()) / (im.width * im.height) for band in im.convert("RGB").split())
+            assert not (red > 200 and green < 60 and blue < 60), r["role"]
 
 
 def test_video_errors(tmp_path: Path) -> None:

@@ -272,16 +272,20 @@ TABLES = tuple(SCHEMAS)
 # Parts written before versions were recorded count as version 1.
 VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     "files": 2,  # sha256 of the bytes (issue 26: what a moved file's rows are found by)
-    # pixel_sha512 over canonical colours; video_sha512 over the demuxer's keyframe payloads; pHash with SciPy's
-    # DCT, and both perceptual hashes from the full decode whatever hashes.pixel says (issue 19)
-    "hashes": 2,
+    # 2: pixel_sha512 over canonical colours; video_sha512 over the demuxer's keyframe payloads; pHash with SciPy's
+    # DCT, and both perceptual hashes from the full decode whatever hashes.pixel says (issue 19). 3: video_sha512
+    # and video_keyframes of the main video stream, not the first (a still ahead of the film); the same for files
+    # with one video stream
+    "hashes": 3,
     "exif": 2,  # an f_number or exposure_time of 0 is unknown (null), as in exiftool
     "faces": 2,  # sharpness is the unclipped Laplacian variance; crops aligned as InsightFace's norm_crop
     "face_embeddings": 2,  # embeddings of those crops
     # 3: BANDWIDTH is the measured peak segment bit rate, AVERAGE-BANDWIDTH added; x264's slice threads (the same
-    # bytes on every run). 4: non-square pixels encoded square at the display aspect ratio
+    # bytes on every run). 4: non-square pixels encoded square at the display aspect ratio; the main video
+    # stream, not the first (a still ahead of the film)
     "hls": 4,
-    # videos: non-square pixels shown at the display aspect ratio (source_width is the displayed width)
+    # videos: non-square pixels shown at the display aspect ratio (source_width is the displayed width); the main
+    # video stream, not the first (a still ahead of the film)
     "thumbnails": 2,
     "dino": 2,  # a preview decoded at reduced JPEG scale is resized with the full decode's geometry
     "clip": 2,  # the same

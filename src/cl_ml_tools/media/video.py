@@ -41,6 +41,7 @@ def _last_lines(stderr: bytes, path: str | os.PathLike[str] | None = None, n: in
 
 @dataclass
 class VideoInfo:
+    index: int  # the main video stream's (see ``main_video``) index among all the file's streams
     duration: float | None
     width: int
     height: int
@@ -76,8 +77,9 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
     if not video:
         kinds = ", ".join(sorted({s.get("codec_type", "?") for s in streams})) or "none"
         raise MediaError(f"no video stream (streams found: {kinds})")
-    v = video[0]
+    v = main_video(video)
     return VideoInfo(
+        index=int(v["index"]),
         duration=_duration(data.get("format", {}), v),
         width=int(v.get("width") or 0),
         height=int(v.get("height") or 0),
@@ -94,15 +96,39 @@ def _is_attached_picture(stream: dict[str, Any]) -> bool:
     return bool(stream.get("disposition", {}).get("attached_pic"))
 
 
+def main_video(video: list[dict[str, Any]]) -> dict[str, Any]:
+    """The video stream that is the file's picture, among streams that are not attached pictures: the longest
+    (in whole seconds, so that a proxy a frame longer does not win), then the largest, then the default one, as
+    ffmpeg's own choice prefers large and default streams. A still (a one-frame MJPEG ahead of the film in a
+    Matroska file) is not the first stream's by being first."""
+    return max(video, key=lambda s: (round(_stream_seconds(s) or 0.0),
+                                     int(s.get("width") or 0) * int(s.get("height") or 0),
+                                     s.get("disposition", {}).get("default", 0), -int(s["index"])))  # fmt: skip
+
+
+def _stream_seconds(stream: dict[str, Any]) -> float | None:
+    """A stream's duration: ffprobe's, or Matroska's DURATION tag ("00:00:03.000000000"), which it leaves as a tag."""
+    d = _seconds(stream.get("duration"))
+    if d is not None:
+        return d
+    h, _, rest = str(stream.get("tags", {}).get("DURATION", "")).partition(":")
+    m, _, sec = rest.partition(":")
+    try:
+        return _seconds(int(h) * 3600 + int(m) * 60 + float(sec))
+    except ValueError:
+        return None
+
+
+def _seconds(value: Any) -> float | None:
+    try:
+        d = float(value)
+    except (TypeError, ValueError):
+        return None
+    return d if math.isfinite(d) and d > 0 else None
+
+
 def _duration(fmt: dict[str, Any], stream: dict[str, Any]) -> float | None:
-    for value in (stream.get("duration"), fmt.get("duration")):
-        try:
-            d = float(value)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(d) and d > 0:
-            return d
-    return None
+    return _stream_seconds(stream) or _seconds(fmt.get("duration"))
 
 
 def _sar(stream: dict[str, Any]) -> Fraction:
@@ -121,9 +147,6 @@ def _rotation(stream: dict[str, Any]) -> int:
     return int(rotate) if rotate and rotate.lstrip("-").isdigit() else 0
 
 
-# The first video stream that is a moving picture: ffmpeg's "V" leaves out cover art and other still images.
-FIRST_VIDEO = "V:0"
-
 # Bitstream filters that give H.264 and HEVC one byte form whatever container held them. MP4, MOV and Matroska
 # store NAL units with length prefixes and the parameter sets in the header; MPEG-TS stores them in Annex B with
 # the parameter sets in-band, and its muxer adds an access unit delimiter (NAL type 9 / 35) to every packet.
@@ -135,11 +158,11 @@ CANONICAL_BSF = {
 CHUNK = 1 << 20
 
 
-def keyframe_count(path: str | os.PathLike[str]) -> int:
-    """How many key packets the first video stream has, as its demuxer flags them."""
+def keyframe_count(path: str | os.PathLike[str], index: int) -> int:
+    """How many key packets the video stream ``index`` has, as its demuxer flags them."""
     proc = run_tool(
         [
-            FFPROBE, "-v", "error", "-select_streams", FIRST_VIDEO, "-show_entries", "packet=flags",
+            FFPROBE, "-v", "error", "-select_streams", str(index), "-show_entries", "packet=flags",
             "-of", "csv=p=0", "--", os.fspath(path),
         ]
     )  # fmt: skip
@@ -157,15 +180,15 @@ def keyframe_count(path: str | os.PathLike[str]) -> int:
 
 
 def read_keyframes(path: str | os.PathLike[str], consume: Callable[[bytes], object]) -> int:
-    """Pass the payloads of the first video stream's key packets, in stream order and as the demuxer returns
+    """Pass the payloads of the main video stream's key packets, in stream order and as the demuxer returns
     them (H.264/HEVC made canonical by ``CANONICAL_BSF``), to ``consume`` in chunks; returns how many packets.
 
     One ffmpeg process copies the stream twice: the payloads, concatenated, to a pipe, and a line per packet
     (``framecrc``: size and Adler-32) to a file, which gives the count and proves the pipe carried every byte.
     """
-    codec = probe(path).codec
-    bsf = ",".join(["noise=drop=not(key)", *([CANONICAL_BSF[codec]] if codec in CANONICAL_BSF else [])])
-    copy = ["-map", f"0:{FIRST_VIDEO}", "-c", "copy", "-bsf:v", bsf]
+    info = probe(path)
+    bsf = ",".join(["noise=drop=not(key)", *([CANONICAL_BSF[info.codec]] if info.codec in CANONICAL_BSF else [])])
+    copy = ["-map", f"0:{info.index}", "-c", "copy", "-bsf:v", bsf]
     with tempfile.TemporaryDirectory(prefix="cl_ml_tools_keyframes_") as tmp:
         listing, errors = Path(tmp) / "packets.txt", Path(tmp) / "stderr.txt"
         args = [FFMPEG, "-nostdin", "-v", "error", "-i", os.fspath(path), *copy, "-f", "data", "pipe:1"]
@@ -207,8 +230,10 @@ def fit_filter(box: int) -> str:
     return f"scale=w='2*trunc(oh*dar/2+0.5)':h='2*trunc(min(ih,min({box},{box}/dar))/2)',setsar=1"
 
 
-def extract_frames(path: str | os.PathLike[str], times: list[float], box: int, out_dir: Path) -> list[Path | None]:
-    """Decode one frame at each time (seconds) in a single ffmpeg process, scaled to fit ``box``.
+def extract_frames(
+    path: str | os.PathLike[str], index: int, times: list[float], box: int, out_dir: Path
+) -> list[Path | None]:
+    """Decode one frame of stream ``index`` at each time (seconds) in a single ffmpeg process, scaled to fit ``box``.
 
     Each time gets its own input with an input-side seek, so only the stretch from the preceding keyframe
     is decoded. Returns one BMP path per time, or None where the stream had no frame there.
@@ -218,7 +243,7 @@ def extract_frames(path: str | os.PathLike[str], times: list[float], box: int, o
         args += ["-ss", f"{t:.3f}", "-i", os.fspath(path)]
     outputs = [out_dir / f"frame{i:03d}.bmp" for i in range(len(times))]
     for i, out in enumerate(outputs):
-        args += ["-map", f"{i}:v:0", "-frames:v", "1", "-vf", fit_filter(box), "-pix_fmt", "bgr24", os.fspath(out)]
+        args += ["-map", f"{i}:{index}", "-frames:v", "1", "-vf", fit_filter(box), "-pix_fmt", "bgr24", os.fspath(out)]
     proc = run_tool(args)
     found = [out if out.exists() and out.stat().st_size > 0 else None for out in outputs]
     if not any(found):
@@ -226,8 +251,11 @@ def extract_frames(path: str | os.PathLike[str], times: list[float], box: int, o
     return found
 
 
-def contact_sheet(path: str | os.PathLike[str], n_keyframes: int, tile_width: int, grid: int, out: Path) -> Path:
-    """A grid×grid sheet of evenly spaced keyframes, decoding keyframes only (``-skip_frame nokey``)."""
+def contact_sheet(
+    path: str | os.PathLike[str], index: int, n_keyframes: int, tile_width: int, grid: int, out: Path
+) -> Path:
+    """A grid×grid sheet of evenly spaced keyframes of stream ``index``, decoding keyframes only
+    (``-skip_frame nokey``)."""
     cells = grid * grid
     step = max(1, n_keyframes / cells)
     picks = sorted({int(i * step) for i in range(min(cells, n_keyframes))})
@@ -238,7 +266,7 @@ def contact_sheet(path: str | os.PathLike[str], n_keyframes: int, tile_width: in
     proc = run_tool(
         [
             FFMPEG, "-nostdin", "-v", "error", "-y", "-skip_frame", "nokey", "-i", os.fspath(path),
-            "-vf", vf, "-frames:v", "1", "-fps_mode", "vfr", "-pix_fmt", "bgr24", os.fspath(out),
+            "-map", f"0:{index}", "-vf", vf, "-frames:v", "1", "-fps_mode", "vfr", "-pix_fmt", "bgr24", os.fspath(out),
         ]
     )  # fmt: skip
     if proc.returncode != 0 or not out.exists():

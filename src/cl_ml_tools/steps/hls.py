@@ -59,9 +59,10 @@ def plan_ladder(ladder: Sequence[Rung], source_height: int) -> list[Rung]:
     return [Rung(height, lowest.video_kbps, lowest.audio_kbps)]
 
 
-def ffmpeg_args(src: str, out_dir: Path, rungs: Sequence[Rung], has_audio: bool, settings: Settings) -> list[str]:
+def ffmpeg_args(src: str, out_dir: Path, rungs: Sequence[Rung], info: video.VideoInfo, settings: Settings) -> list[str]:
     n = len(rungs)
-    split = f"[0:v:0]split={n}" + "".join(f"[s{i}]" for i in range(n))
+    has_audio = info.has_audio
+    split = f"[0:{info.index}]split={n}" + "".join(f"[s{i}]" for i in range(n))
     # Square pixels at the displayed aspect ratio (dar: stored width × sample aspect ratio over height), as
     # players show the source; ``-2`` would keep the stored width's proportion and squash non-square pixels.
     scales = [f"[s{i}]scale='2*trunc(oh*dar/2+0.5)':{r.height},setsar=1[v{i}]" for i, r in enumerate(rungs)]
@@ -198,7 +199,7 @@ def encode(file_row: Mapping[str, Any], out_root: Path, settings: Settings) -> l
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        proc = video.run_tool(ffmpeg_args(path, work, rungs, info.has_audio, settings))
+        proc = video.run_tool(ffmpeg_args(path, work, rungs, info, settings))
         if proc.returncode != 0 or not (work / "master.m3u8").exists():
             raise MediaError(f"ffmpeg HLS encode failed: {proc.stderr.decode('utf-8', 'replace').strip()[-400:]}")
         variants = parse_master(work / "master.m3u8")

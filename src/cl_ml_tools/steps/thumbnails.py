@@ -99,7 +99,7 @@ def video_thumbnails(file_row: Mapping[str, Any], out_dir: Path, settings: Setti
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="cl_ml_tools_frames_") as tmp:
         tmp_dir = Path(tmp)
-        frames = video.extract_frames(path, times, settings.preview_size, tmp_dir)
+        frames = video.extract_frames(path, info.index, times, settings.preview_size, tmp_dir)
         previews: list[tuple[float, Image.Image]] = []
         for index, (t, frame) in enumerate(zip(times, frames, strict=True)):
             if frame is None:
@@ -114,9 +114,9 @@ def video_thumbnails(file_row: Mapping[str, Any], out_dir: Path, settings: Setti
             target = stem.with_name(f"{stem.name}.{role}{settings.extension}")
             save(image, target, settings)
             rows.append(_row(file_row, role, target, image, source, timestamp_s=poster_t))
-        n_keyframes = video.keyframe_count(path)
+        n_keyframes = video.keyframe_count(path, info.index)
         sheet_bmp = video.contact_sheet(
-            path, n_keyframes, settings.thumb_size, settings.sheet_grid, tmp_dir / "sheet.bmp"
+            path, info.index, n_keyframes, settings.thumb_size, settings.sheet_grid, tmp_dir / "sheet.bmp"
         )
         sheet = Image.open(sheet_bmp).convert("RGB")
         target = stem.with_name(f"{stem.name}.sheet{settings.extension}")
@@ -138,7 +138,7 @@ def _choose_poster(
     if times:
         candidates_dir = tmp / "poster"
         candidates_dir.mkdir()
-        for t, frame in zip(times, video.extract_frames(path, times, settings.preview_size, candidates_dir),
+        for t, frame in zip(times, video.extract_frames(path, info.index, times, settings.preview_size, candidates_dir),
                             strict=True):  # fmt: skip
             if frame is not None:
                 image = Image.open(frame).convert("RGB")
