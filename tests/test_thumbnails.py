@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SAMPLE, ffmpeg, file_row, make_audio_only, make_dng, make_photo, make_still_first, make_video
-from PIL import Image
+from PIL import Image, ImageStat
 
 from cl_ml_tools.media import imaging
 from cl_ml_tools.steps import thumbnails
@@ -181,8 +181,51 @@ def test_a_still_ahead_of_the_film_is_not_the_video(tmp_path: Path) -> None:
     for r in rows:
         assert (r["source_width"], r["source_height"]) == (reference["width"], reference["height"])
         with Image.open(r["file"]) as im:
-            red, green, blue = (sum(band.getdata()) / (im.width * im.height) for band in im.convert("RGB").split())
+            red, green, blue = ImageStat.Stat(im.convert("RGB")).mean
             assert not (red > 200 and green < 60 and blue < 60), r["role"]
+
+
+def shown_frames(video: Path, tmp: Path) -> list[tuple[float, float]]:
+    """Every frame of the video: its presentation time as ffprobe's ``-show_frames`` lists it, and its mean
+    grey level as ffmpeg decodes it (one PNG per frame, none dropped or repeated)."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v", "-show_frames", "-show_entries", "frame=pts_time",
+         "-of", "json", str(video)],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    pts = [float(f["pts_time"]) for f in json.loads(out)["frames"]]
+    ffmpeg("-i", str(video), "-fps_mode", "passthrough", str(tmp / "f%03d.png"))
+    greys = []
+    for i in range(len(pts)):
+        with Image.open(tmp / f"f{i + 1:03d}.png") as im:
+            greys.append(ImageStat.Stat(im.convert("L")).mean[0])
+    return list(zip(pts, greys, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("name", "frames"),
+    [
+        ("short", "color=black:s=64x48:r=25:d=0.12,format=yuv420p,geq=lum='20+40*N':cb=128:cr=128"),  # 3 frames
+        # 6 frames 0.08 to 0.9 s apart (N² × 0.1 s, on the 1/25 s grid)
+        ("sparse", "color=black:s=64x48:r=25:d=0.24,format=yuv420p,geq=lum='20+40*N':cb=128:cr=128,"
+                   "setpts='N*N*0.1/TB'"),
+    ],
+)  # fmt: skip
+def test_each_preview_is_the_frame_on_screen_at_its_time(tmp_path: Path, name: str, frames: str) -> None:
+    """Frames of distinct grey levels: the preview at time t is the frame shown at t, the last one whose
+    presentation time (ffprobe) is at or before t, and a clip shorter than K frames still gets K previews."""
+    video = tmp_path / f"{name}.mp4"
+    ffmpeg("-f", "lavfi", "-i", frames, "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(video))
+    reference = shown_frames(video, tmp_path)
+    rows = thumbnails.thumbnail_file(file_row(video), tmp_path, SETTINGS)
+    previews = [r for r in rows if r["role"] == "preview"]
+    assert [r["frame_index"] for r in previews] == list(range(SETTINGS.video_frames))
+    for r in previews:
+        shown = max(i for i, (pts, _) in enumerate(reference) if pts <= r["timestamp_s"] + 1e-6)
+        with Image.open(r["file"]) as im:
+            level = ImageStat.Stat(im.convert("L")).mean[0]
+        nearest = min(range(len(reference)), key=lambda i: abs(reference[i][1] - level))
+        assert (nearest, level) == (shown, pytest.approx(reference[shown][1], abs=6)), r["timestamp_s"]
 
 
 def test_video_errors(tmp_path: Path) -> None:

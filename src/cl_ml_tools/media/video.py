@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -9,7 +10,7 @@ import re
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -51,6 +52,7 @@ class VideoInfo:
     audio_codec: str | None
     streams: list[dict[str, Any]] = field(default_factory=list)
     sar: Fraction = Fraction(1)  # the sample (pixel) aspect ratio, in the stored orientation
+    start: float = 0.0  # the file's start time (ffprobe's format start_time), which input-side seeks count from
 
     @property
     def oriented_size(self) -> tuple[int, int]:
@@ -89,6 +91,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         audio_codec=audio[0].get("codec_name") if audio else None,
         streams=streams,
         sar=_sar(v),
+        start=_start(data.get("format", {})),
     )
 
 
@@ -131,6 +134,14 @@ def _duration(fmt: dict[str, Any], stream: dict[str, Any]) -> float | None:
     return _stream_seconds(stream) or _seconds(fmt.get("duration"))
 
 
+def _start(fmt: dict[str, Any]) -> float:
+    try:
+        start = float(fmt.get("start_time"))
+    except (TypeError, ValueError):
+        return 0.0
+    return start if math.isfinite(start) else 0.0
+
+
 def _sar(stream: dict[str, Any]) -> Fraction:
     """ffprobe's ``sample_aspect_ratio`` ("2:1"); "0:1" or none means square pixels, as ffmpeg reads it."""
     num, _, den = str(stream.get("sample_aspect_ratio", "")).partition(":")
@@ -158,11 +169,18 @@ CANONICAL_BSF = {
 CHUNK = 1 << 20
 
 
-def keyframe_count(path: str | os.PathLike[str], index: int) -> int:
-    """How many key packets the video stream ``index`` has, as its demuxer flags them."""
+@dataclass
+class Packets:
+    keyframes: int  # key packets, as the demuxer flags them
+    times: list[float]  # presentation times (seconds) of the frames, sorted: those of the packets ffmpeg shows
+
+
+def list_packets(path: str | os.PathLike[str], index: int) -> Packets:
+    """The key packet count and the frames' presentation times of the video stream ``index``, from one listing
+    of its packets by the demuxer (nothing is decoded)."""
     proc = run_tool(
         [
-            FFPROBE, "-v", "error", "-select_streams", str(index), "-show_entries", "packet=flags",
+            FFPROBE, "-v", "error", "-select_streams", str(index), "-show_entries", "packet=pts_time,flags",
             "-of", "csv=p=0", "--", os.fspath(path),
         ]
     )  # fmt: skip
@@ -172,11 +190,18 @@ def keyframe_count(path: str | os.PathLike[str], index: int) -> int:
         # ffprobe stops listing at the first unreadable byte ("partial file"): a count of what it managed to
         # list would silently describe only part of the video.
         raise MediaError(f"video is damaged or truncated: {_last_lines(proc.stderr, path)}")
-    count = sum("K" in line for line in proc.stdout.decode("ascii", "replace").splitlines())
+    count, times = 0, []
+    for line in proc.stdout.decode("ascii", "replace").splitlines():
+        pts, _, flags = line.rpartition(",")
+        count += "K" in flags
+        # "D": a packet decoded only to reach the frames after it (cut by an edit list), never shown; "N/A": a
+        # packet without a presentation time.
+        if "D" not in flags and pts != "N/A":
+            times.append(float(pts))
     if not count:
         probe(path)  # says "no video stream" when that is the reason
         raise MediaError("video stream has no keyframe packets")
-    return count
+    return Packets(count, sorted(times))
 
 
 def read_keyframes(path: str | os.PathLike[str], consume: Callable[[bytes], object]) -> int:
@@ -230,20 +255,50 @@ def fit_filter(box: int) -> str:
     return f"scale=w='2*trunc(oh*dar/2+0.5)':h='2*trunc(min(ih,min({box},{box}/dar))/2)',setsar=1"
 
 
+def seek_positions(times: Sequence[float], frames: Sequence[float], start: float) -> list[float]:
+    """For each time (seconds from the file's start), an input-side seek position whose first frame, the first at
+    or after it, is the frame on screen at that time: the last one shown at or before it (pts <= t < next pts).
+    A seek to the time itself would give the next frame instead, late by up to a frame's duration, and none at
+    all past the last frame's start. The position lies midway between that frame and the one before, so the
+    microsecond rounding of ffprobe's times does not matter. Without frame times, the time itself."""
+    positions = []
+    for t in times:
+        shown = bisect.bisect_right(frames, start + t + 1e-6) - 1
+        if not frames:
+            positions.append(t)
+        elif shown <= 0:
+            positions.append(0.0)
+        else:
+            positions.append(max(0.0, (frames[shown - 1] + frames[shown]) / 2 - start))
+    return positions
+
+
 def extract_frames(
-    path: str | os.PathLike[str], index: int, times: list[float], box: int, out_dir: Path
-) -> list[Path | None]:
-    """Decode one frame of stream ``index`` at each time (seconds) in a single ffmpeg process, scaled to fit ``box``.
+    path: str | os.PathLike[str], info: VideoInfo, frames: Sequence[float], times: list[float], box: int,
+    out_dir: Path,
+) -> list[Path | None]:  # fmt: skip
+    """Decode the frame on screen at each time (seconds; ``frames``: the stream's frame times, see
+    ``seek_positions``) in a single ffmpeg process, scaled to fit ``box``.
 
     Each time gets its own input with an input-side seek, so only the stretch from the preceding keyframe
     is decoded. Returns one BMP path per time, or None where the stream had no frame there.
     """
     args = [FFMPEG, "-nostdin", "-v", "error", "-y"]
-    for t in times:
-        args += ["-ss", f"{t:.3f}", "-i", os.fspath(path)]
+    for position in seek_positions(times, frames, info.start):
+        args += ["-ss", f"{position:.6f}", "-i", os.fspath(path)]
     outputs = [out_dir / f"frame{i:03d}.bmp" for i in range(len(times))]
     for i, out in enumerate(outputs):
-        args += ["-map", f"{i}:{index}", "-frames:v", "1", "-vf", fit_filter(box), "-pix_fmt", "bgr24", os.fspath(out)]
+        args += [
+            "-map",
+            f"{i}:{info.index}",
+            "-frames:v",
+            "1",
+            "-vf",
+            fit_filter(box),
+            "-pix_fmt",
+            "bgr24",
+            os.fspath(out),
+        ]
     proc = run_tool(args)
     found = [out if out.exists() and out.stat().st_size > 0 else None for out in outputs]
     if not any(found):
