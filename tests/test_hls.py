@@ -212,6 +212,30 @@ def test_a_still_ahead_of_the_film_is_not_the_video(tmp_path: Path) -> None:
     check_against_references(row, film)
 
 
+def test_audio_longer_than_the_video_is_kept_in_segments_of_the_target_duration(tmp_path: Path) -> None:
+    """2 s of video and 6 s of audio: every second of the audio is in the renditions, in segments no longer
+    than the target duration whose EXTINF is what ffprobe measures in each (RFC 8216 §4.3.3.1, §4.3.2.1)."""
+    video = tmp_path / "longaudio.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=2", "-f", "lavfi", "-i", "sine=frequency=330:duration=6",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(video))  # fmt: skip
+    (audio,) = [s for s in ffprobe_streams(video) if s["codec_type"] == "audio"]
+    assert float(audio["duration"]) == pytest.approx(6, abs=0.05)
+    [row] = hls.encode(file_row(video), tmp_path / "out", hls.Settings(segment_s=2))
+    check_against_references(row, video)
+    for v in row["variants"]:
+        media = m3u8.load(v["playlist"])
+        for segment in media.segments:
+            measured = ffprobe_duration(Path(v["playlist"]).parent / segment.uri)
+            assert round(measured) <= media.target_duration and segment.duration == pytest.approx(measured, abs=0.1)
+        segment_audio = [
+            s
+            for s in ffprobe_streams(Path(v["playlist"]).parent / media.segments[-1].uri)
+            if s["codec_type"] == "audio"
+        ]
+        assert segment_audio, "the last segment carries the end of the audio"
+    assert row["duration_s"] == pytest.approx(float(audio["duration"]), abs=0.1)
+
+
 def test_shard_turns_failures_into_rows(tmp_path: Path) -> None:
     audio = make_audio_only(tmp_path / "sound.mp4")
     junk = tmp_path / "junk.mov"

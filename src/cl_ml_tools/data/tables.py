@@ -282,10 +282,11 @@ VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     "face_embeddings": 2,  # embeddings of those crops
     # 3: BANDWIDTH is the measured peak segment bit rate, AVERAGE-BANDWIDTH added; x264's slice threads (the same
     # bytes on every run). 4: non-square pixels encoded square at the display aspect ratio; the main video
-    # stream, not the first (a still ahead of the film)
+    # stream, not the first (a still ahead of the film); the last frame held while the audio runs on (segments
+    # of the target duration, EXTINF their length)
     "hls": 4,
     # videos: non-square pixels shown at the display aspect ratio (source_width is the displayed width); the main
-    # video stream, not the first (a still ahead of the film)
+    # video stream, not the first (a still ahead of the film); each preview the frame on screen at its time
     "thumbnails": 2,
     "dino": 2,  # a preview decoded at reduced JPEG scale is resized with the full decode's geometry
     "clip": 2,  # the same

@@ -55,6 +55,17 @@ class VideoInfo:
     start: float = 0.0  # the file's start time (ffprobe's format start_time), which input-side seeks count from
 
     @property
+    def audio_overhang(self) -> float:
+        """Seconds by which the first audio stream (the one HLS keeps) ends after the main video stream; 0 when
+        it ends first or either length is unknown."""
+        video_end = _end(next(s for s in self.streams if s.get("index") == self.index))
+        audio = next((s for s in self.streams if s.get("codec_type") == "audio"), None)
+        audio_end = _end(audio) if audio else None
+        if video_end is None or audio_end is None:
+            return 0.0
+        return max(0.0, audio_end - video_end)
+
+    @property
     def oriented_size(self) -> tuple[int, int]:
         """The size as players show it: the stored width times the sample aspect ratio, then rotated."""
         width = max(1, round(self.width * self.sar))
@@ -134,9 +145,15 @@ def _duration(fmt: dict[str, Any], stream: dict[str, Any]) -> float | None:
     return _stream_seconds(stream) or _seconds(fmt.get("duration"))
 
 
-def _start(fmt: dict[str, Any]) -> float:
+def _end(stream: dict[str, Any]) -> float | None:
+    length = _stream_seconds(stream)
+    return None if length is None else _start(stream) + length
+
+
+def _start(entry: dict[str, Any]) -> float:
+    """ffprobe's ``start_time`` of the format or of a stream; 0 when unknown."""
     try:
-        start = float(fmt.get("start_time"))
+        start = float(entry.get("start_time"))
     except (TypeError, ValueError):
         return 0.0
     return start if math.isfinite(start) else 0.0

@@ -62,7 +62,11 @@ def plan_ladder(ladder: Sequence[Rung], source_height: int) -> list[Rung]:
 def ffmpeg_args(src: str, out_dir: Path, rungs: Sequence[Rung], info: video.VideoInfo, settings: Settings) -> list[str]:
     n = len(rungs)
     has_audio = info.has_audio
-    split = f"[0:{info.index}]split={n}" + "".join(f"[s{i}]" for i in range(n))
+    # Audio that runs on after the picture ends (a narration over a short clip) would be muxed into the last
+    # segment, making it longer than the target duration and its EXTINF (the video's) wrong; the last frame is
+    # held until the audio ends instead, so that segments are still cut every segment_s and nothing is dropped.
+    hold = f"tpad=stop_mode=clone:stop_duration={info.audio_overhang:.6f}," if has_audio and info.audio_overhang else ""
+    split = f"[0:{info.index}]{hold}split={n}" + "".join(f"[s{i}]" for i in range(n))
     # Square pixels at the displayed aspect ratio (dar: stored width × sample aspect ratio over height), as
     # players show the source; ``-2`` would keep the stored width's proportion and squash non-square pixels.
     scales = [f"[s{i}]scale='2*trunc(oh*dar/2+0.5)':{r.height},setsar=1[v{i}]" for i, r in enumerate(rungs)]
