@@ -141,8 +141,9 @@ def ratio(text: str) -> Fraction:
 
 @pytest.mark.parametrize("rotation", [0, 90])
 def test_video_with_non_square_pixels_is_shown_at_its_display_aspect_ratio(tmp_path: Path, rotation: int) -> None:
-    """Pixels twice as wide as high (SAR 2:1): players show the 320x240 frame 640 wide. ffprobe's display and
-    sample aspect ratios of the input and of every written image are the reference."""
+    """Pixels twice as wide as high (SAR 2:1): players show the 320x240 frame 640 wide (and, turned 90°, 240x640:
+    the pixels are stretched before the turn). ffprobe's display and sample aspect ratios of the input and of
+    every written image are the reference."""
     video = tmp_path / "sar2.mp4"
     ffmpeg("-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=2", "-vf", "setsar=2/1", "-c:v", "libx264",
            "-pix_fmt", "yuv420p", str(video))  # fmt: skip
@@ -163,6 +164,8 @@ def test_video_with_non_square_pixels_is_shown_at_its_display_aspect_ratio(tmp_p
         if r["role"] == "sheet":
             continue  # a grid of tiles: its tiles are checked below
         assert r["width"] / r["height"] == pytest.approx(dar, rel=0.02), r["role"]
+        if r["role"] in ("preview", "poster"):
+            assert (r["width"], r["height"]) == displayed  # it fits the 1024 box: neither enlarged nor reduced
     sheet = by_role(rows)["sheet"]
     tile_w = SETTINGS.thumb_size
     tile_h = sheet["height"]  # 2 s at -g 250: one keyframe, one row of tiles

@@ -265,11 +265,22 @@ def read_keyframes(path: str | os.PathLike[str], consume: Callable[[bytes], obje
     return len(sizes)
 
 
-def fit_filter(box: int) -> str:
-    """An ffmpeg scale filter fitting the (already rotated) frame, as displayed, inside box×box in square pixels,
-    never upscaling its height. ``dar`` is ffmpeg's display aspect ratio, iw × sar / ih: the height is the
-    smallest of the stored one and the box's for either side, the width follows from it, both even."""
-    return f"scale=w='2*trunc(oh*dar/2+0.5)':h='2*trunc(min(ih,min({box},{box}/dar))/2)',setsar=1"
+def fitted_size(display: tuple[int, int], box: int) -> tuple[int, int]:
+    """The displayed size (``VideoInfo.oriented_size``) fitted inside box×box, never enlarged, both sides even.
+
+    The size comes from probe, not from ffmpeg's ``dar`` in the filter: after autorotation ffmpeg inverts
+    the sample aspect ratio and stretches the other side, which gives the same shape at another size
+    (a 333x199 frame of SAR 796:999 turned 90° is 199x265 as players show it, 250x333 by ffmpeg's ``dar``)."""
+    scale = min(1.0, box / display[0], box / display[1])
+    width, height = (max(2, int(side * scale + 1e-6) // 2 * 2) for side in display)
+    return width, height
+
+
+def fit_filter(display: tuple[int, int], box: int) -> str:
+    """An ffmpeg scale filter turning the (already rotated) frame into its displayed size fitted in box×box,
+    in square pixels."""
+    width, height = fitted_size(display, box)
+    return f"scale={width}:{height},setsar=1"
 
 
 def seek_positions(times: Sequence[float], frames: Sequence[float], start: float) -> list[float]:
@@ -305,17 +316,8 @@ def extract_frames(
         args += ["-ss", f"{position:.6f}", "-i", os.fspath(path)]
     outputs = [out_dir / f"frame{i:03d}.bmp" for i in range(len(times))]
     for i, out in enumerate(outputs):
-        args += [
-            "-map",
-            f"{i}:{info.index}",
-            "-frames:v",
-            "1",
-            "-vf",
-            fit_filter(box),
-            "-pix_fmt",
-            "bgr24",
-            os.fspath(out),
-        ]
+        args += ["-map", f"{i}:{info.index}", "-frames:v", "1", "-vf", fit_filter(info.oriented_size, box),
+                 "-pix_fmt", "bgr24", os.fspath(out)]  # fmt: skip
     proc = run_tool(args)
     found = [out if out.exists() and out.stat().st_size > 0 else None for out in outputs]
     if not any(found):
@@ -324,21 +326,23 @@ def extract_frames(
 
 
 def contact_sheet(
-    path: str | os.PathLike[str], index: int, n_keyframes: int, tile_width: int, grid: int, out: Path
+    path: str | os.PathLike[str], info: VideoInfo, n_keyframes: int, tile_width: int, grid: int, out: Path
 ) -> Path:
-    """A grid×grid sheet of evenly spaced keyframes of stream ``index``, decoding keyframes only
-    (``-skip_frame nokey``)."""
+    """A grid×grid sheet of evenly spaced keyframes of the main video stream, decoding keyframes only
+    (``-skip_frame nokey``), each tile_width wide at the displayed aspect ratio."""
     cells = grid * grid
     step = max(1, n_keyframes / cells)
     picks = sorted({int(i * step) for i in range(min(cells, n_keyframes))})
     select = "+".join(f"eq(n\\,{n})" for n in picks)
     rows = -(-len(picks) // grid)  # a short video gets a shorter sheet, not rows of black
-    # The tiles' height follows the displayed aspect ratio (dar: width × sample aspect ratio over height).
-    vf = f"select='{select}',scale={tile_width}:'2*trunc(ow/dar/2+0.5)',setsar=1,tile={grid}x{rows}"
+    width, height = info.oriented_size
+    tile_height = max(2, round(tile_width * height / width / 2) * 2)
+    vf = f"select='{select}',scale={tile_width}:{tile_height},setsar=1,tile={grid}x{rows}"
     proc = run_tool(
         [
             FFMPEG, "-nostdin", "-v", "error", "-y", "-skip_frame", "nokey", "-i", os.fspath(path),
-            "-map", f"0:{index}", "-vf", vf, "-frames:v", "1", "-fps_mode", "vfr", "-pix_fmt", "bgr24", os.fspath(out),
+            "-map", f"0:{info.index}", "-vf", vf, "-frames:v", "1", "-fps_mode", "vfr", "-pix_fmt", "bgr24",
+            os.fspath(out),
         ]
     )  # fmt: skip
     if proc.returncode != 0 or not out.exists():

@@ -67,9 +67,13 @@ def ffmpeg_args(src: str, out_dir: Path, rungs: Sequence[Rung], info: video.Vide
     # held until the audio ends instead, so that segments are still cut every segment_s and nothing is dropped.
     hold = f"tpad=stop_mode=clone:stop_duration={info.audio_overhang:.6f}," if has_audio and info.audio_overhang else ""
     split = f"[0:{info.index}]{hold}split={n}" + "".join(f"[s{i}]" for i in range(n))
-    # Square pixels at the displayed aspect ratio (dar: stored width × sample aspect ratio over height), as
-    # players show the source; ``-2`` would keep the stored width's proportion and squash non-square pixels.
-    scales = [f"[s{i}]scale='2*trunc(oh*dar/2+0.5)':{r.height},setsar=1[v{i}]" for i, r in enumerate(rungs)]
+    # Square pixels at the displayed aspect ratio (probe's: stored width × sample aspect ratio, then rotated),
+    # as players show the source; ``-2`` would keep the stored width's proportion and squash non-square pixels.
+    width, height = info.oriented_size
+    scales = [
+        f"[s{i}]scale={max(2, round(r.height * width / height / 2) * 2)}:{r.height},setsar=1[v{i}]"
+        for i, r in enumerate(rungs)
+    ]
     # The settings' threads go to decoding (before -i) and to the scale filters; the encoders' threads are
     # fixed below, so that the bytes do not depend on them.
     threads = str(settings.threads)

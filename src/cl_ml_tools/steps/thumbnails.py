@@ -116,7 +116,7 @@ def video_thumbnails(file_row: Mapping[str, Any], out_dir: Path, settings: Setti
             save(image, target, settings)
             rows.append(_row(file_row, role, target, image, source, timestamp_s=poster_t))
         sheet_bmp = video.contact_sheet(
-            path, info.index, packets.keyframes, settings.thumb_size, settings.sheet_grid, tmp_dir / "sheet.bmp"
+            path, info, packets.keyframes, settings.thumb_size, settings.sheet_grid, tmp_dir / "sheet.bmp"
         )
         sheet = Image.open(sheet_bmp).convert("RGB")
         target = stem.with_name(f"{stem.name}.sheet{settings.extension}")
