@@ -104,6 +104,17 @@ def make_video(path: Path, *, seconds: float = 2, size: str = "320x240", audio: 
     return path
 
 
+def make_still_first(path: Path) -> tuple[Path, Path]:
+    """A Matroska file whose first video stream is a one-frame MJPEG still (red, 640x480: larger than the
+    film) ahead of a 3 s 320x240 H.264 film copied from the returned MP4; returns both."""
+    film = make_video(path.with_suffix(".film.mp4"), seconds=3, audio=False)
+    still = path.with_suffix(".still.png")
+    ffmpeg("-f", "lavfi", "-i", "color=red:s=640x480", "-frames:v", "1", str(still))
+    ffmpeg("-i", str(film), "-i", str(still), "-map", "1", "-map", "0:v", "-c:v:0", "mjpeg", "-c:v:1", "copy",
+           str(path))  # fmt: skip
+    return path, film
+
+
 def make_audio_only(path: Path, seconds: float = 1) -> Path:
     ffmpeg("-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "aac", "-b:a", "32k", str(path))
     return path

@@ -12,7 +12,7 @@ import imagehash
 import numpy as np
 import pytest
 import tifffile
-from conftest import REPO, SAMPLE, ffmpeg, file_row, make_audio_only, make_dng, make_photo, make_video
+from conftest import REPO, SAMPLE, ffmpeg, file_row, make_audio_only, make_dng, make_photo, make_still_first, make_video
 from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
 from cl_ml_tools.steps import duplicates, hashes, thumbnails
@@ -240,6 +240,13 @@ def test_video_hash_survives_stream_copy_between_containers(tmp_path: Path, code
 def test_video_hash_of_the_sample_clips_equals_the_reference() -> None:
     for name in ("clip.mp4", "portrait.mov"):
         assert hashes.video_sha512(SAMPLE / "videos" / name) == reference_video_sha512(SAMPLE / "videos" / name, "h264")
+
+
+def test_video_hash_is_of_the_film_not_of_a_still_ahead_of_it(tmp_path: Path) -> None:
+    """A still first in the file is not the video: the hash is the one of the film's own file (the same
+    stream copied, so the same hash by definition), as ffmpeg's hash muxer computes it on that file."""
+    mkv, film = make_still_first(tmp_path / "still_first.mkv")
+    assert hashes.video_sha512(mkv) == reference_video_sha512(film, "h264")
 
 
 def test_video_without_keyframes_is_an_error_row(tmp_path: Path) -> None:

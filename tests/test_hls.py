@@ -4,12 +4,13 @@ import json
 import re
 import subprocess
 from collections.abc import Mapping
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import m3u8
 import pytest
-from conftest import ffmpeg, file_row, make_audio_only, make_video
+from conftest import ffmpeg, file_row, make_audio_only, make_still_first, make_video
 
 from cl_ml_tools.steps import hls
 
@@ -178,6 +179,61 @@ def test_video_without_audio_and_rotation(tmp_path: Path) -> None:
     assert [(v["width"], v["height"]) for v in row["variants"]] == [(180, 240)]
     assert "mp4a" not in row["variants"][0]["codecs"]
     check_against_references(row, video)
+
+
+def test_non_square_pixels_are_encoded_square_at_the_display_aspect_ratio(tmp_path: Path) -> None:
+    """A 320x240 frame of pixels twice as wide as high (SAR 2:1, DAR 8:3): players show it 640x240, and so
+    must the renditions, in square pixels (ffprobe's aspect ratios of the input and of every segment)."""
+    video = tmp_path / "sar2.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=2", "-vf", "setsar=2/1", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", str(video))  # fmt: skip
+    (source,) = [s for s in ffprobe_streams(video) if s["codec_type"] == "video"]
+    assert source["sample_aspect_ratio"] == "2:1"
+    dar = Fraction(*map(int, source["display_aspect_ratio"].split(":")))
+    [row] = hls.encode(file_row(video), tmp_path / "out", hls.Settings())
+    assert [v["height"] for v in row["variants"]] == [240]
+    for v in row["variants"]:
+        assert v["width"] == round(v["height"] * dar)
+        for segment in Path(v["playlist"]).parent.glob("*.ts"):
+            (out,) = [s for s in ffprobe_streams(segment) if s["codec_type"] == "video"]
+            assert (out["width"], out["height"]) == (v["width"], v["height"])
+            assert out["sample_aspect_ratio"] == "1:1" and out["display_aspect_ratio"] == source["display_aspect_ratio"]
+    check_against_references(row, video)
+
+
+def test_a_still_ahead_of_the_film_is_not_the_video(tmp_path: Path) -> None:
+    """The first video stream is a one-frame still, the second a 3 s film: the renditions are the film's, its
+    duration and size as ffprobe reads the film's own file."""
+    mkv, film = make_still_first(tmp_path / "still_first.mkv")
+    (reference,) = ffprobe_streams(film)
+    [row] = hls.encode(file_row(mkv), tmp_path / "out", hls.Settings())
+    assert row["duration_s"] == pytest.approx(float(reference["duration"]), abs=0.1)
+    assert [(v["width"], v["height"]) for v in row["variants"]] == [(reference["width"], reference["height"])]
+    check_against_references(row, film)
+
+
+def test_audio_longer_than_the_video_is_kept_in_segments_of_the_target_duration(tmp_path: Path) -> None:
+    """2 s of video and 6 s of audio: every second of the audio is in the renditions, in segments no longer
+    than the target duration whose EXTINF is what ffprobe measures in each (RFC 8216 §4.3.3.1, §4.3.2.1)."""
+    video = tmp_path / "longaudio.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=2", "-f", "lavfi", "-i", "sine=frequency=330:duration=6",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(video))  # fmt: skip
+    (audio,) = [s for s in ffprobe_streams(video) if s["codec_type"] == "audio"]
+    assert float(audio["duration"]) == pytest.approx(6, abs=0.05)
+    [row] = hls.encode(file_row(video), tmp_path / "out", hls.Settings(segment_s=2))
+    check_against_references(row, video)
+    for v in row["variants"]:
+        media = m3u8.load(v["playlist"])
+        for segment in media.segments:
+            measured = ffprobe_duration(Path(v["playlist"]).parent / segment.uri)
+            assert round(measured) <= media.target_duration and segment.duration == pytest.approx(measured, abs=0.1)
+        segment_audio = [
+            s
+            for s in ffprobe_streams(Path(v["playlist"]).parent / media.segments[-1].uri)
+            if s["codec_type"] == "audio"
+        ]
+        assert segment_audio, "the last segment carries the end of the audio"
+    assert row["duration_s"] == pytest.approx(float(audio["duration"]), abs=0.1)
 
 
 def test_shard_turns_failures_into_rows(tmp_path: Path) -> None:

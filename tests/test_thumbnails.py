@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import json
 import struct
+import subprocess
 import zlib
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE, ffmpeg, file_row, make_audio_only, make_dng, make_photo, make_video
-from PIL import Image
+from conftest import SAMPLE, ffmpeg, file_row, make_audio_only, make_dng, make_photo, make_still_first, make_video
+from PIL import Image, ImageStat
 
 from cl_ml_tools.media import imaging
 from cl_ml_tools.steps import thumbnails
@@ -121,6 +124,111 @@ def test_rotated_video_is_upright(tmp_path: Path) -> None:
     rows = by_role(thumbnails.thumbnail_file(file_row(SAMPLE / "videos" / "portrait.mov"), tmp_path, SETTINGS))
     assert (rows["poster"]["source_width"], rows["poster"]["source_height"]) == (180, 320)
     assert (rows["poster"]["width"], rows["poster"]["height"]) == (180, 320)
+
+
+def ffprobe_video(path: Path) -> dict:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v", "-show_streams", "-of", "json", str(path)],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    return json.loads(out)["streams"][0]
+
+
+def ratio(text: str) -> Fraction:
+    num, den = text.split(":")
+    return Fraction(int(num), int(den))
+
+
+@pytest.mark.parametrize("rotation", [0, 90])
+def test_video_with_non_square_pixels_is_shown_at_its_display_aspect_ratio(tmp_path: Path, rotation: int) -> None:
+    """Pixels twice as wide as high (SAR 2:1): players show the 320x240 frame 640 wide (and, turned 90°, 240x640:
+    the pixels are stretched before the turn). ffprobe's display and sample aspect ratios of the input and of
+    every written image are the reference."""
+    video = tmp_path / "sar2.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=2", "-vf", "setsar=2/1", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", str(video))  # fmt: skip
+    if rotation:
+        subprocess.run(["exiftool", "-q", "-overwrite_original", f"-Rotation={rotation}", str(video)], check=True)
+    source = ffprobe_video(video)
+    assert ratio(source["sample_aspect_ratio"]) == 2
+    dar = ratio(source["display_aspect_ratio"])  # of the stored orientation
+    displayed = (round(source["height"] * dar), source["height"])
+    if rotation:
+        dar, displayed = 1 / dar, displayed[::-1]
+    rows = thumbnails.thumbnail_file(file_row(video), tmp_path, SETTINGS)
+    for r in rows:
+        assert (r["source_width"], r["source_height"]) == displayed
+        written = ffprobe_video(Path(r["file"]))
+        assert ratio(written.get("sample_aspect_ratio", "1:1")) in (0, 1)
+        assert (written["width"], written["height"]) == (r["width"], r["height"])
+        if r["role"] == "sheet":
+            continue  # a grid of tiles: its tiles are checked below
+        assert r["width"] / r["height"] == pytest.approx(dar, rel=0.02), r["role"]
+        if r["role"] in ("preview", "poster"):
+            assert (r["width"], r["height"]) == displayed  # it fits the 1024 box: neither enlarged nor reduced
+    sheet = by_role(rows)["sheet"]
+    tile_w = SETTINGS.thumb_size
+    tile_h = sheet["height"]  # 2 s at -g 250: one keyframe, one row of tiles
+    assert tile_w / tile_h == pytest.approx(dar, rel=0.02)
+
+
+def test_a_still_ahead_of_the_film_is_not_the_video(tmp_path: Path) -> None:
+    """The first video stream is a 640x480 red still, the second a 3 s 320x240 film: the rows describe the film
+    (its size and duration as ffprobe reads the film's own file) and no image written is the red still."""
+    mkv, film = make_still_first(tmp_path / "still_first.mkv")
+    reference = ffprobe_video(film)
+    duration = float(reference["duration"])
+    rows = thumbnails.thumbnail_file(file_row(mkv), tmp_path, SETTINGS)
+    previews = [r for r in rows if r["role"] == "preview"]
+    assert [r["timestamp_s"] for r in previews] == pytest.approx([duration * i / 8 for i in range(8)], abs=0.05)
+    for r in rows:
+        assert (r["source_width"], r["source_height"]) == (reference["width"], reference["height"])
+        with Image.open(r["file"]) as im:
+            red, green, blue = ImageStat.Stat(im.convert("RGB")).mean
+            assert not (red > 200 and green < 60 and blue < 60), r["role"]
+
+
+def shown_frames(video: Path, tmp: Path) -> list[tuple[float, float]]:
+    """Every frame of the video: its presentation time as ffprobe's ``-show_frames`` lists it, and its mean
+    grey level as ffmpeg decodes it (one PNG per frame, none dropped or repeated)."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v", "-show_frames", "-show_entries", "frame=pts_time",
+         "-of", "json", str(video)],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    pts = [float(f["pts_time"]) for f in json.loads(out)["frames"]]
+    ffmpeg("-i", str(video), "-fps_mode", "passthrough", str(tmp / "f%03d.png"))
+    greys = []
+    for i in range(len(pts)):
+        with Image.open(tmp / f"f{i + 1:03d}.png") as im:
+            greys.append(ImageStat.Stat(im.convert("L")).mean[0])
+    return list(zip(pts, greys, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("name", "frames"),
+    [
+        ("short", "color=black:s=64x48:r=25:d=0.12,format=yuv420p,geq=lum='20+40*N':cb=128:cr=128"),  # 3 frames
+        # 6 frames 0.08 to 0.9 s apart (N² × 0.1 s, on the 1/25 s grid)
+        ("sparse", "color=black:s=64x48:r=25:d=0.24,format=yuv420p,geq=lum='20+40*N':cb=128:cr=128,"
+                   "setpts='N*N*0.1/TB'"),
+    ],
+)  # fmt: skip
+def test_each_preview_is_the_frame_on_screen_at_its_time(tmp_path: Path, name: str, frames: str) -> None:
+    """Frames of distinct grey levels: the preview at time t is the frame shown at t, the last one whose
+    presentation time (ffprobe) is at or before t, and a clip shorter than K frames still gets K previews."""
+    video = tmp_path / f"{name}.mp4"
+    ffmpeg("-f", "lavfi", "-i", frames, "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(video))
+    reference = shown_frames(video, tmp_path)
+    rows = thumbnails.thumbnail_file(file_row(video), tmp_path, SETTINGS)
+    previews = [r for r in rows if r["role"] == "preview"]
+    assert [r["frame_index"] for r in previews] == list(range(SETTINGS.video_frames))
+    for r in previews:
+        shown = max(i for i, (pts, _) in enumerate(reference) if pts <= r["timestamp_s"] + 1e-6)
+        with Image.open(r["file"]) as im:
+            level = ImageStat.Stat(im.convert("L")).mean[0]
+        nearest = min(range(len(reference)), key=lambda i: abs(reference[i][1] - level))
+        assert (nearest, level) == (shown, pytest.approx(reference[shown][1], abs=6)), r["timestamp_s"]
 
 
 def test_video_errors(tmp_path: Path) -> None:

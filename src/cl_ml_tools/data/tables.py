@@ -275,17 +275,23 @@ VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     # 2: pixel_sha512 over canonical colours; video_sha512 over the demuxer's keyframe payloads; pHash with
     # SciPy's DCT, and both perceptual hashes from the full decode whatever hashes.pixel says (issue 19).
     # 3: a TIFF with an Orientation tag other than 1 (Pillow's reader turned it upright, then ours did again);
-    # a PNG with a damaged ancillary chunk is decoded without it instead of being an error
+    # a PNG with a damaged ancillary chunk is decoded without it instead of being an error; video_sha512 and
+    # video_keyframes of the main video stream, not the first (a still ahead of the film)
     "hashes": 3,
-    "thumbnails": 2,  # the same TIFFs: previews turned once, source_width/height upright; the same PNGs
     # 2: an f_number or exposure_time of 0 is unknown (null), as in exiftool; 3: the duration of Matroska and
     # WebM files (a clock string there) is no longer null
     "exif": 3,
     "faces": 2,  # sharpness is the unclipped Laplacian variance; crops aligned as InsightFace's norm_crop
     "face_embeddings": 2,  # embeddings of those crops
-    # BANDWIDTH is the measured peak segment bit rate, AVERAGE-BANDWIDTH added; x264's slice threads (the same
-    # bytes on every run)
-    "hls": 3,
+    # 3: BANDWIDTH is the measured peak segment bit rate, AVERAGE-BANDWIDTH added; x264's slice threads (the same
+    # bytes on every run). 4: non-square pixels encoded square at the display aspect ratio; the main video
+    # stream, not the first (a still ahead of the film); the last frame held while the audio runs on (segments
+    # of the target duration, EXTINF their length)
+    "hls": 4,
+    # 2: videos: non-square pixels shown at the display aspect ratio (source_width is the displayed width); the
+    # main video stream, not the first (a still ahead of the film); each preview the frame on screen at its time.
+    # TIFFs with an Orientation tag turned upright once; PNGs with a damaged ancillary chunk decoded
+    "thumbnails": 2,
     "dino": 2,  # a preview decoded at reduced JPEG scale is resized with the full decode's geometry
     "clip": 2,  # the same
     "people": 2,  # the name column: persons named by people.names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -9,8 +10,9 @@ import re
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ def _last_lines(stderr: bytes, path: str | os.PathLike[str] | None = None, n: in
 
 @dataclass
 class VideoInfo:
+    index: int  # the main video stream's (see ``main_video``) index among all the file's streams
     duration: float | None
     width: int
     height: int
@@ -48,12 +51,27 @@ class VideoInfo:
     has_audio: bool
     audio_codec: str | None
     streams: list[dict[str, Any]] = field(default_factory=list)
+    sar: Fraction = Fraction(1)  # the sample (pixel) aspect ratio, in the stored orientation
+    start: float = 0.0  # the file's start time (ffprobe's format start_time), which input-side seeks count from
+
+    @property
+    def audio_overhang(self) -> float:
+        """Seconds by which the first audio stream (the one HLS keeps) ends after the main video stream; 0 when
+        it ends first or either length is unknown."""
+        video_end = _end(next(s for s in self.streams if s.get("index") == self.index))
+        audio = next((s for s in self.streams if s.get("codec_type") == "audio"), None)
+        audio_end = _end(audio) if audio else None
+        if video_end is None or audio_end is None:
+            return 0.0
+        return max(0.0, audio_end - video_end)
 
     @property
     def oriented_size(self) -> tuple[int, int]:
+        """The size as players show it: the stored width times the sample aspect ratio, then rotated."""
+        width = max(1, round(self.width * self.sar))
         if abs(self.rotation) % 180 == 90:
-            return self.height, self.width
-        return self.width, self.height
+            return self.height, width
+        return width, self.height
 
 
 def probe(path: str | os.PathLike[str]) -> VideoInfo:
@@ -72,8 +90,9 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
     if not video:
         kinds = ", ".join(sorted({s.get("codec_type", "?") for s in streams})) or "none"
         raise MediaError(f"no video stream (streams found: {kinds})")
-    v = video[0]
+    v = main_video(video)
     return VideoInfo(
+        index=int(v["index"]),
         duration=_duration(data.get("format", {}), v),
         width=int(v.get("width") or 0),
         height=int(v.get("height") or 0),
@@ -82,6 +101,8 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         has_audio=bool(audio),
         audio_codec=audio[0].get("codec_name") if audio else None,
         streams=streams,
+        sar=_sar(v),
+        start=_start(data.get("format", {})),
     )
 
 
@@ -89,15 +110,61 @@ def _is_attached_picture(stream: dict[str, Any]) -> bool:
     return bool(stream.get("disposition", {}).get("attached_pic"))
 
 
+def main_video(video: list[dict[str, Any]]) -> dict[str, Any]:
+    """The video stream that is the file's picture, among streams that are not attached pictures: the longest
+    (in whole seconds, so that a proxy a frame longer does not win), then the largest, then the default one, as
+    ffmpeg's own choice prefers large and default streams. A still (a one-frame MJPEG ahead of the film in a
+    Matroska file) is not the first stream's by being first."""
+    return max(video, key=lambda s: (round(_stream_seconds(s) or 0.0),
+                                     int(s.get("width") or 0) * int(s.get("height") or 0),
+                                     s.get("disposition", {}).get("default", 0), -int(s["index"])))  # fmt: skip
+
+
+def _stream_seconds(stream: dict[str, Any]) -> float | None:
+    """A stream's duration: ffprobe's, or Matroska's DURATION tag ("00:00:03.000000000"), which it leaves as a tag."""
+    d = _seconds(stream.get("duration"))
+    if d is not None:
+        return d
+    h, _, rest = str(stream.get("tags", {}).get("DURATION", "")).partition(":")
+    m, _, sec = rest.partition(":")
+    try:
+        return _seconds(int(h) * 3600 + int(m) * 60 + float(sec))
+    except ValueError:
+        return None
+
+
+def _seconds(value: Any) -> float | None:
+    try:
+        d = float(value)
+    except (TypeError, ValueError):
+        return None
+    return d if math.isfinite(d) and d > 0 else None
+
+
 def _duration(fmt: dict[str, Any], stream: dict[str, Any]) -> float | None:
-    for value in (stream.get("duration"), fmt.get("duration")):
-        try:
-            d = float(value)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(d) and d > 0:
-            return d
-    return None
+    return _stream_seconds(stream) or _seconds(fmt.get("duration"))
+
+
+def _end(stream: dict[str, Any]) -> float | None:
+    length = _stream_seconds(stream)
+    return None if length is None else _start(stream) + length
+
+
+def _start(entry: dict[str, Any]) -> float:
+    """ffprobe's ``start_time`` of the format or of a stream; 0 when unknown."""
+    try:
+        start = float(entry.get("start_time"))
+    except (TypeError, ValueError):
+        return 0.0
+    return start if math.isfinite(start) else 0.0
+
+
+def _sar(stream: dict[str, Any]) -> Fraction:
+    """ffprobe's ``sample_aspect_ratio`` ("2:1"); "0:1" or none means square pixels, as ffmpeg reads it."""
+    num, _, den = str(stream.get("sample_aspect_ratio", "")).partition(":")
+    if num.isdigit() and den.isdigit() and int(num) and int(den):
+        return Fraction(int(num), int(den))
+    return Fraction(1)
 
 
 def _rotation(stream: dict[str, Any]) -> int:
@@ -107,9 +174,6 @@ def _rotation(stream: dict[str, Any]) -> int:
     rotate = stream.get("tags", {}).get("rotate")
     return int(rotate) if rotate and rotate.lstrip("-").isdigit() else 0
 
-
-# The first video stream that is a moving picture: ffmpeg's "V" leaves out cover art and other still images.
-FIRST_VIDEO = "V:0"
 
 # Bitstream filters that give H.264 and HEVC one byte form whatever container held them. MP4, MOV and Matroska
 # store NAL units with length prefixes and the parameter sets in the header; MPEG-TS stores them in Annex B with
@@ -122,11 +186,18 @@ CANONICAL_BSF = {
 CHUNK = 1 << 20
 
 
-def keyframe_count(path: str | os.PathLike[str]) -> int:
-    """How many key packets the first video stream has, as its demuxer flags them."""
+@dataclass
+class Packets:
+    keyframes: int  # key packets, as the demuxer flags them
+    times: list[float]  # presentation times (seconds) of the frames, sorted: those of the packets ffmpeg shows
+
+
+def list_packets(path: str | os.PathLike[str], index: int) -> Packets:
+    """The key packet count and the frames' presentation times of the video stream ``index``, from one listing
+    of its packets by the demuxer (nothing is decoded)."""
     proc = run_tool(
         [
-            FFPROBE, "-v", "error", "-select_streams", FIRST_VIDEO, "-show_entries", "packet=flags",
+            FFPROBE, "-v", "error", "-select_streams", str(index), "-show_entries", "packet=pts_time,flags",
             "-of", "csv=p=0", "--", os.fspath(path),
         ]
     )  # fmt: skip
@@ -136,23 +207,30 @@ def keyframe_count(path: str | os.PathLike[str]) -> int:
         # ffprobe stops listing at the first unreadable byte ("partial file"): a count of what it managed to
         # list would silently describe only part of the video.
         raise MediaError(f"video is damaged or truncated: {_last_lines(proc.stderr, path)}")
-    count = sum("K" in line for line in proc.stdout.decode("ascii", "replace").splitlines())
+    count, times = 0, []
+    for line in proc.stdout.decode("ascii", "replace").splitlines():
+        pts, _, flags = line.rpartition(",")
+        count += "K" in flags
+        # "D": a packet decoded only to reach the frames after it (cut by an edit list), never shown; "N/A": a
+        # packet without a presentation time.
+        if "D" not in flags and pts != "N/A":
+            times.append(float(pts))
     if not count:
         probe(path)  # says "no video stream" when that is the reason
         raise MediaError("video stream has no keyframe packets")
-    return count
+    return Packets(count, sorted(times))
 
 
 def read_keyframes(path: str | os.PathLike[str], consume: Callable[[bytes], object]) -> int:
-    """Pass the payloads of the first video stream's key packets, in stream order and as the demuxer returns
+    """Pass the payloads of the main video stream's key packets, in stream order and as the demuxer returns
     them (H.264/HEVC made canonical by ``CANONICAL_BSF``), to ``consume`` in chunks; returns how many packets.
 
     One ffmpeg process copies the stream twice: the payloads, concatenated, to a pipe, and a line per packet
     (``framecrc``: size and Adler-32) to a file, which gives the count and proves the pipe carried every byte.
     """
-    codec = probe(path).codec
-    bsf = ",".join(["noise=drop=not(key)", *([CANONICAL_BSF[codec]] if codec in CANONICAL_BSF else [])])
-    copy = ["-map", f"0:{FIRST_VIDEO}", "-c", "copy", "-bsf:v", bsf]
+    info = probe(path)
+    bsf = ",".join(["noise=drop=not(key)", *([CANONICAL_BSF[info.codec]] if info.codec in CANONICAL_BSF else [])])
+    copy = ["-map", f"0:{info.index}", "-c", "copy", "-bsf:v", bsf]
     with tempfile.TemporaryDirectory(prefix="cl_ml_tools_keyframes_") as tmp:
         listing, errors = Path(tmp) / "packets.txt", Path(tmp) / "stderr.txt"
         args = [FFMPEG, "-nostdin", "-v", "error", "-i", os.fspath(path), *copy, "-f", "data", "pipe:1"]
@@ -187,25 +265,59 @@ def read_keyframes(path: str | os.PathLike[str], consume: Callable[[bytes], obje
     return len(sizes)
 
 
-def fit_filter(box: int) -> str:
-    """An ffmpeg scale filter fitting the (already rotated) frame inside box×box, never upscaling."""
-    return (
-        f"scale=w='min({box},iw)':h='min({box},ih)':force_original_aspect_ratio=decrease:force_divisible_by=2,setsar=1"
-    )
+def fitted_size(display: tuple[int, int], box: int) -> tuple[int, int]:
+    """The displayed size (``VideoInfo.oriented_size``) fitted inside box×box, never enlarged, both sides even.
+
+    The size comes from probe, not from ffmpeg's ``dar`` in the filter: after autorotation ffmpeg inverts
+    the sample aspect ratio and stretches the other side, which gives the same shape at another size
+    (a 333x199 frame of SAR 796:999 turned 90° is 199x265 as players show it, 250x333 by ffmpeg's ``dar``)."""
+    scale = min(1.0, box / display[0], box / display[1])
+    width, height = (max(2, int(side * scale + 1e-6) // 2 * 2) for side in display)
+    return width, height
 
 
-def extract_frames(path: str | os.PathLike[str], times: list[float], box: int, out_dir: Path) -> list[Path | None]:
-    """Decode one frame at each time (seconds) in a single ffmpeg process, scaled to fit ``box``.
+def fit_filter(display: tuple[int, int], box: int) -> str:
+    """An ffmpeg scale filter turning the (already rotated) frame into its displayed size fitted in box×box,
+    in square pixels."""
+    width, height = fitted_size(display, box)
+    return f"scale={width}:{height},setsar=1"
+
+
+def seek_positions(times: Sequence[float], frames: Sequence[float], start: float) -> list[float]:
+    """For each time (seconds from the file's start), an input-side seek position whose first frame, the first at
+    or after it, is the frame on screen at that time: the last one shown at or before it (pts <= t < next pts).
+    A seek to the time itself would give the next frame instead, late by up to a frame's duration, and none at
+    all past the last frame's start. The position lies midway between that frame and the one before, so the
+    microsecond rounding of ffprobe's times does not matter. Without frame times, the time itself."""
+    positions = []
+    for t in times:
+        shown = bisect.bisect_right(frames, start + t + 1e-6) - 1
+        if not frames:
+            positions.append(t)
+        elif shown <= 0:
+            positions.append(0.0)
+        else:
+            positions.append(max(0.0, (frames[shown - 1] + frames[shown]) / 2 - start))
+    return positions
+
+
+def extract_frames(
+    path: str | os.PathLike[str], info: VideoInfo, frames: Sequence[float], times: list[float], box: int,
+    out_dir: Path,
+) -> list[Path | None]:  # fmt: skip
+    """Decode the frame on screen at each time (seconds; ``frames``: the stream's frame times, see
+    ``seek_positions``) in a single ffmpeg process, scaled to fit ``box``.
 
     Each time gets its own input with an input-side seek, so only the stretch from the preceding keyframe
     is decoded. Returns one BMP path per time, or None where the stream had no frame there.
     """
     args = [FFMPEG, "-nostdin", "-v", "error", "-y"]
-    for t in times:
-        args += ["-ss", f"{t:.3f}", "-i", os.fspath(path)]
+    for position in seek_positions(times, frames, info.start):
+        args += ["-ss", f"{position:.6f}", "-i", os.fspath(path)]
     outputs = [out_dir / f"frame{i:03d}.bmp" for i in range(len(times))]
     for i, out in enumerate(outputs):
-        args += ["-map", f"{i}:v:0", "-frames:v", "1", "-vf", fit_filter(box), "-pix_fmt", "bgr24", os.fspath(out)]
+        args += ["-map", f"{i}:{info.index}", "-frames:v", "1", "-vf", fit_filter(info.oriented_size, box),
+                 "-pix_fmt", "bgr24", os.fspath(out)]  # fmt: skip
     proc = run_tool(args)
     found = [out if out.exists() and out.stat().st_size > 0 else None for out in outputs]
     if not any(found):
@@ -213,18 +325,24 @@ def extract_frames(path: str | os.PathLike[str], times: list[float], box: int, o
     return found
 
 
-def contact_sheet(path: str | os.PathLike[str], n_keyframes: int, tile_width: int, grid: int, out: Path) -> Path:
-    """A grid×grid sheet of evenly spaced keyframes, decoding keyframes only (``-skip_frame nokey``)."""
+def contact_sheet(
+    path: str | os.PathLike[str], info: VideoInfo, n_keyframes: int, tile_width: int, grid: int, out: Path
+) -> Path:
+    """A grid×grid sheet of evenly spaced keyframes of the main video stream, decoding keyframes only
+    (``-skip_frame nokey``), each tile_width wide at the displayed aspect ratio."""
     cells = grid * grid
     step = max(1, n_keyframes / cells)
     picks = sorted({int(i * step) for i in range(min(cells, n_keyframes))})
     select = "+".join(f"eq(n\\,{n})" for n in picks)
     rows = -(-len(picks) // grid)  # a short video gets a shorter sheet, not rows of black
-    vf = f"select='{select}',scale={tile_width}:-2,setsar=1,tile={grid}x{rows}"
+    width, height = info.oriented_size
+    tile_height = max(2, round(tile_width * height / width / 2) * 2)
+    vf = f"select='{select}',scale={tile_width}:{tile_height},setsar=1,tile={grid}x{rows}"
     proc = run_tool(
         [
             FFMPEG, "-nostdin", "-v", "error", "-y", "-skip_frame", "nokey", "-i", os.fspath(path),
-            "-vf", vf, "-frames:v", "1", "-fps_mode", "vfr", "-pix_fmt", "bgr24", os.fspath(out),
+            "-map", f"0:{info.index}", "-vf", vf, "-frames:v", "1", "-fps_mode", "vfr", "-pix_fmt", "bgr24",
+            os.fspath(out),
         ]
     )  # fmt: skip
     if proc.returncode != 0 or not out.exists():

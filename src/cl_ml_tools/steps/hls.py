@@ -59,10 +59,21 @@ def plan_ladder(ladder: Sequence[Rung], source_height: int) -> list[Rung]:
     return [Rung(height, lowest.video_kbps, lowest.audio_kbps)]
 
 
-def ffmpeg_args(src: str, out_dir: Path, rungs: Sequence[Rung], has_audio: bool, settings: Settings) -> list[str]:
+def ffmpeg_args(src: str, out_dir: Path, rungs: Sequence[Rung], info: video.VideoInfo, settings: Settings) -> list[str]:
     n = len(rungs)
-    split = f"[0:v:0]split={n}" + "".join(f"[s{i}]" for i in range(n))
-    scales = [f"[s{i}]scale=-2:{r.height},setsar=1[v{i}]" for i, r in enumerate(rungs)]
+    has_audio = info.has_audio
+    # Audio that runs on after the picture ends (a narration over a short clip) would be muxed into the last
+    # segment, making it longer than the target duration and its EXTINF (the video's) wrong; the last frame is
+    # held until the audio ends instead, so that segments are still cut every segment_s and nothing is dropped.
+    hold = f"tpad=stop_mode=clone:stop_duration={info.audio_overhang:.6f}," if has_audio and info.audio_overhang else ""
+    split = f"[0:{info.index}]{hold}split={n}" + "".join(f"[s{i}]" for i in range(n))
+    # Square pixels at the displayed aspect ratio (probe's: stored width × sample aspect ratio, then rotated),
+    # as players show the source; ``-2`` would keep the stored width's proportion and squash non-square pixels.
+    width, height = info.oriented_size
+    scales = [
+        f"[s{i}]scale={max(2, round(r.height * width / height / 2) * 2)}:{r.height},setsar=1[v{i}]"
+        for i, r in enumerate(rungs)
+    ]
     # The settings' threads go to decoding (before -i) and to the scale filters; the encoders' threads are
     # fixed below, so that the bytes do not depend on them.
     threads = str(settings.threads)
@@ -196,7 +207,7 @@ def encode(file_row: Mapping[str, Any], out_root: Path, settings: Settings) -> l
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        proc = video.run_tool(ffmpeg_args(path, work, rungs, info.has_audio, settings))
+        proc = video.run_tool(ffmpeg_args(path, work, rungs, info, settings))
         if proc.returncode != 0 or not (work / "master.m3u8").exists():
             raise MediaError(f"ffmpeg HLS encode failed: {proc.stderr.decode('utf-8', 'replace').strip()[-400:]}")
         variants = parse_master(work / "master.m3u8")

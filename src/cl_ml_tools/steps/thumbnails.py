@@ -99,7 +99,8 @@ def video_thumbnails(file_row: Mapping[str, Any], out_dir: Path, settings: Setti
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="cl_ml_tools_frames_") as tmp:
         tmp_dir = Path(tmp)
-        frames = video.extract_frames(path, times, settings.preview_size, tmp_dir)
+        packets = video.list_packets(path, info.index)
+        frames = video.extract_frames(path, info, packets.times, times, settings.preview_size, tmp_dir)
         previews: list[tuple[float, Image.Image]] = []
         for index, (t, frame) in enumerate(zip(times, frames, strict=True)):
             if frame is None:
@@ -109,14 +110,13 @@ def video_thumbnails(file_row: Mapping[str, Any], out_dir: Path, settings: Setti
             save(image, target, settings)
             rows.append(_row(file_row, "preview", target, image, source, frame_index=index, timestamp_s=t))
             previews.append((t, image))
-        poster_t, poster = _choose_poster(path, info, previews, settings, tmp_dir)
+        poster_t, poster = _choose_poster(path, info, packets.times, previews, settings, tmp_dir)
         for role, image in (("poster", poster), ("thumb", imaging.fit(poster, settings.thumb_size))):
             target = stem.with_name(f"{stem.name}.{role}{settings.extension}")
             save(image, target, settings)
             rows.append(_row(file_row, role, target, image, source, timestamp_s=poster_t))
-        n_keyframes = video.keyframe_count(path)
         sheet_bmp = video.contact_sheet(
-            path, n_keyframes, settings.thumb_size, settings.sheet_grid, tmp_dir / "sheet.bmp"
+            path, info, packets.keyframes, settings.thumb_size, settings.sheet_grid, tmp_dir / "sheet.bmp"
         )
         sheet = Image.open(sheet_bmp).convert("RGB")
         target = stem.with_name(f"{stem.name}.sheet{settings.extension}")
@@ -126,7 +126,12 @@ def video_thumbnails(file_row: Mapping[str, Any], out_dir: Path, settings: Setti
 
 
 def _choose_poster(
-    path: str, info: video.VideoInfo, previews: list[tuple[float, Image.Image]], settings: Settings, tmp: Path
+    path: str,
+    info: video.VideoInfo,
+    frame_times: list[float],
+    previews: list[tuple[float, Image.Image]],
+    settings: Settings,
+    tmp: Path,
 ) -> tuple[float, Image.Image]:
     """The first frame that is not blank: frame 0 if it has content, else a few early seconds, else the
     first preview frame with content, else frame 0 anyway."""
@@ -138,8 +143,8 @@ def _choose_poster(
     if times:
         candidates_dir = tmp / "poster"
         candidates_dir.mkdir()
-        for t, frame in zip(times, video.extract_frames(path, times, settings.preview_size, candidates_dir),
-                            strict=True):  # fmt: skip
+        candidates = video.extract_frames(path, info, frame_times, times, settings.preview_size, candidates_dir)
+        for t, frame in zip(times, candidates, strict=True):
             if frame is not None:
                 image = Image.open(frame).convert("RGB")
                 if not imaging.is_blank(image):
