@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 from conftest import REPO, snakemake
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.common.exceptions import (
+    ElementClickInterceptedException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -64,14 +69,15 @@ WIDEST_SVG = """return Math.max(0, ...Array.from(document.querySelectorAll("img[
 
 def click_until(browser, xpath: str, shown, what: str):
     """Click the element at ``xpath`` until ``shown(browser)`` holds: the report is a React app, and a click
-    that lands while it re-renders does nothing (seen once on a loaded CI machine)."""
+    that lands while it re-renders does nothing (seen once on a loaded CI machine), or lands on a menu entry
+    still sliding into place over it (ElementClickInterceptedException, twice in one CI run)."""
     for _ in range(5):
         try:
             WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.XPATH, xpath))
             browser.find_element(By.XPATH, xpath).click()
             return WebDriverWait(browser, 5).until(shown)
-        except (TimeoutException, StaleElementReferenceException):
-            continue
+        except (TimeoutException, StaleElementReferenceException, ElementClickInterceptedException):
+            time.sleep(0.5)
     raise AssertionError(f"clicking {xpath} never showed {what}")
 
 
