@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import math
 import os
@@ -58,12 +59,17 @@ class VideoInfo:
     def audio_overhang(self) -> float:
         """Seconds by which the first audio stream (the one HLS keeps) ends after the main video stream; 0 when
         it ends first or either length is unknown."""
-        video_end = _end(next(s for s in self.streams if s.get("index") == self.index))
+        video_end = _end(self.stream)
         audio = next((s for s in self.streams if s.get("codec_type") == "audio"), None)
         audio_end = _end(audio) if audio else None
         if video_end is None or audio_end is None:
             return 0.0
         return max(0.0, audio_end - video_end)
+
+    @property
+    def stream(self) -> dict[str, Any]:
+        """ffprobe's entry for the main video stream."""
+        return next(s for s in self.streams if s.get("index") == self.index)
 
     @property
     def oriented_size(self) -> tuple[int, int]:
@@ -283,6 +289,49 @@ def fit_filter(display: tuple[int, int], box: int) -> str:
     return f"scale={width}:{height},setsar=1"
 
 
+# The transfer functions of HDR video (ffprobe's color_transfer): PQ (HDR10, Dolby Vision 8.1) and HLG (phones,
+# broadcast). Their code values mean light levels an SDR decode does not reproduce: shown as BT.709, PQ's
+# reference white comes out at 58 % grey and HLG's pictures grey and washed out.
+HDR_TRANSFERS = ("smpte2084", "arib-std-b67")
+# ITU-R BT.2408's reference (diffuse) white: 203 cd/m² becomes SDR's 100 % white, so that faces and paper keep
+# their SDR brightness and only highlights above it are compressed.
+HDR_REFERENCE_WHITE = 203
+
+
+def sdr_filter(info: VideoInfo) -> str:
+    """Filters (to append after scaling, so the float maths runs on the small frame) that tone-map an HDR main
+    stream to SDR BT.709 as a display shows SDR (BT.1886): light up to 0.8 of reference white exactly, brighter
+    light rolled off (Möbius) towards white, hues kept (``desat=0``). Empty for SDR video.
+
+    HLG gets ``agamma=0``: zscale's default approximate gamma applies HLG's system gamma to each channel, not
+    to the luminance as BT.2100's OOTF does, which lightens saturated colours (a blue of 0.5 came out at 234,
+    not 191). PQ keeps the approximation, a lookup table that measured within a level of the exact curve and
+    saves a quarter of an HDR HLS encode."""
+    stream = info.stream
+    transfer = stream.get("color_transfer")
+    if transfer not in HDR_TRANSFERS:
+        return ""
+    _require_zscale()
+    primaries = stream.get("color_primaries") or "bt2020"
+    matrix = stream.get("color_space") or "bt2020nc"
+    full = stream.get("color_range") == "pc"
+    exact = ":agamma=0" if transfer == "arib-std-b67" else ""
+    return (f",zscale=tin={transfer}:pin={primaries}:min={matrix}:rin={'full' if full else 'limited'}"
+            f":t=linear:npl={HDR_REFERENCE_WHITE}{exact},format=gbrpf32le,zscale=p=bt709,"
+            "tonemap=tonemap=mobius:param=0.8:desat=0,zscale=t=bt709:m=bt709:r=limited,format=yuv420p")  # fmt: skip
+
+
+@functools.cache
+def _has_zscale() -> bool:
+    proc = run_tool([FFMPEG, "-hide_banner", "-filters"])
+    return any(line.split()[1:2] == ["zscale"] for line in proc.stdout.decode("utf-8", "replace").splitlines())
+
+
+def _require_zscale() -> None:
+    if not _has_zscale():
+        raise MediaError(f"HDR video needs ffmpeg's zscale filter (libzimg) to be shown as SDR; {FFMPEG} has none")
+
+
 def seek_positions(times: Sequence[float], frames: Sequence[float], start: float) -> list[float]:
     """For each time (seconds from the file's start), an input-side seek position whose first frame, the first at
     or after it, is the frame on screen at that time: the last one shown at or before it (pts <= t < next pts).
@@ -306,7 +355,7 @@ def extract_frames(
     out_dir: Path,
 ) -> list[Path | None]:  # fmt: skip
     """Decode the frame on screen at each time (seconds; ``frames``: the stream's frame times, see
-    ``seek_positions``) in a single ffmpeg process, scaled to fit ``box``.
+    ``seek_positions``) in a single ffmpeg process, scaled to fit ``box``, HDR tone-mapped to SDR.
 
     Each time gets its own input with an input-side seek, so only the stretch from the preceding keyframe
     is decoded. Returns one BMP path per time, or None where the stream had no frame there.
@@ -316,7 +365,8 @@ def extract_frames(
         args += ["-ss", f"{position:.6f}", "-i", os.fspath(path)]
     outputs = [out_dir / f"frame{i:03d}.bmp" for i in range(len(times))]
     for i, out in enumerate(outputs):
-        args += ["-map", f"{i}:{info.index}", "-frames:v", "1", "-vf", fit_filter(info.oriented_size, box),
+        vf = fit_filter(info.oriented_size, box) + sdr_filter(info)
+        args += ["-map", f"{i}:{info.index}", "-frames:v", "1", "-vf", vf,
                  "-pix_fmt", "bgr24", os.fspath(out)]  # fmt: skip
     proc = run_tool(args)
     found = [out if out.exists() and out.stat().st_size > 0 else None for out in outputs]
@@ -337,7 +387,7 @@ def contact_sheet(
     rows = -(-len(picks) // grid)  # a short video gets a shorter sheet, not rows of black
     width, height = info.oriented_size
     tile_height = max(2, round(tile_width * height / width / 2) * 2)
-    vf = f"select='{select}',scale={tile_width}:{tile_height},setsar=1,tile={grid}x{rows}"
+    vf = f"select='{select}',scale={tile_width}:{tile_height},setsar=1{sdr_filter(info)},tile={grid}x{rows}"
     proc = run_tool(
         [
             FFMPEG, "-nostdin", "-v", "error", "-y", "-skip_frame", "nokey", "-i", os.fspath(path),

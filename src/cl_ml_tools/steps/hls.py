@@ -66,19 +66,27 @@ def ffmpeg_args(src: str, out_dir: Path, rungs: Sequence[Rung], info: video.Vide
     # segment, making it longer than the target duration and its EXTINF (the video's) wrong; the last frame is
     # held until the audio ends instead, so that segments are still cut every segment_s and nothing is dropped.
     hold = f"tpad=stop_mode=clone:stop_duration={info.audio_overhang:.6f}," if has_audio and info.audio_overhang else ""
-    split = f"[0:{info.index}]{hold}split={n}" + "".join(f"[s{i}]" for i in range(n))
+    source = f"[0:{info.index}]{hold}"
     # Square pixels at the displayed aspect ratio (probe's: stored width × sample aspect ratio, then rotated),
     # as players show the source; ``-2`` would keep the stored width's proportion and squash non-square pixels.
     width, height = info.oriented_size
-    scales = [
-        f"[s{i}]scale={max(2, round(r.height * width / height / 2) * 2)}:{r.height},setsar=1[v{i}]"
-        for i, r in enumerate(rungs)
-    ]
+    sizes = [f"scale={max(2, round(r.height * width / height / 2) * 2)}:{r.height},setsar=1" for r in rungs]
+    # HDR is tone-mapped to SDR BT.709: the renditions are 8-bit H.264 High, which players take for SDR, and
+    # the master playlist names no VIDEO-RANGE, which means SDR (RFC 8216bis; AVFoundation's default too).
+    # Once, at the top rung's size, the lower rungs scaled from it: tone-mapping each rung took an HLS encode
+    # of a 6 s 1080p HLG clip (rungs 720/480/240) from 4.1 s as SDR to 10.5 s, once to 7.7 s.
+    sdr = video.sdr_filter(info)
+    if sdr:
+        graph = [f"{source}{sizes[0]}{sdr},split={n}[v0]" + "".join(f"[s{i}]" for i in range(1, n))]
+        graph += [f"[s{i}]{sizes[i]}[v{i}]" for i in range(1, n)]
+    else:
+        graph = [f"{source}split={n}" + "".join(f"[s{i}]" for i in range(n))]
+        graph += [f"[s{i}]{size}[v{i}]" for i, size in enumerate(sizes)]
     # The settings' threads go to decoding (before -i) and to the scale filters; the encoders' threads are
     # fixed below, so that the bytes do not depend on them.
     threads = str(settings.threads)
     args = [video.FFMPEG, "-nostdin", "-v", "error", "-y", "-threads", threads, "-i", src,
-            "-filter_complex_threads", threads, "-filter_complex", ";".join([split, *scales])]  # fmt: skip
+            "-filter_complex_threads", threads, "-filter_complex", ";".join(graph)]  # fmt: skip
     for i, r in enumerate(rungs):
         args += ["-map", f"[v{i}]", f"-c:v:{i}", "libx264", f"-b:v:{i}", f"{r.video_kbps}k"]
         args += [f"-maxrate:v:{i}", f"{int(r.video_kbps * 1.1)}k", f"-bufsize:v:{i}", f"{r.video_kbps * 2}k"]
