@@ -115,6 +115,31 @@ def make_still_first(path: Path) -> tuple[Path, Path]:
     return path, film
 
 
+def make_interlaced(path: Path) -> tuple[Path, np.ndarray]:
+    """Two seconds of PAL-sized interlaced H.264 (top field first, 25 frames/s) woven by ffmpeg's ``interlace``
+    filter from 50 progressive frames/s of a bright square crossing a grey field 12 px a frame; returns the clip
+    and the progressive frames, the truth: frame k's top field is progressive frame 2k, its bottom 2k + 1."""
+    width, height = 720, 576
+    frames = np.full((50 * 2, height, width), 60, np.uint8)
+    for n, frame in enumerate(frames):
+        x = n * 12 % (width - 160)
+        frame[200:376, x : x + 160] = 220
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "gray", "-s", f"{width}x{height}",
+         "-r", "50", "-i", "-", "-vf", "interlace=scan=tff:lowpass=off,format=yuv420p", "-c:v", "libx264",
+         "-crf", "10", "-flags", "+ildct+ilme", "-x264-params", "tff=1", "-r", "25", str(path)],
+        input=frames.tobytes(), check=True,
+    )  # fmt: skip
+    return path, frames
+
+
+def combing(picture: np.ndarray) -> float:
+    """Mean absolute difference of each line from the mean of its neighbours: large where lines alternate
+    between two moments, as in a woven interlaced frame."""
+    rows = picture.astype(np.float64)
+    return float(np.abs(rows[1:-1] - (rows[:-2] + rows[2:]) / 2).mean())
+
+
 def make_audio_only(path: Path, seconds: float = 1) -> Path:
     ffmpeg("-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "aac", "-b:a", "32k", str(path))
     return path

@@ -286,12 +286,15 @@ VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     # 3: BANDWIDTH is the measured peak segment bit rate, AVERAGE-BANDWIDTH added; x264's slice threads (the same
     # bytes on every run). 4: non-square pixels encoded square at the display aspect ratio; the main video
     # stream, not the first (a still ahead of the film); the last frame held while the audio runs on (segments
-    # of the target duration, EXTINF their length). 5: HDR (PQ, HLG) tone-mapped to SDR BT.709
+    # of the target duration, EXTINF their length). 5: HDR (PQ, HLG) tone-mapped to SDR BT.709; an untagged
+    # Y'CbCr matrix named in the renditions as players assume it (BT.709 at HD sizes, else BT.601); interlaced
+    # video deinterlaced
     "hls": 5,
     # 2: videos: non-square pixels shown at the display aspect ratio (source_width is the displayed width); the
     # main video stream, not the first (a still ahead of the film); each preview the frame on screen at its time.
     # TIFFs with an Orientation tag turned upright once; PNGs with a damaged ancillary chunk decoded.
-    # 3: HDR video (PQ, HLG) tone-mapped to SDR BT.709
+    # 3: HDR video (PQ, HLG) tone-mapped to SDR BT.709; HD video without a named Y'CbCr matrix read as BT.709;
+    # interlaced video deinterlaced
     "thumbnails": 3,
     "dino": 2,  # a preview decoded at reduced JPEG scale is resized with the full decode's geometry
     "clip": 2,  # the same

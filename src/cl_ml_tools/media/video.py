@@ -289,6 +289,35 @@ def fit_filter(display: tuple[int, int], box: int) -> str:
     return f"scale={width}:{height},setsar=1"
 
 
+def matrix_filter(info: VideoInfo) -> str:
+    """For a stream that does not say which Y'CbCr matrix it uses, a filter (to put ahead of the first scale)
+    naming the one players assume: BT.709 for HD sizes (1280 wide or more, or taller than 576), else BT.601,
+    mpv's rule, the same in VLC and Kodi. ffmpeg's own default is BT.601 at every size, which turned an
+    untagged 720p clip's red (200, 30, 30) into (184, 11, 31) in its previews. Also tags HLS renditions, so that
+    a lower rung of SD size is not read with the other matrix. Empty where the stream says it (or for HDR,
+    which ``sdr_filter`` converts)."""
+    stream = info.stream
+    if stream.get("color_space") not in (None, "unknown") or stream.get("color_transfer") in HDR_TRANSFERS:
+        return ""
+    hd = info.width >= 1280 or info.height > 576
+    return f"setparams=colorspace={'bt709' if hd else 'smpte170m'},"
+
+
+# ffprobe's field_order of interlaced video (DV, AVCHD's 1080i, broadcast recordings): each frame holds two
+# fields sampled a field apart, which, shown as one picture, comb every moving edge (and scaled, ghost).
+INTERLACED = ("tt", "bb", "tb", "bt")
+
+
+def deinterlace_filter(info: VideoInfo, *, keyframes_only: bool = False) -> str:
+    """For interlaced video, a filter (ahead of the first scale) that makes each frame one picture: bwdif, which
+    fills each frame's second field from its first and the neighbouring frames, one picture per frame; for a
+    stream decoded at keyframes only, whose neighbours are seconds away, the top field alone (the sheet's tiles
+    are smaller than a field). Frames not flagged interlaced pass unchanged. Empty for progressive video."""
+    if info.stream.get("field_order") not in INTERLACED:
+        return ""
+    return "field=type=top," if keyframes_only else "bwdif=mode=send_frame:parity=auto:deint=interlaced,"
+
+
 # The transfer functions of HDR video (ffprobe's color_transfer): PQ (HDR10, Dolby Vision 8.1) and HLG (phones,
 # broadcast). Their code values mean light levels an SDR decode does not reproduce: shown as BT.709, PQ's
 # reference white comes out at 58 % grey and HLG's pictures grey and washed out.
@@ -365,7 +394,7 @@ def extract_frames(
         args += ["-ss", f"{position:.6f}", "-i", os.fspath(path)]
     outputs = [out_dir / f"frame{i:03d}.bmp" for i in range(len(times))]
     for i, out in enumerate(outputs):
-        vf = fit_filter(info.oriented_size, box) + sdr_filter(info)
+        vf = matrix_filter(info) + deinterlace_filter(info) + fit_filter(info.oriented_size, box) + sdr_filter(info)
         args += ["-map", f"{i}:{info.index}", "-frames:v", "1", "-vf", vf,
                  "-pix_fmt", "bgr24", os.fspath(out)]  # fmt: skip
     proc = run_tool(args)
@@ -387,7 +416,8 @@ def contact_sheet(
     rows = -(-len(picks) // grid)  # a short video gets a shorter sheet, not rows of black
     width, height = info.oriented_size
     tile_height = max(2, round(tile_width * height / width / 2) * 2)
-    vf = f"select='{select}',scale={tile_width}:{tile_height},setsar=1{sdr_filter(info)},tile={grid}x{rows}"
+    vf = (f"select='{select}',{matrix_filter(info)}{deinterlace_filter(info, keyframes_only=True)}"
+          f"scale={tile_width}:{tile_height},setsar=1{sdr_filter(info)},tile={grid}x{rows}")  # fmt: skip
     proc = run_tool(
         [
             FFMPEG, "-nostdin", "-v", "error", "-y", "-skip_frame", "nokey", "-i", os.fspath(path),

@@ -66,7 +66,7 @@ def ffmpeg_args(src: str, out_dir: Path, rungs: Sequence[Rung], info: video.Vide
     # segment, making it longer than the target duration and its EXTINF (the video's) wrong; the last frame is
     # held until the audio ends instead, so that segments are still cut every segment_s and nothing is dropped.
     hold = f"tpad=stop_mode=clone:stop_duration={info.audio_overhang:.6f}," if has_audio and info.audio_overhang else ""
-    source = f"[0:{info.index}]{hold}"
+    source = f"[0:{info.index}]{hold}{video.matrix_filter(info)}{video.deinterlace_filter(info)}"
     # Square pixels at the displayed aspect ratio (probe's: stored width × sample aspect ratio, then rotated),
     # as players show the source; ``-2`` would keep the stored width's proportion and squash non-square pixels.
     width, height = info.oriented_size

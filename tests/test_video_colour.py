@@ -1,8 +1,13 @@
-"""HDR video (PQ and HLG) shown as SDR in previews, contact sheets and HLS renditions, checked against the
-standards rather than against ffmpeg: test clips are built here from known light levels with the formulas of
+"""The colours of video in previews, contact sheets and HLS renditions, checked against the standards rather
+than against ffmpeg.
+
+HDR (PQ and HLG) is shown as SDR: test clips are built here from known light levels with the formulas of
 ITU-R BT.2100 (PQ and HLG signals, BT.2020 Y'CbCr), BT.2087 (BT.709 to BT.2020 colours) and BT.2408
 (reference white at 203 cd/m²), stored losslessly (FFV1), and the pictures made from them must show those
-levels as an SDR display does (the inverse of BT.1886's EOTF, V = L^(1/2.4)) up to the roll-off's knee."""
+levels as an SDR display does (the inverse of BT.1886's EOTF, V = L^(1/2.4)) up to the roll-off's knee.
+
+Video that does not name its Y'CbCr matrix is read with the one players assume (mpv's rule, also VLC's and
+Kodi's): BT.709 at HD sizes, BT.601 below; clips are built from known RGB with that matrix."""
 
 from __future__ import annotations
 
@@ -99,6 +104,26 @@ def check_sdr(means: np.ndarray, grey: float, colour: float) -> None:
     assert highlights[-1] >= 245, "four times reference white is near SDR white"
 
 
+def first_frames(out: Path) -> list[tuple[dict, np.ndarray]]:
+    """Each rendition's video stream as ffprobe reads its first segment, and that segment's first frame as ffmpeg
+    decodes it to RGB (reading the colour description the segment carries)."""
+    renditions = []
+    for segment in sorted(out.rglob("segment_00000.ts")):
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_streams", "-of", "json", str(segment)],
+            capture_output=True, check=True,
+        )  # fmt: skip
+        [stream] = json.loads(probe.stdout)["streams"]
+        decoded = subprocess.run(
+            ["ffmpeg", "-v", "error", "-i", str(segment), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24",
+             "-"],
+            capture_output=True, check=True,
+        ).stdout  # fmt: skip
+        picture = np.frombuffer(decoded, np.uint8).reshape(stream["height"], stream["width"], 3)
+        renditions.append((stream, picture.astype(np.float64)))
+    return renditions
+
+
 @pytest.fixture(scope="module", params=["smpte2084", "arib-std-b67"], ids=["PQ", "HLG"])
 def clip(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_hdr_clip(tmp_path_factory.mktemp("hdr") / f"{request.param}.mkv", request.param)
@@ -136,22 +161,62 @@ def test_hls_renditions_of_hdr_video_are_sdr_bt709(clip: Path, tmp_path: Path) -
     ladder = (hls.Rung(ROWS * SIDE, 1000, 64), hls.Rung(ROWS * SIDE * 3 // 4, 800, 64))
     [row] = hls.encode(file_row(clip), tmp_path / "out", hls.Settings(segment_s=1, ladder=ladder))
     assert row["status"] == "ok", row["error"]
-    segments = sorted((tmp_path / "out").rglob("segment_00000.ts"))
-    assert len(segments) == 2
-    for segment in segments:
-        probe = subprocess.run(
-            ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_streams", "-of", "json", str(segment)],
-            capture_output=True, check=True,
-        )  # fmt: skip
-        [stream] = json.loads(probe.stdout)["streams"]
+    renditions = first_frames(tmp_path / "out")
+    assert len(renditions) == 2
+    for stream, picture in renditions:
         # What the H.264 VUI tells a player: BT.709, not the source's PQ/HLG it would otherwise inherit.
         assert (stream.get("color_transfer"), stream.get("color_primaries"), stream.get("color_space")) == (
             "bt709", "bt709", "bt709",
         )  # fmt: skip
-        decoded = subprocess.run(
-            ["ffmpeg", "-v", "error", "-i", str(segment), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24",
-             "-"],
-            capture_output=True, check=True,
-        ).stdout  # fmt: skip
-        picture = np.frombuffer(decoded, np.uint8).reshape(stream["height"], stream["width"], 3)
-        check_sdr(patch_means(picture.astype(np.float64)), grey=4, colour=10)
+        check_sdr(patch_means(picture), grey=4, colour=10)
+
+
+UNTAGGED_COLOURS = ((200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 180, 40), (128, 128, 128))
+
+
+def make_untagged_clip(path: Path, size: tuple[int, int], matrix: str) -> Path:
+    """A second of vertical stripes of known RGB, converted to limited-range Y'CbCr with ``matrix`` and stored
+    without saying which (no colour description in the H.264 stream)."""
+    width, height = size
+    frame = np.zeros((height, width, 3), np.uint8)
+    for i, colour in enumerate(UNTAGGED_COLOURS):
+        frame[:, i * width // 5 : (i + 1) * width // 5] = colour
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", "25",
+         "-i", "-", "-frames:v", "25", "-vf", f"scale=out_color_matrix={matrix}:out_range=limited",
+         "-pix_fmt", "yuv420p", "-c:v", "libx264", "-crf", "1", str(path)],
+        input=frame.tobytes() * 25, check=True,
+    )  # fmt: skip
+    assert "color_space" not in video.probe(path).stream, "the clip must not name its matrix"
+    return path
+
+
+def stripe_means(picture: np.ndarray) -> np.ndarray:
+    width = picture.shape[1]
+    return np.array([picture[:, round(width * (i + 0.25) / 5) : round(width * (i + 0.75) / 5)].reshape(-1, 3).mean(0)
+                     for i in range(5)])  # fmt: skip
+
+
+@pytest.mark.parametrize(("size", "matrix"), [((1280, 720), "bt709"), ((640, 480), "bt601")], ids=["720p", "480p"])
+def test_video_that_does_not_name_its_matrix_is_read_as_players_read_it(
+    size: tuple[int, int], matrix: str, tmp_path: Path
+) -> None:
+    clip = make_untagged_clip(tmp_path / "untagged.mp4", size, matrix)
+    for row in thumbnails.video_thumbnails(file_row(clip), tmp_path, thumbnails.Settings()):
+        with Image.open(row["file"]) as im:
+            picture = np.asarray(im.convert("RGB"), np.float64)
+        if row["role"] == "sheet":
+            picture = picture[
+                : round(thumbnails.Settings().thumb_size * size[1] / size[0]), : thumbnails.Settings().thumb_size
+            ]
+        np.testing.assert_allclose(stripe_means(picture), UNTAGGED_COLOURS, atol=4, err_msg=row["role"])
+    # HLS: an SD-sized rung of HD video says BT.709, or players would read it as BT.601 by its size.
+    ladder = (hls.Rung(size[1], 1500, 64), hls.Rung(360, 800, 64))
+    [row] = hls.encode(file_row(clip), tmp_path / "out", hls.Settings(segment_s=1, ladder=ladder))
+    assert row["status"] == "ok", row["error"]
+    named = {"bt709": "bt709", "bt601": "smpte170m"}[matrix]
+    renditions = first_frames(tmp_path / "out")
+    assert len(renditions) == 2
+    for stream, picture in renditions:
+        assert stream.get("color_space") == named, stream["height"]
+        np.testing.assert_allclose(stripe_means(picture), UNTAGGED_COLOURS, atol=6)
