@@ -8,6 +8,7 @@ import struct
 import subprocess
 from pathlib import Path
 
+import colour
 import imagehash
 import numpy as np
 import pytest
@@ -49,7 +50,8 @@ def prepared(path: Path) -> Image.Image:
     """The picture the perceptual hashes describe, made here from its definition in docs/tables.md with
     Pillow's own operations: the first frame box-reduced by k = max(1, min(w, h) // 256) (not palette,
     1-bit and 16-bit frames), upright by Pillow's ``exif_transpose``, 16-bit grey scaled to 8 bits,
-    transparency over white, the ICC profile converted to sRGB."""
+    transparency over white, the ICC profile converted to sRGB; a photo that exiftool reads as naming Adobe
+    RGB in EXIF, without a profile, converted by colour-science from Adobe RGB (1998) to sRGB."""
     with Image.open(path) as im:
         k = max(1, min(im.size) // 256)
         im = im.reduce(k) if k > 1 and im.mode not in ("P", "1", "I;16") else im.copy()
@@ -63,7 +65,18 @@ def prepared(path: Path) -> Image.Image:
     if icc := im.info.get("icc_profile"):
         source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         im = ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    elif im.mode == "RGB" and names_adobe_rgb(path):
+        linear = colour.RGB_to_RGB(np.asarray(im) / 255, "Adobe RGB (1998)", "sRGB", apply_cctf_decoding=True)
+        im = Image.fromarray(np.round(colour.cctf_encoding(np.clip(linear, 0, 1), "sRGB") * 255).astype(np.uint8))
     return im.convert("RGB")
+
+
+def names_adobe_rgb(path: Path) -> bool:
+    """exiftool's reading: the DCF option file's Interoperability index (R03), or ColorSpace 2."""
+    read = subprocess.run(["exiftool", "-j", "-n", "-InteropIndex", "-ColorSpace", str(path)], capture_output=True,
+                          check=True).stdout  # fmt: skip
+    [tags] = json.loads(read)
+    return tags.get("ColorSpace") == 2 or (tags.get("ColorSpace") == 0xFFFF and tags.get("InteropIndex") == "R03")
 
 
 def swapped_primaries_profile() -> bytes:
@@ -133,11 +146,13 @@ def test_perceptual_hashes_against_imagehash_on_the_original() -> None:
         distances[path.name] = (int(np.bitwise_count(row["phash"] ^ p)), int(np.bitwise_count(row["dhash"] ^ d)))
     # astronaut.jpg and metro sign.jpg are stored sideways (Orientation 6); the starfish (1278x720) is
     # box-reduced by 2 first. Every other file agrees exactly: none has an ICC profile or transparency, and the
-    # two others reduced by 2 (together.jpg, exiv2_DSC_3079.jpg) come out the same.
+    # two others reduced by 2 (together.jpg, exiv2_DSC_3079.jpg) come out the same. exiftool_NikonD70.jpg names
+    # Adobe RGB in EXIF (DCF), which ImageHash does not read.
     assert {k: v for k, v in distances.items() if v != (0, 0)} == {
         "astronaut.jpg": (26, 30),
         "metro sign.jpg": (34, 32),
         "exifparser_starfish.jpg": (2, 0),
+        "exiftool_NikonD70.jpg": (4, 1),
     }
 
 

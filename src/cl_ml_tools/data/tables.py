@@ -277,7 +277,8 @@ VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     # 3: a TIFF with an Orientation tag other than 1 (Pillow's reader turned it upright, then ours did again);
     # a PNG with a damaged ancillary chunk is decoded without it instead of being an error; video_sha512 and
     # video_keyframes of the main video stream, not the first (a still ahead of the film)
-    "hashes": 3,
+    # 4: phash and dhash of photos that name Adobe RGB in EXIF (DCF) without a profile, converted to sRGB
+    "hashes": 4,
     # 2: an f_number or exposure_time of 0 is unknown (null), as in exiftool; 3: the duration of Matroska and
     # WebM files (a clock string there) is no longer null
     "exif": 3,
@@ -294,7 +295,7 @@ VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     # main video stream, not the first (a still ahead of the film); each preview the frame on screen at its time.
     # TIFFs with an Orientation tag turned upright once; PNGs with a damaged ancillary chunk decoded.
     # 3: HDR video (PQ, HLG) tone-mapped to SDR BT.709; HD video without a named Y'CbCr matrix read as BT.709;
-    # interlaced video deinterlaced
+    # interlaced video deinterlaced; photos that name Adobe RGB in EXIF without a profile converted to sRGB
     "thumbnails": 3,
     "dino": 2,  # a preview decoded at reduced JPEG scale is resized with the full decode's geometry
     "clip": 2,  # the same

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
+from . import icc
 from .errors import MediaError
 from .sniff import RAW_FORMATS
 
@@ -88,6 +89,8 @@ def open_image(path: str | os.PathLike[str], fmt: str, max_pixels: int = DEFAULT
         # hash covers the stored frame; the previews apply the orientation once), so the turn is undone.
         image.load()
         image = image.transpose(_UNDO[orientation])
+    if image.mode == "RGB" and icc.names_adobe_rgb(image):
+        image.info["icc_profile"] = icc.adobe_rgb_profile()
     return Opened(image, orientation)
 
 
