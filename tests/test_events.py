@@ -4,6 +4,8 @@ out by hand; event ids across reruns; the distance against a geodesic library.""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 from geographiclib.geodesic import Geodesic
 
 from cl_ml_tools.data import tables
-from cl_ml_tools.steps import events
+from cl_ml_tools.steps import events, exif
 
 SETTINGS = events.Settings()
 COPIED = datetime(2025, 1, 10, 12, 0, tzinfo=UTC)  # the mtime of every file: the day the archive was copied
@@ -42,8 +44,10 @@ class Archive:
         at: tuple[float, float] | None = None,
         kind: str = "image",
         mtime: datetime | None = COPIED,
+        created: datetime | None = None,
     ) -> None:
-        """A file taken at ``local`` (camera time, ISO format) with EXIF offset ``offset`` and GPS ``at``."""
+        """A file taken at ``local`` (camera time, ISO format) with EXIF offset ``offset`` and GPS ``at``;
+        ``created``: the exif table's ``create_date``."""
         self.files.append({"media_id": name, "path": f"/archive/{name}", "status": "ok", "kind": kind, "mtime": mtime})
         self.exif.append(
             {
@@ -51,6 +55,7 @@ class Archive:
                 "status": "ok",
                 "datetime_original": datetime.fromisoformat(local) if local else None,
                 "datetime_original_offset": offset,
+                "create_date": created,
                 "gps_latitude": at[0] if at else None,
                 "gps_longitude": at[1] if at else None,
             }
@@ -160,6 +165,31 @@ def test_photos_without_dates_take_their_mtime_or_no_event() -> None:
     assert rows[3]["start"] == rows[3]["end"] == COPIED
     without = a.events(replace(SETTINGS, mtime_fallback=False))
     assert groups(without) == [["home-fri-1", "home-fri-2"], [m for m in trip if m != "scan"], ["home-sat"]]
+
+
+def test_a_video_without_a_taken_date_is_timed_by_its_utc_creation_time(tmp_path: Path) -> None:
+    """An Android-style MP4 names no taken date, only the movie header's creation time, UTC by the QuickTime
+    and ISO base media file formats: made here by ffmpeg, read by the exif step (exiftool), and timed at the
+    instant ffprobe reads; a photo's CreateDate is no such thing and leaves it to the mtime."""
+    video = tmp_path / "como.mp4"
+    made = "creation_time=2024-05-04T10:30:00Z"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=s=160x120:d=1",
+                    "-c:v", "libx264", "-metadata", made, str(video)], check=True)  # fmt: skip
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format_tags=creation_time", "-of", "json",
+                            str(video)], capture_output=True, check=True).stdout  # fmt: skip
+    instant = utc(json.loads(probe)["format"]["tags"]["creation_time"].replace("Z", "+00:00"))
+    [row] = exif.exif_shard([{"media_id": "v", "input": "i", "path": str(video), "kind": "video", "status": "ok"}])
+    assert row["status"] == "ok" and row["datetime_original"] is None, row
+    a = day_trip()
+    a.add("como-video", None, kind="video", created=row["create_date"])  # 12:30 at Como
+    a.add("scan", None, created=datetime(2024, 5, 4, 10, 30))  # a photo: not a UTC creation time
+    rows = a.events()
+    trip = ["como-1", "como-2", "como-3", "como-video", "bellagio-1", "bellagio-2", "como-4"]
+    assert groups(rows) == [["home-fri-1", "home-fri-2"], trip, ["home-sat"], ["scan"]]
+    assert [r["undated"] for r in rows] == [0, 0, 0, 1]
+    timeline = events.read_timeline(a.files, a.exif, SETTINGS)
+    [at] = timeline.time_us[timeline.media_id == "como-video"]
+    assert at == (instant - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 def test_two_cameras_the_phones_zone_and_a_wrong_clock() -> None:

@@ -302,6 +302,7 @@ VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     "people": 2,  # the name column: persons named by people.names
     # a cheap first pass skips previews without a line-shaped box; tight crops the detector misses read whole
     "ocr": 2,
+    "events": 2,  # a video without a taken date is timed by its create_date (UTC), not its mtime
 }
 VERSION_KEY = b"cl_ml_tools.version"
 # Columns with a handful of distinct values: pandas categories (less memory, faster groupby, and their

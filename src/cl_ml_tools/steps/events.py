@@ -8,8 +8,12 @@ Every image and video of ``files`` (status ok) gets a time on one UTC timeline:
    the offset of the file with a recorded offset whose local time is nearest, if that is at most
    ``max_gap_hours`` away (a camera beside a phone that records its zone); else it is read as UTC, which is
    off by the zone's offset.
-3. No ``datetime_original`` (a scan, a screenshot, an exif error): the file's ``mtime`` (``files``, UTC)
-   when ``mtime_fallback`` is on; else, and for a file without an mtime, the file is in no event.
+3. A video without ``datetime_original`` (Android phones, action cameras: no Apple creation date) but with
+   ``exif.create_date``: that instant, read as UTC, as the QuickTime file format and ISO/IEC 14496-12 define
+   the movie header's creation time (the time source ``create_date``). A camera that writes its local time
+   there instead is off by its zone's offset, as in 2.
+4. Neither (a scan, a screenshot, an exif error): the file's ``mtime`` (``files``, UTC) when
+   ``mtime_fallback`` is on; else, and for a file without an mtime, the file is in no event.
 
 Sorted by that time (ties by ``media_id``), each file joins the event of the file before it unless it was
 taken more than ``max_gap_hours`` later, or it has a GPS position more than ``max_jump_km`` (great-circle
@@ -60,7 +64,7 @@ reason given at ``people.IDS_FILE``)."""
 EARTH_RADIUS_KM = 6371.0088
 """The IUGG mean radius."""
 HOUR_US = 3_600_000_000
-EXIF, NEARBY_OFFSET, NO_OFFSET, MTIME = "exif", "nearby_offset", "no_offset", "mtime"
+EXIF, NEARBY_OFFSET, NO_OFFSET, CREATE_DATE, MTIME = "exif", "nearby_offset", "no_offset", "create_date", "mtime"
 """How a file's time was found (module docstring, 1–3)."""
 
 
@@ -134,7 +138,8 @@ def read_timeline(files: Source, exif: Source, settings: Settings) -> Timeline:
     f = f.filter(
         pc.and_(pc.equal(f.column("status"), STATUS_OK), pc.is_in(f.column("kind"), pa.array(["image", "video"])))
     )
-    columns = ["media_id", "status", "datetime_original", "datetime_original_offset", "gps_latitude", "gps_longitude"]
+    columns = ["media_id", "status", "datetime_original", "datetime_original_offset", "create_date", "gps_latitude",
+               "gps_longitude"]  # fmt: skip
     e = read_columns("exif", exif, columns)
     e = e.filter(pc.equal(e.column("status"), STATUS_OK)).drop_columns("status")
     joined = f.drop_columns("status").join(e, "media_id", join_type="left outer").sort_by("media_id")
@@ -151,11 +156,16 @@ def read_timeline(files: Source, exif: Source, settings: Settings) -> Timeline:
     time_us = local - np.nan_to_num(borrowed).astype(np.int64) * 60_000_000
     source = np.where(recorded, EXIF, np.where(~np.isnan(borrowed), NEARBY_OFFSET, NO_OFFSET)).astype(object)
 
+    video = pc.equal(joined.column("kind"), "video").to_numpy(zero_copy_only=False)
+    created = ~dated & video & joined.column("create_date").is_valid().to_numpy(zero_copy_only=False)
+    time_us = np.where(created, _micros(joined.column("create_date")), time_us)
+    source[created] = CREATE_DATE
+
     mtime_ok = joined.column("mtime").is_valid().to_numpy(zero_copy_only=False)
-    fallback = ~dated & mtime_ok & settings.mtime_fallback
+    fallback = ~dated & ~created & mtime_ok & settings.mtime_fallback
     time_us = np.where(fallback, _micros(joined.column("mtime")), time_us)
     source[fallback] = MTIME
-    keep = dated | fallback
+    keep = dated | created | fallback
 
     lat, lon = _floats(joined, "gps_latitude"), _floats(joined, "gps_longitude")
     with np.errstate(invalid="ignore"):  # NaN compares False
