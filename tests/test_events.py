@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -45,9 +46,10 @@ class Archive:
         kind: str = "image",
         mtime: datetime | None = COPIED,
         created: datetime | None = None,
+        gps_time: datetime | None = None,
     ) -> None:
         """A file taken at ``local`` (camera time, ISO format) with EXIF offset ``offset`` and GPS ``at``;
-        ``created``: the exif table's ``create_date``."""
+        ``created`` and ``gps_time``: the exif table's ``create_date`` and ``gps_datetime``."""
         self.files.append({"media_id": name, "path": f"/archive/{name}", "status": "ok", "kind": kind, "mtime": mtime})
         self.exif.append(
             {
@@ -56,6 +58,7 @@ class Archive:
                 "datetime_original": datetime.fromisoformat(local) if local else None,
                 "datetime_original_offset": offset,
                 "create_date": created,
+                "gps_datetime": gps_time,
                 "gps_latitude": at[0] if at else None,
                 "gps_longitude": at[1] if at else None,
             }
@@ -190,6 +193,50 @@ def test_a_video_without_a_taken_date_is_timed_by_its_utc_creation_time(tmp_path
     timeline = events.read_timeline(a.files, a.exif, SETTINGS)
     [at] = timeline.time_us[timeline.media_id == "como-video"]
     assert at == (instant - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+CAMERAS = Path(__file__).parent / "data" / "cameras"
+
+
+def test_photos_without_an_offset_take_it_from_their_gps_time() -> None:
+    """Real camera files without OffsetTimeOriginal but with EXIF's GPS time (UTC): an iPhone 7 in England,
+    a Ricoh in Spain whose clock was an hour behind the zone's summer time, a GoPro in New York. Each is timed
+    at its camera time less a whole quarter hour, within seconds of its GPS time as exifread reads it."""
+    import exifread
+
+    names = ["exiftool_Apple.jpg", "exiftool_Ricoh2.jpg", "exiftool_GoPro.jpg"]
+    files = [{"media_id": n, "input": "i", "path": str(CAMERAS / n), "kind": "image", "status": "ok"} for n in names]
+    rows = exif.exif_shard(files)
+    assert all(r["datetime_original_offset"] is None and r["gps_datetime"] for r in rows), rows
+    timeline = events.read_timeline([{**f, "mtime": COPIED} for f in files], rows, SETTINGS)
+    for name in names:
+        with open(CAMERAS / name, "rb") as fh:
+            tags = exifread.process_file(fh, details=False)
+        hours, minutes, seconds = (float(v.num) / float(v.den) for v in tags["GPS GPSTimeStamp"].values)
+        day = datetime.strptime(str(tags["GPS GPSDate"]), "%Y:%m:%d").replace(tzinfo=UTC)
+        gps = day + timedelta(hours=hours, minutes=minutes, seconds=seconds)
+        taken = datetime.strptime(str(tags["EXIF DateTimeOriginal"]), "%Y:%m:%d %H:%M:%S").replace(tzinfo=UTC)
+        if subsec := str(tags.get("EXIF SubSecTimeOriginal", "")).strip():
+            taken += timedelta(seconds=float(f"0.{subsec}"))
+        [i] = np.flatnonzero(timeline.media_id == name)
+        at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(timeline.time_us[i]))
+        assert timeline.source[i] == events.GPS_OFFSET
+        assert (taken - at) % timedelta(minutes=15) == timedelta(0)  # a zone's offset
+        assert abs(at - gps) <= timedelta(seconds=90), (name, at, gps)  # the fix's lag: 6, 84 and 15 s
+
+
+def test_a_gps_offset_lends_to_a_camera_beside_it_and_a_stale_fix_gives_none() -> None:
+    a = Archive()
+    # A phone from before offsets were recorded, at Como in summer time (UTC+2), its fix 40 s old ...
+    a.add("phone", "2024-05-04T09:00:00", at=COMO, gps_time=datetime(2024, 5, 4, 6, 59, 20))
+    # ... a camera beside it with neither offset nor GPS, and a photo whose last fix is 20 minutes old.
+    a.add("camera", "2024-05-04T09:30:00")
+    a.add("stale", "2024-05-04T12:00:00", gps_time=datetime(2024, 5, 4, 9, 40))
+    timeline = events.read_timeline(a.files, a.exif, SETTINGS)
+    by_name = dict(zip(timeline.media_id, zip(timeline.source, timeline.time_us, strict=True), strict=True))
+    assert by_name["phone"] == (events.GPS_OFFSET, utc("2024-05-04T09:00:00+02:00").timestamp() * 1e6)
+    assert by_name["camera"] == (events.NEARBY_OFFSET, utc("2024-05-04T09:30:00+02:00").timestamp() * 1e6)
+    assert by_name["stale"] == (events.NEARBY_OFFSET, utc("2024-05-04T12:00:00+02:00").timestamp() * 1e6)
 
 
 def test_two_cameras_the_phones_zone_and_a_wrong_clock() -> None:

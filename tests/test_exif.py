@@ -5,7 +5,7 @@ import math
 import re
 import shutil
 import subprocess
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -230,6 +230,10 @@ def exifread_reference(path: Path) -> dict:
     for column, name in (("gps_latitude", "GPSLatitude"), ("gps_longitude", "GPSLongitude")):
         if (degrees := _degrees(tags, name)) is not None:
             ref[column] = degrees
+    if "GPS GPSDate" in tags and "GPS GPSTimeStamp" in tags:  # UTC, by the EXIF standard
+        hours, minutes, seconds = (_ratio(v) for v in tags["GPS GPSTimeStamp"].values)
+        day = datetime.strptime(str(tags["GPS GPSDate"]).strip(), "%Y:%m:%d")
+        ref["gps_datetime"] = day + timedelta(hours=hours, minutes=minutes, seconds=round(seconds, 6))
     if "GPS GPSAltitude" in tags:
         altitude = _ratio(tags["GPS GPSAltitude"].values[0])
         below = list(getattr(tags.get("GPS GPSAltitudeRef"), "values", [0])) == [1]

@@ -125,6 +125,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("gps_latitude", pa.float64()),
             pa.field("gps_longitude", pa.float64()),
             pa.field("gps_altitude", pa.float64()),
+            pa.field("gps_datetime", pa.timestamp("us", tz="UTC")),
             pa.field("software", pa.string()),
             pa.field("duration", pa.float64()),
             pa.field("mime", pa.string()),
@@ -280,8 +281,8 @@ VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     # 4: phash and dhash of photos that name Adobe RGB in EXIF (DCF) without a profile, converted to sRGB
     "hashes": 4,
     # 2: an f_number or exposure_time of 0 is unknown (null), as in exiftool; 3: the duration of Matroska and
-    # WebM files (a clock string there) is no longer null
-    "exif": 3,
+    # WebM files (a clock string there) is no longer null; 4: the gps_datetime column
+    "exif": 4,
     "faces": 2,  # sharpness is the unclipped Laplacian variance; crops aligned as InsightFace's norm_crop
     "face_embeddings": 2,  # embeddings of those crops
     # 3: BANDWIDTH is the measured peak segment bit rate, AVERAGE-BANDWIDTH added; x264's slice threads (the same
@@ -302,7 +303,9 @@ VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {
     "people": 2,  # the name column: persons named by people.names
     # a cheap first pass skips previews without a line-shaped box; tight crops the detector misses read whole
     "ocr": 2,
-    "events": 2,  # a video without a taken date is timed by its create_date (UTC), not its mtime
+    # 2: a video without a taken date is timed by its create_date (UTC), not its mtime; a photo without an
+    # offset but with a GPS time takes the offset between the two
+    "events": 2,
 }
 VERSION_KEY = b"cl_ml_tools.version"
 # Columns with a handful of distinct values: pandas categories (less memory, faster groupby, and their

@@ -4,6 +4,11 @@ survive reruns.
 Every image and video of ``files`` (status ok) gets a time on one UTC timeline:
 
 1. ``exif.datetime_original`` with its ``datetime_original_offset``: that instant (the time source ``exif``).
+   Without an offset but with a GPS time (``exif.gps_datetime``, UTC; phones before they recorded offsets,
+   GPS cameras), the offset is the difference between the two rounded to 15 minutes (zones are whole
+   quarters), if the difference is within ``GPS_LAG_MINUTES`` of that (a fix a little older than the
+   shutter): the instant the camera's own clock says, whether or not it was set to the local zone
+   (``gps_offset``).
 2. ``datetime_original`` without an offset (many cameras record none): the camera's local time. It takes
    the offset of the file with a recorded offset whose local time is nearest, if that is at most
    ``max_gap_hours`` away (a camera beside a phone that records its zone); else it is read as UTC, which is
@@ -64,7 +69,13 @@ reason given at ``people.IDS_FILE``)."""
 EARTH_RADIUS_KM = 6371.0088
 """The IUGG mean radius."""
 HOUR_US = 3_600_000_000
-EXIF, NEARBY_OFFSET, NO_OFFSET, CREATE_DATE, MTIME = "exif", "nearby_offset", "no_offset", "create_date", "mtime"
+EXIF, GPS_OFFSET, NEARBY_OFFSET, NO_OFFSET = "exif", "gps_offset", "nearby_offset", "no_offset"
+CREATE_DATE, MTIME = "create_date", "mtime"
+# How far from a quarter hour's multiple the camera time may be from its GPS time (the fix is usually a
+# little older than the shutter: 6, 15 and 84 s in the camera files at hand) for the offset to be read from
+# it. Small, because a fix an hour or more old passes as well if its lag is near a quarter hour's multiple.
+GPS_LAG_MINUTES = 2
+ZONE_STEP_MINUTES = 15
 """How a file's time was found (module docstring, 1–3)."""
 
 
@@ -98,6 +109,17 @@ def offset_minutes(offset: str | None) -> float:
     sign = -1 if offset[0] == "-" else 1
     hours, minutes = offset[1:].split(":")
     return sign * (int(hours) * 60 + int(minutes))
+
+
+def gps_offsets(local_us: np.ndarray, gps_us: np.ndarray) -> np.ndarray:
+    """Per file, the UTC offset in minutes that its camera time ``local_us`` has against its GPS time
+    ``gps_us`` (both µs since the epoch), in whole quarter hours; NaN where the two are not a quarter hour's
+    multiple apart within ``GPS_LAG_MINUTES``, or more than 14 hours apart (no zone is)."""
+    with np.errstate(invalid="ignore"):
+        minutes = (local_us - gps_us) / 60_000_000
+        offset = np.round(minutes / ZONE_STEP_MINUTES) * ZONE_STEP_MINUTES
+        usable = (np.abs(minutes - offset) <= GPS_LAG_MINUTES) & (np.abs(offset) <= 14 * 60)
+    return np.where(usable, offset, np.nan)
 
 
 def _micros(column: pa.ChunkedArray) -> np.ndarray:
@@ -139,7 +161,7 @@ def read_timeline(files: Source, exif: Source, settings: Settings) -> Timeline:
         pc.and_(pc.equal(f.column("status"), STATUS_OK), pc.is_in(f.column("kind"), pa.array(["image", "video"])))
     )
     columns = ["media_id", "status", "datetime_original", "datetime_original_offset", "create_date", "gps_latitude",
-               "gps_longitude"]  # fmt: skip
+               "gps_longitude", "gps_datetime"]  # fmt: skip
     e = read_columns("exif", exif, columns)
     e = e.filter(pc.equal(e.column("status"), STATUS_OK)).drop_columns("status")
     joined = f.drop_columns("status").join(e, "media_id", join_type="left outer").sort_by("media_id")
@@ -149,12 +171,17 @@ def read_timeline(files: Source, exif: Source, settings: Settings) -> Timeline:
     offsets = {o: offset_minutes(o) for o in set(joined.column("datetime_original_offset").to_pylist())}
     offset_min = np.array([offsets[o] for o in joined.column("datetime_original_offset").to_pylist()], np.float64)
     offset_min[~dated] = np.nan
+    from_gps = gps_offsets(local, _micros(joined.column("gps_datetime")))
+    derived = dated & np.isnan(offset_min) & joined.column("gps_datetime").is_valid().to_numpy(zero_copy_only=False)
+    derived &= ~np.isnan(from_gps)
+    offset_min[derived] = from_gps[derived]
     recorded = ~np.isnan(offset_min)
     window = int(settings.max_gap_hours * HOUR_US)
     borrowed = borrow_offsets(np.where(dated, local, 0), np.where(dated, offset_min, np.nan), window)
     borrowed[~dated] = np.nan  # undated files neither lend nor borrow
     time_us = local - np.nan_to_num(borrowed).astype(np.int64) * 60_000_000
     source = np.where(recorded, EXIF, np.where(~np.isnan(borrowed), NEARBY_OFFSET, NO_OFFSET)).astype(object)
+    source[derived] = GPS_OFFSET
 
     video = pc.equal(joined.column("kind"), "video").to_numpy(zero_copy_only=False)
     created = ~dated & video & joined.column("create_date").is_valid().to_numpy(zero_copy_only=False)

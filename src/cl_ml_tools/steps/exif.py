@@ -57,6 +57,8 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "gps_latitude": ("Composite:GPSLatitude", "XMP:GPSLatitude"),
     "gps_longitude": ("Composite:GPSLongitude", "XMP:GPSLongitude"),
     "gps_altitude": ("Composite:GPSAltitude", "XMP:GPSAltitude"),
+    # EXIF's GPSDateStamp and GPSTimeStamp, UTC by the EXIF standard, joined by exiftool.
+    "gps_datetime": ("Composite:GPSDateTime",),
     "software": ("EXIF:Software", "QuickTime:Software", "*:Software", "XMP:CreatorTool", "QuickTime:Encoder"),
     "duration": ("QuickTime:Duration", "Composite:Duration", "Matroska:Duration", "RIFF:Duration", "*:Duration"),
     "mime": ("File:MIMEType",),
@@ -64,7 +66,7 @@ SOURCES: dict[str, tuple[str, ...]] = {
 TEXT = {"make", "model", "lens", "datetime_original_offset", "software", "mime"}
 INTEGER = {"width", "height", "orientation", "iso"}
 FLOAT = {"f_number", "exposure_time", "focal_length", "gps_latitude", "gps_longitude", "gps_altitude", "duration"}
-DATES = {"datetime_original", "create_date"}
+DATES = {"datetime_original", "create_date", "gps_datetime"}
 # A camera that does not know the aperture or exposure writes 0 (Pentax's AVI maker notes: FNumber 0);
 # exiftool's own Aperture and ShutterSpeed treat it as absent, and so do we.
 UNKNOWN_WHEN_ZERO = {"f_number", "exposure_time"}
