@@ -66,7 +66,6 @@ SOURCES: dict[str, tuple[str, ...]] = {
 TEXT = {"make", "model", "lens", "datetime_original_offset", "software", "mime"}
 INTEGER = {"width", "height", "orientation", "iso"}
 FLOAT = {"f_number", "exposure_time", "focal_length", "gps_latitude", "gps_longitude", "gps_altitude", "duration"}
-DATES = {"datetime_original", "create_date", "gps_datetime"}
 # A camera that does not know the aperture or exposure writes 0 (Pentax's AVI maker notes: FNumber 0);
 # exiftool's own Aperture and ShutterSpeed treat it as absent, and so do we.
 UNKNOWN_WHEN_ZERO = {"f_number", "exposure_time"}
@@ -164,7 +163,7 @@ def _convert(column: str, value: Any) -> Any:
     if column in FLOAT:
         number = _number(value)
         return None if column in UNKNOWN_WHEN_ZERO and number is not None and number <= 0 else number
-    return parse_date(value)[0]
+    return parse_date(value)[0]  # the dates: datetime_original, create_date, gps_datetime
 
 
 def _pick(
