@@ -78,12 +78,13 @@ PLACES = {"media_id", "input", "path", "file", "crop", "master"}
 
 
 def comparable(value: Any) -> Any:
-    """A table cell as two runs of a step agree on it: floats (embeddings) to 5 decimals, NaN as None."""
+    """A table cell as two runs of a step agree on it: floats (embeddings) to 5 decimals, NaN and NaT as
+    None."""
     if isinstance(value, np.ndarray | list) and len(value) and isinstance(value[0], float | np.floating):
         return np.round(np.asarray(value, dtype=np.float64), 5).tolist()
     if isinstance(value, pd.Timestamp):
         return value.isoformat()
-    if value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+    if value is pd.NA or value is pd.NaT or (isinstance(value, float) and np.isnan(value)):
         return None
     if isinstance(value, np.generic):
         return value.item()
