@@ -393,8 +393,8 @@ def extract_frames(
     for position in seek_positions(times, frames, info.start):
         args += ["-ss", f"{position:.6f}", "-i", os.fspath(path)]
     outputs = [out_dir / f"frame{i:03d}.bmp" for i in range(len(times))]
+    vf = matrix_filter(info) + deinterlace_filter(info) + fit_filter(info.oriented_size, box) + sdr_filter(info)
     for i, out in enumerate(outputs):
-        vf = matrix_filter(info) + deinterlace_filter(info) + fit_filter(info.oriented_size, box) + sdr_filter(info)
         args += ["-map", f"{i}:{info.index}", "-frames:v", "1", "-vf", vf,
                  "-pix_fmt", "bgr24", os.fspath(out)]  # fmt: skip
     proc = run_tool(args)

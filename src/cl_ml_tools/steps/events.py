@@ -71,12 +71,12 @@ EARTH_RADIUS_KM = 6371.0088
 HOUR_US = 3_600_000_000
 EXIF, GPS_OFFSET, NEARBY_OFFSET, NO_OFFSET = "exif", "gps_offset", "nearby_offset", "no_offset"
 CREATE_DATE, MTIME = "create_date", "mtime"
+"""How a file's time was found (module docstring, 1–4)."""
 # How far from a quarter hour's multiple the camera time may be from its GPS time (the fix is usually a
 # little older than the shutter: 6, 15 and 84 s in the camera files at hand) for the offset to be read from
 # it. Small, because a fix an hour or more old passes as well if its lag is near a quarter hour's multiple.
 GPS_LAG_MINUTES = 2
 ZONE_STEP_MINUTES = 15
-"""How a file's time was found (module docstring, 1–3)."""
 
 
 @dataclass(frozen=True)
