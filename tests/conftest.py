@@ -3,6 +3,7 @@ real ``snakemake`` command line."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -139,6 +140,24 @@ def combing(picture: np.ndarray) -> float:
     between two moments, as in a woven interlaced frame."""
     rows = picture.astype(np.float64)
     return float(np.abs(rows[1:-1] - (rows[:-2] + rows[2:]) / 2).mean())
+
+
+def exiftool_names_adobe_rgb(path: Path) -> bool:
+    """exiftool's reading of a photo's colour space: the DCF option file's Interoperability index (R03) with
+    ColorSpace "uncalibrated", or ColorSpace 2."""
+    read = subprocess.run(["exiftool", "-j", "-n", "-InteropIndex", "-ColorSpace", str(path)], capture_output=True,
+                          check=True).stdout  # fmt: skip
+    [tags] = json.loads(read)
+    return tags.get("ColorSpace") == 2 or (tags.get("ColorSpace") == 0xFFFF and tags.get("InteropIndex") == "R03")
+
+
+def adobe_rgb_to_srgb(rgb: np.ndarray) -> np.ndarray:
+    """Adobe RGB (1998) values (0-255) as sRGB values (0-255, unrounded), converted by colour-science, out of
+    gamut colours clipped in linear light."""
+    import colour
+
+    linear = colour.RGB_to_RGB(np.asarray(rgb) / 255, "Adobe RGB (1998)", "sRGB", apply_cctf_decoding=True)
+    return colour.cctf_encoding(np.clip(linear, 0, 1), "sRGB") * 255
 
 
 def make_audio_only(path: Path, seconds: float = 1) -> Path:

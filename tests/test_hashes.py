@@ -8,12 +8,23 @@ import struct
 import subprocess
 from pathlib import Path
 
-import colour
 import imagehash
 import numpy as np
 import pytest
 import tifffile
-from conftest import REPO, SAMPLE, ffmpeg, file_row, make_audio_only, make_dng, make_photo, make_still_first, make_video
+from conftest import (
+    REPO,
+    SAMPLE,
+    adobe_rgb_to_srgb,
+    exiftool_names_adobe_rgb,
+    ffmpeg,
+    file_row,
+    make_audio_only,
+    make_dng,
+    make_photo,
+    make_still_first,
+    make_video,
+)
 from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
 from cl_ml_tools.steps import duplicates, hashes, thumbnails
@@ -65,18 +76,9 @@ def prepared(path: Path) -> Image.Image:
     if icc := im.info.get("icc_profile"):
         source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         im = ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
-    elif im.mode == "RGB" and names_adobe_rgb(path):
-        linear = colour.RGB_to_RGB(np.asarray(im) / 255, "Adobe RGB (1998)", "sRGB", apply_cctf_decoding=True)
-        im = Image.fromarray(np.round(colour.cctf_encoding(np.clip(linear, 0, 1), "sRGB") * 255).astype(np.uint8))
+    elif im.mode == "RGB" and exiftool_names_adobe_rgb(path):
+        im = Image.fromarray(np.round(adobe_rgb_to_srgb(np.asarray(im))).astype(np.uint8))
     return im.convert("RGB")
-
-
-def names_adobe_rgb(path: Path) -> bool:
-    """exiftool's reading: the DCF option file's Interoperability index (R03), or ColorSpace 2."""
-    read = subprocess.run(["exiftool", "-j", "-n", "-InteropIndex", "-ColorSpace", str(path)], capture_output=True,
-                          check=True).stdout  # fmt: skip
-    [tags] = json.loads(read)
-    return tags.get("ColorSpace") == 2 or (tags.get("ColorSpace") == 0xFFFF and tags.get("InteropIndex") == "R03")
 
 
 def swapped_primaries_profile() -> bytes:
